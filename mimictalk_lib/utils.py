@@ -1,0 +1,51 @@
+"""Small helpers shared by every part of the library: logging, shape checks, dtype policy,
+progress callbacks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import InputError
+
+logger = logging.getLogger("MimicTalk")
+"""The library's one logger. No handlers are attached here: the host (ComfyUI or a script)
+configures logging."""
+
+ProgressFn = Callable[..., None]
+"""``on_step(done, total, **info)``: called after each unit of a long loop (training step,
+ODE step, render chunk). It may raise to interrupt the loop (ComfyUI's Cancel does this);
+the library lets that exception propagate after leaving a consistent state behind."""
+
+
+def report(on_step: Optional[ProgressFn], done: int, total: int, **info) -> None:
+    """Call ``on_step`` if one was given."""
+    if on_step is not None:
+        on_step(done, total, **info)
+
+
+def check_shape(t: torch.Tensor, shape: Sequence[Optional[int]], name: str) -> None:
+    """Raise an InputError unless ``t`` has ``len(shape)`` dims and matches every non-None size.
+
+    >>> check_shape(torch.zeros(1, 9, 1024), (None, None, 1024), "hubert")
+    """
+    ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+    if not ok:
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise InputError(f"{name}: expected shape {want}, got {list(t.shape)}")
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_device_dtype(device: torch.device | str, dtype: torch.dtype) -> None:
+    """Refuse half precision on the CPU: fp16 kernels are missing or slow there and bf16
+    changes the numerics for no speed gain. Callers pass the host's device and dtype."""
+    device = torch.device(device)
+    if device.type == "cpu" and dtype in _HALF:
+        raise InputError(
+            f"precision {dtype} was requested on the CPU; half precision is only supported on a "
+            "GPU. Use fp32 (or 'auto') when running on the CPU."
+        )
