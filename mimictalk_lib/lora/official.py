@@ -42,6 +42,7 @@ Other layout facts handled here:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Optional
 
@@ -116,6 +117,23 @@ def infer_official_rank(lora_A: torch.Tensor, weight_shape: torch.Size | tuple[i
     return lora_A.shape[0] // k
 
 
+def official_pair_shapes(
+    weight_shape: torch.Size | tuple[int, ...], r: int, name: str = "LoRA"
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Official ``(A shape, B shape)`` for a weight: FC ``[out, in]`` -> ``(r, in), (out, r)``;
+    conv ``[out, in, k, k]`` -> ``(r*k, in*k), (out*k, r*k)``."""
+    check_rank(r)
+    if len(weight_shape) == 2:
+        out_c, in_c = weight_shape
+        return (r, in_c), (out_c, r)
+    if len(weight_shape) == 4:
+        out_c, in_c, k, k2 = weight_shape
+        if k != k2:
+            raise CheckpointError(f"{name}: LoRA needs a square kernel, weight is {list(weight_shape)}")
+        return (r * k, in_c * k), (out_c * k, r * k)
+    raise CheckpointError(f"{name}: LoRA is only defined for 2-D and 4-D weights, got {list(weight_shape)}")
+
+
 def official_lora_delta(
     lora_A: torch.Tensor,
     lora_B: torch.Tensor,
@@ -131,17 +149,7 @@ def official_lora_delta(
     weight_shape = tuple(weight_shape)
     if r is None:
         r = infer_official_rank(lora_A, weight_shape)
-    check_rank(r)
-    if len(weight_shape) == 2:
-        out_c, in_c = weight_shape
-        want_a, want_b = (r, in_c), (out_c, r)
-    elif len(weight_shape) == 4:
-        out_c, in_c, k, k2 = weight_shape
-        if k != k2:
-            raise CheckpointError(f"{name}: LoRA needs a square kernel, weight is {list(weight_shape)}")
-        want_a, want_b = (r * k, in_c * k), (out_c * k, r * k)
-    else:
-        raise CheckpointError(f"{name}: LoRA is only defined for 2-D and 4-D weights, got {list(weight_shape)}")
+    want_a, want_b = official_pair_shapes(weight_shape, r, name)
     if tuple(lora_A.shape) != want_a or tuple(lora_B.shape) != want_b:
         raise CheckpointError(
             f"{name}: LoRA shapes A {list(lora_A.shape)}, B {list(lora_B.shape)} do not fit weight "
@@ -266,13 +274,8 @@ def official_lora_shapes(
         if not key.endswith(".weight"):
             continue
         prefix = key[: -len(".weight")]
-        if part_of(prefix) not in parts or w.dim() not in (2, 4):
-            continue
-        if w.dim() == 2:
-            shapes[prefix] = ((r, w.shape[1]), (w.shape[0], r))
-        else:
-            k = w.shape[-1]
-            shapes[prefix] = ((r * k, w.shape[1] * k), (w.shape[0] * k, r * k))
+        if part_of(prefix) in parts and w.dim() in (2, 4):
+            shapes[prefix] = official_pair_shapes(tuple(w.shape), r, prefix)
     return shapes
 
 
@@ -308,4 +311,4 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _is_plain_conv_target(prefix: str) -> bool:
     # the only plain torch convolutions upstream adapts (loralib LoRAConv2d) are to_plane_cnn's
-    return ".to_plane_cnn." in prefix
+    return re.search(r"(?:^|\.)to_plane_cnn\.\d+$", prefix) is not None
