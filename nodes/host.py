@@ -1,0 +1,224 @@
+"""The pack's only bridge to its host: the one module that imports ``folder_paths``, ``comfy.*``
+and ``comfy_api`` (comfyui_conventions.md §3, §8.1).
+
+Inside ComfyUI it hands the library the host's model folders, devices, dtype policy, progress bar
+and interrupt flag. Outside ComfyUI (``python -m mimictalk_lib talk``, scripts, tests) every
+function falls back to a standalone equivalent, so node classes and the library never need to
+know where they run. Host modules other than ``folder_paths`` and ``comfy_api.latest`` are
+imported lazily, when first used inside a node's ``execute``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..mimictalk_lib import download
+from ..mimictalk_lib.utils import ProgressFn, check_device_dtype, logger
+
+try:  # ComfyUI's model-folder registry: present whenever we run inside ComfyUI
+    import folder_paths
+except ImportError:
+    folder_paths = None
+
+try:  # the V3 node API (ComfyUI >= 0.3.47; we test against MIN_COMFYUI_VERSION)
+    from comfy_api.latest import ComfyExtension, io, ui
+except ImportError:
+    ComfyExtension = io = ui = None
+
+MIN_COMFYUI_VERSION = "0.3.64"
+"""Oldest ComfyUI the pack supports (pyproject ``requires-comfyui``): V3 ``comfy_api.latest``."""
+
+MODEL_FOLDER = "mimictalk"
+"""folder_paths key of the weights folder, ``models/mimictalk`` (extra_model_paths.yaml: ``mimictalk:``)."""
+
+ADAPTER_FOLDER = "mimictalk_adapters"
+"""folder_paths key of personalised adapters, ``models/mimictalk/adapters``."""
+
+ADAPTER_SUBDIR = "adapters"
+
+IN_COMFYUI = folder_paths is not None
+V3_AVAILABLE = ComfyExtension is not None
+
+
+def missing_api_message() -> str:
+    return (f"[MimicTalk] this ComfyUI has no V3 node API (comfy_api.latest); MimicTalk needs ComfyUI "
+            f">= {MIN_COMFYUI_VERSION}. Update ComfyUI; no MimicTalk nodes were registered.")
+
+
+def _comfy(module: str) -> Optional[Any]:
+    """A ComfyUI module (``comfy.model_management`` ...) when running inside ComfyUI, else None."""
+    if not IN_COMFYUI:
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+# ---------------------------------------------------------------- model folders
+
+
+def register_model_folders() -> bool:
+    """Register ``models/mimictalk`` (+ ``adapters``) as the default folders of our keys, keeping
+    folders added earlier by extra_model_paths.yaml. Called once at pack import; no disk writes."""
+    if folder_paths is None:
+        return False
+    base = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    folder_paths.add_model_folder_path(MODEL_FOLDER, base, is_default=True)
+    folder_paths.add_model_folder_path(ADAPTER_FOLDER, os.path.join(base, ADAPTER_SUBDIR), is_default=True)
+    return True
+
+
+def _folder_list(key: str) -> list[Path]:
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
+    except KeyError:  # the pack's import-time registration was skipped or undone
+        register_model_folders()
+        return [Path(p) for p in folder_paths.get_folder_paths(key)]
+
+
+def model_dirs() -> list[Path]:
+    """Every ``mimictalk`` weights folder, default first (downloads go there)."""
+    if folder_paths is None:
+        return download.default_model_dirs()
+    return _folder_list(MODEL_FOLDER)
+
+
+def adapter_dirs() -> list[Path]:
+    """Every folder holding personalised adapters, default first (new adapters are saved there)."""
+    if folder_paths is None:
+        return [d / ADAPTER_SUBDIR for d in download.default_model_dirs()]
+    return _folder_list(ADAPTER_FOLDER)
+
+
+def ensure_asset(asset_id: str, *, allow_download: bool, on_step: Optional[ProgressFn] = None,
+                 include_optional: bool = False) -> Path:
+    """``mimictalk_lib.download.ensure_asset`` over the host's model folders."""
+    return download.ensure_asset(asset_id, model_dirs(), allow_download=allow_download, on_step=on_step,
+                                 include_optional=include_optional)
+
+
+def output_directory() -> Path:
+    return Path(folder_paths.get_output_directory()) if folder_paths else Path.cwd() / "output"
+
+
+def temp_directory() -> Path:
+    return Path(folder_paths.get_temp_directory()) if folder_paths else Path(tempfile.gettempdir()) / "mimictalk"
+
+
+def input_directory() -> Path:
+    return Path(folder_paths.get_input_directory()) if folder_paths else Path.cwd() / "input"
+
+
+# ---------------------------------------------------------------- devices and precision
+
+
+def torch_device() -> torch.device:
+    """Where models run: the host's choice (``--cpu``, MPS, ...) or the current accelerator."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    accel = getattr(torch, "accelerator", None)
+    current = accel.current_accelerator() if accel is not None and accel.is_available() else None
+    return torch.device(current) if current is not None else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle weights wait (CPU unless the host keeps everything on the GPU)."""
+    mm = _comfy("comfy.model_management")
+    return torch.device(mm.unet_offload_device()) if mm is not None else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where IMAGE / AUDIO outputs go between nodes (CPU in ComfyUI unless ``--gpu-only``)."""
+    mm = _comfy("comfy.model_management")
+    return torch.device(mm.intermediate_device()) if mm is not None else torch.device("cpu")
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for a node's ``precision`` widget (auto / fp32 / bf16 / fp16).
+
+    ``auto`` follows the host (``should_use_bf16`` / ``should_use_fp16``, which honour
+    ``--force-fp32``); half precision is never chosen, and refused, on the CPU."""
+    device = torch.device(device)
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+        check_device_dtype(device, PRECISIONS[precision])
+        return PRECISIONS[precision]
+    if device.type == "cpu":
+        return torch.float32
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if mm.should_use_fp16(device) else torch.float32
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# ---------------------------------------------------------------- progress, interrupts, memory
+
+
+def throw_if_interrupted() -> None:
+    """Raise the host's interrupt exception if the user pressed Cancel (no-op standalone)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int, node_id: Optional[str] = None) -> ProgressFn:
+    """An ``on_step(done, total, **info)`` callback for the library: drives ComfyUI's progress bar
+    of the running node and raises on Cancel. Standalone it logs every 10 %."""
+    utils = _comfy("comfy.utils")
+    if utils is not None:
+        bar = utils.ProgressBar(max(int(total), 1), node_id=node_id)
+
+        def on_step(done: int, total_now: int, **info) -> None:
+            throw_if_interrupted()
+            bar.update_absolute(int(done), max(int(total_now), 1))
+
+        return on_step
+    last = [-1]
+
+    def log_step(done: int, total_now: int, **info) -> None:
+        if total_now > 0 and (pct := int(100 * done / total_now) // 10) != last[0]:
+            last[0] = pct
+            logger.info("MimicTalk: %s %d/%d %s", info.get("stage", "step"), done, total_now, info.get("file", ""))
+
+    return log_step
+
+
+def manage_model(model: torch.nn.Module, *, load_device: Optional[torch.device] = None,
+                 offload: Optional[torch.device] = None) -> Any:
+    """Wrap a model so ComfyUI can load/offload/evict it (a ``ModelPatcher``); standalone the
+    model itself is returned."""
+    patcher = _comfy("comfy.model_patcher")
+    if patcher is None:
+        return model
+    return patcher.ModelPatcher(model, load_device=load_device or torch_device(),
+                                offload_device=offload or offload_device())
+
+
+def load_models(managed: Sequence[Any]) -> None:
+    """Ask the host to put managed models on the device (evicting others); standalone no-op."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.load_models_gpu(list(managed))
+
+
+def soft_empty_cache() -> None:
+    """Release cached accelerator memory once per node (never per loop iteration)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()

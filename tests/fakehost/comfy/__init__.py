@@ -1,0 +1,1 @@
+"""Fake ``comfy`` package (model_management, utils, model_patcher)."""
