@@ -1,0 +1,115 @@
+"""Volume rendering pieces (mimictalk_lib.renderer.volume) against closed-form expectations."""
+
+import math
+
+import pytest
+import torch
+
+from mimictalk_lib.renderer import volume as V
+from tests.fixtures.tiny_renderer import eg3d_camera
+
+
+def test_rays_go_through_pixel_centres():
+    cam = eg3d_camera()[None]
+    origins, dirs = V.camera_rays(cam, 4)
+    assert origins.shape == dirs.shape == (1, 16, 3)
+    assert torch.allclose(dirs.norm(dim=-1), torch.ones(1, 16))
+    focal = cam[0, 16].item()
+    # pixel (row 0, col 3): normalised image point ((3 + 0.5) / 4, 0.5 / 4); camera looks down -z,
+    # image y points down (world -y)
+    x_cam, y_cam = (3.5 / 4 - 0.5) / focal, (0.5 / 4 - 0.5) / focal
+    expected = torch.nn.functional.normalize(torch.tensor([x_cam, -y_cam, -1.0]), dim=0)
+    assert torch.allclose(dirs[0, 3], expected, atol=1e-6)
+    assert torch.allclose(origins[0, 0], cam[0, [3, 7, 11]])
+
+
+def test_box_limits_and_missed_rays():
+    origins = torch.tensor([[[0.0, 0.0, 3.0], [0.0, 0.2, 3.0], [0.0, 2.0, 3.0]]])
+    dirs = torch.tensor([[[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [0.0, 0.0, -1.0]]])
+    near, far = V.ray_box_limits(origins, dirs, box_warp=1.0)
+    assert torch.allclose(near[0, :2, 0], torch.tensor([2.5, 2.5])) and torch.allclose(far[0, :2, 0], torch.tensor([3.5, 3.5]))
+    assert near[0, 2, 0] == -1 and far[0, 2, 0] == -2  # misses the box
+    near[0, 1] = 2.4  # a second hitting ray with another near
+    near, far, hit = V.fill_missed_rays(near, far)
+    assert hit.tolist() == [[True, True, False]]
+    # upstream: missed rays get the smallest hitting near and, as far, the LARGEST HITTING NEAR
+    assert near[0, 2, 0].item() == pytest.approx(2.4) and far[0, 2, 0].item() == pytest.approx(2.5)
+
+
+def test_missed_ray_fill_is_per_frame():
+    near = torch.tensor([[[1.0], [-1.0]], [[2.0], [3.0]]])
+    far = torch.tensor([[[1.5], [-2.0]], [[2.5], [3.5]]])
+    near2, far2, _ = V.fill_missed_rays(near, far)
+    assert near2[0, 1, 0] == 1.0 and far2[0, 1, 0] == 1.0  # frame 0 only, not frame 1's values
+    assert torch.equal(near2[1], near[1])
+
+
+def test_deterministic_stratified_depths_are_midpoints_of_strata():
+    near, far = torch.full((1, 1, 1), 2.0), torch.full((1, 1, 1), 3.0)
+    d = V.stratified_depths(near, far, 5, deterministic=True)
+    assert d.shape == (1, 1, 5, 1)
+    assert torch.allclose(d.flatten(), torch.linspace(2, 3, 5) + 0.125)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    s1 = V.stratified_depths(near, far, 5, deterministic=False, generator=g1)
+    s2 = V.stratified_depths(near, far, 5, deterministic=False, generator=g2)
+    assert torch.equal(s1, s2) and not torch.allclose(s1, d)
+    lo = torch.linspace(2, 3, 5)
+    assert bool(((s1.flatten() >= lo) & (s1.flatten() <= lo + 0.25)).all())
+
+
+def test_sample_pdf_deterministic_inverts_the_cdf():
+    bins = torch.linspace(0, 1, 6)[None]  # 5 bins of width 0.2, only the first 4 carry weight
+    weights = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    u = torch.linspace(0, 1, 5)[None]
+    out = V.sample_pdf(bins, weights, u)
+    assert torch.allclose(out, torch.tensor([[0.0, 0.2, 0.4, 0.6, 0.8]]), atol=1e-5)
+    peaked = V.sample_pdf(bins, torch.tensor([[0.0, 0.0, 1.0, 0.0]]), torch.tensor([[0.25, 0.5, 0.75]]))
+    assert bool(((peaked > 0.4 - 1e-4) & (peaked < 0.6 + 1e-4)).all())
+
+
+def test_plane_axes_and_coordinate_scaling():
+    # planes whose value encodes the grid column (W) of each cell: sampling returns the mean of the
+    # three planes' column coordinate, i.e. (x + x + z) / 3 for planes (x, y), (x, z), (z, x)
+    side = 64
+    col = (torch.arange(side) + 0.5) / side * 2 - 1
+    planes = col.expand(side, side).reshape(1, 1, 1, side, side).expand(1, 3, 1, side, side).contiguous()
+    pts = torch.tensor([[[0.1, -0.2, 0.3], [-0.25, 0.05, 0.2]]])  # world units, box_warp 1 -> x2
+    feats = V.sample_planes(planes, pts, depth=1, box_warp=1.0)
+    expected = (2 * pts[..., 0] + 2 * pts[..., 0] + 2 * pts[..., 2]) / 3
+    assert torch.allclose(feats[..., 0], expected, atol=1e-5)
+    # tri-grid (D = 2): the depth axis is z for plane 0 and y for planes 1 and 2
+    depth_code = torch.tensor([0.0, 1.0]).reshape(1, 1, 2, 1, 1).expand(1, 3, 2, side, side).contiguous()
+    tri = V.sample_planes(depth_code, torch.tensor([[[0.0, 0.25, 0.25]]]), depth=2, box_warp=1.0)
+    assert tri[0, 0, 0].item() == pytest.approx(1.0, abs=1e-5)  # y = z = 0.25 -> grid coord 0.5 -> cell 1
+
+
+def test_march_rays_constant_density_matches_closed_form():
+    s, sigma = 33, 2.0
+    depths = torch.linspace(2, 3, s).reshape(1, 1, s, 1)
+    densities = torch.full((1, 1, s, 1), sigma)
+    colors = torch.full((1, 1, s, 2), 0.75)
+    feats, depth, weights = V.march_rays(colors, densities, depths)
+    tau = math.log1p(math.exp(sigma - 1)) * 1.0  # softplus(sigma - 1) over a length-1 ray
+    opacity = 1 - math.exp(-tau)
+    assert weights.sum().item() == pytest.approx(opacity, rel=1e-4)
+    assert feats[0, 0].tolist() == pytest.approx([0.75 * opacity * 2 - 1] * 2, rel=1e-4)
+    assert 2.0 < depth.item() < 2.5
+
+
+def test_render_volume_is_deterministic_and_chunking_free():
+    torch.manual_seed(0)
+    planes = torch.randn(2, 3, 6, 16, 16)
+    dec = V.OSGDecoder(2, 8, 2)
+    cams = torch.stack([eg3d_camera(), eg3d_camera(0.2, -0.1)])
+    kw = dict(resolution=8, grid_depth=3, box_warp=1.0, num_coarse=6, num_fine=6)
+    a = V.render_volume(planes, dec, cams, **kw)
+    b = V.render_volume(planes, dec, cams, max_rays=7, **kw)
+    c = V.render_volume(planes[1:], dec, cams[1:], **kw)
+    assert a.features.shape == (2, 64, 2) and a.alpha.shape == a.depth.shape == (2, 64, 1)
+    assert torch.equal(a.features, b.features) and torch.equal(a.depth, b.depth)
+    assert torch.allclose(a.features[1:], c.features, atol=1e-6)
+    assert bool(((a.alpha > 0) & (a.alpha < 1)).all()) and bool(a.hit.all())
+    g = torch.Generator().manual_seed(1)
+    s = V.render_volume(planes, dec, cams, deterministic=False, generator=g, **kw)
+    assert not torch.equal(s.features, a.features)
+    assert (s.features - a.features).abs().mean() < 0.05  # same scene, different samples
