@@ -1,0 +1,195 @@
+"""One call to build the right renderer from official or converted weights.
+
+``load_renderer(source)`` accepts a state dict, a full upstream checkpoint dict, an upstream
+``model_ckpt_steps_N.ckpt`` (file or folder), or our ``model.safetensors`` (+ ``config.json``),
+detects the layout (architecture reference §2.2, §2.6, §3.6):
+
+* MimicTalk base renderer (1039 keys, tri-grid v2 D=3, 288-channel planes);
+* Real3D-Portrait renderer (1030 keys, tri-plane, 96 channels, 5-channel torso input);
+* personalised MimicTalk checkpoint (1085 keys: + LoRA r=2 on ``secc2plane_sr`` and the loralib
+  ``.conv.weight`` aliases), with ``learnable_triplane``, ``lora_args`` and ``person_ds`` when
+  the full checkpoint dict or file is given,
+
+infers the :class:`RendererConfig` from shapes, loads strictly and returns a
+:class:`LoadedRenderer`. Official LoRA is merged into the base weights at load
+(:func:`mimictalk_lib.lora.official.merge_official_lora`: exact maths, the alias keys are folded
+there) unless ``merge_lora=False``, which keeps the 1085-key layout and applies it on the fly.
+Our own state dicts keep the upstream key names, so one loader serves every format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..errors import CheckpointError
+from ..utils import check_device_dtype, logger
+from .config import NUM_KEYS, RendererConfig, infer_renderer_config
+from .model import Renderer
+
+Source = Union[str, os.PathLike, Mapping[str, Any]]
+
+LEARNABLE_TRIPLANE = "learnable_triplane"
+"""Key of the personalised tri-grid [1, 3, C·D, 256, 256] (in ``state_dict`` of the checkpoint,
+or at the top level of our safetensors files)."""
+
+
+@dataclass
+class PersonData:
+    """Identity data stored in a personalised checkpoint (upstream ``person_ds``, §3.6)."""
+
+    gt_img: Optional[torch.Tensor]  # [1, 3, 512, 512] in [-1, 1]: frame 0 of the training video
+    id: Optional[torch.Tensor]  # [1, 80] BFM identity coefficients
+    src_kp: Optional[torch.Tensor]  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
+    video_id: Optional[str]
+
+
+@dataclass
+class LoadedRenderer:
+    """Result of :func:`load_renderer`."""
+
+    model: Renderer  # eval mode, on the requested device and dtype
+    config: RendererConfig
+    layout: str  # 'mimictalk', 'real3d' or 'personalised'
+    cano_planes: Optional[torch.Tensor] = None  # personalised tri-grid [1, 3, C·D, P, P] (fp32)
+    person: Optional[PersonData] = None
+    lora_args: Optional[dict] = None  # upstream {'lora_mode': ..., 'lora_r': ...}
+    lora: Any = None  # the split-off official LoRA (mimictalk_lib.lora.official.OfficialLora) when merged
+
+
+def load_renderer(
+    source: Source,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    merge_lora: bool = True,
+    head_threshold: Optional[float] = None,
+    base_config: Optional[RendererConfig] = None,
+) -> LoadedRenderer:
+    """Build the renderer for ``source`` and load its weights strictly.
+
+    ``head_threshold`` overrides ``htbsr_head_threshold`` (default: 1.0 for MimicTalk layouts as
+    MimicTalk forces it, 0.9 for Real3D-Portrait; or the value in our ``config.json``).
+    ``base_config`` supplies what the weights cannot tell (see :func:`infer_renderer_config`;
+    ``RendererConfig.tiny()`` for test checkpoints). bf16 / fp16 are for GPUs only. Raises
+    CheckpointError naming offending keys on a mismatch.
+    """
+    check_device_dtype(device, dtype)
+    parts = _read_source(source)
+    sd = parts["model"]
+    threshold = head_threshold if head_threshold is not None else parts.get("head_threshold")
+    cfg = infer_renderer_config(sd, head_threshold=threshold, base=base_config)
+    layout = "personalised" if cfg.lora_rank else ("mimictalk" if cfg.plane2grid is not None else "real3d")
+    lora_args = parts.get("lora_args")
+    if lora_args is not None and cfg.lora_rank and int(lora_args.get("lora_r", cfg.lora_rank)) != cfg.lora_rank:
+        raise CheckpointError(f"lora_args says lora_r={lora_args.get('lora_r')} but the LoRA matrices have rank {cfg.lora_rank}")
+
+    lora = None
+    if cfg.lora_rank and merge_lora:
+        from ..lora.official import merge_official_lora
+
+        sd, lora = merge_official_lora(sd, cfg.lora_rank)
+        cfg = cfg.with_lora(0)
+    with torch.device("meta"):  # no random init: every tensor comes from the state dict
+        model = Renderer(cfg)
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:  # key sets were verified by infer_renderer_config; shapes/dtypes may not be
+        raise CheckpointError(f"renderer weights do not fit the {layout} layout ({cfg.describe()}): {e}") from e
+    model.to(device=device, dtype=dtype).eval()
+
+    planes = parts.get(LEARNABLE_TRIPLANE)
+    if planes is not None:
+        want = (1, 3, cfg.plane_channels, cfg.plane_resolution, cfg.plane_resolution)
+        if tuple(planes.shape) != want:
+            raise CheckpointError(f"{LEARNABLE_TRIPLANE} has shape {list(planes.shape)}, expected {list(want)} for this renderer")
+        planes = planes.detach().to(device=device, dtype=torch.float32)
+    person = _person_data(parts.get("person_ds"))
+    logger.info("loaded %s renderer (%s) on %s as %s", layout, cfg.describe(), device, dtype)
+    return LoadedRenderer(model=model, config=cfg, layout=layout, cano_planes=planes, person=person,
+                          lora_args=dict(lora_args) if lora_args else None, lora=lora)
+
+
+# --- reading the different sources ------------------------------------------------------------
+
+
+def _read_source(source: Source) -> dict[str, Any]:
+    """-> {'model': renderer state dict, optional 'learnable_triplane', 'lora_args', 'person_ds',
+    'head_threshold'}."""
+    if isinstance(source, Mapping):
+        return _split_dict(source, "state dict")
+    path = Path(source)
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            path = path / "model.safetensors"
+        else:
+            from ..checkpoint import find_latest_checkpoint
+
+            path = find_latest_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"renderer weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from ..checkpoint import load_safetensors
+
+        tensors, metadata = load_safetensors(path)
+        parts = _split_dict(tensors, str(path))
+        parts.update(_our_config(path, metadata))
+        return parts
+    from ..checkpoint import load_legacy_checkpoint
+
+    return _split_dict(load_legacy_checkpoint(path), str(path))
+
+
+def _split_dict(d: Mapping[str, Any], name: str) -> dict[str, Any]:
+    if "state_dict" in d:  # a full upstream checkpoint dict
+        from ..checkpoint import model_state_dict
+
+        parts = {"model": model_state_dict(d, "model", source=name)}
+        inner = d["state_dict"]
+        if LEARNABLE_TRIPLANE in inner:
+            parts[LEARNABLE_TRIPLANE] = inner[LEARNABLE_TRIPLANE]
+        for key in ("lora_args", "person_ds"):
+            if d.get(key) is not None:
+                parts[key] = d[key]
+        return parts
+    model = {k: v for k, v in d.items() if k != LEARNABLE_TRIPLANE}
+    if model and all(isinstance(k, str) and k.startswith("model.") for k in model):
+        model = {k[len("model."):]: v for k, v in model.items()}  # flat 'model.*' keys (upstream load_ckpt)
+    bad = [k for k, v in model.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{name}: entries that are not tensors: {bad[:5]}; pass a renderer state dict "
+                              f"({NUM_KEYS['mimictalk']}/{NUM_KEYS['real3d']}/{NUM_KEYS['personalised']} keys) or a checkpoint")
+    parts: dict[str, Any] = {"model": model}
+    if LEARNABLE_TRIPLANE in d:
+        parts[LEARNABLE_TRIPLANE] = d[LEARNABLE_TRIPLANE]
+    return parts
+
+
+def _our_config(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Values that leave no trace in the weights, from our metadata or the config.json beside it."""
+    cfg: dict[str, Any] = dict(metadata.get("config", {})) if isinstance(metadata.get("config"), Mapping) else {}
+    side = path.with_name("config.json")
+    if side.is_file():
+        try:
+            cfg.update(json.loads(side.read_text()))
+        except ValueError as e:
+            raise CheckpointError(f"{side} is not valid JSON ({e})") from e
+    out: dict[str, Any] = {}
+    for key in ("head_threshold", "htbsr_head_threshold"):
+        if key in cfg:
+            out["head_threshold"] = float(cfg[key])
+    if isinstance(cfg.get("lora_args"), Mapping):
+        out["lora_args"] = dict(cfg["lora_args"])
+    return out
+
+
+def _person_data(ds: Optional[Mapping[str, Any]]) -> Optional[PersonData]:
+    if ds is None:
+        return None
+    return PersonData(gt_img=ds.get("gt_img"), id=ds.get("id"), src_kp=ds.get("src_kp"),
+                      video_id=ds.get("video_id") if isinstance(ds.get("video_id"), str) else None)

@@ -1,0 +1,298 @@
+"""The Real3D-Portrait / MimicTalk renderer (upstream ``OSAvatarSECC_Img2plane_Torso``).
+
+Reference: ``mimictalk_architecture.md`` §1.7 (one frame, ``use_cached_backbone=True``) and §2.
+Per frame:
+
+    cat(cano, src, drv SECC) [B, 9, 512, 512] -> secc_img2plane_backbone -> [B, 3, C·D, 256, 256]
+    planes = canonical planes + expression planes          (phase1_plane_fusion_mode 'add')
+    volume rendering (volume.py), 128² rays x (48 + 48)     -> features [B, 32, 128, 128],
+                                                               alpha, depth
+    superresolution (HTB-SR + torso warp + background)      -> image [B, 3, 512, 512] in [-1, 1]
+
+The canonical planes come either from a reference image (:meth:`Renderer.cano_planes`, the
+Real3D-Portrait one-shot path, through ``plane2grid_module`` for tri-grid v2 checkpoints) or from
+a personalised checkpoint's learnable tri-grid (MimicTalk; used as is, as upstream assigns it to
+``_last_cano_planes``).
+
+Attribute names equal the upstream checkpoint prefixes so official state dicts load strictly.
+With ``RendererConfig.lora_rank > 0`` the model also holds an official-layout LoRA (the 1085-key
+personalised layout, applied on the fly); :func:`~mimictalk_lib.renderer.loading.load_renderer`
+normally merges it into the base weights instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..utils import ProgressFn, check_device_dtype, check_shape, report
+from .config import RendererConfig
+from .img2plane import CanoImg2PlaneBackbone, Plane2Grid
+from .segformer import SeccImg2PlaneBackbone
+from .superres import NUM_LANDMARKS, SRReference, SuperResolution
+from .volume import CAMERA_DIM, OSGDecoder, render_volume
+
+LAMBDA_PERTURB_INIT = 0.001
+"""Initial value of the two training-only scalars ``lambda_pertube_(blink_)secc``."""
+
+
+@dataclass
+class RenderOutput:
+    """Rendered frames (B frames; R = image resolution, r = neural resolution)."""
+
+    image: torch.Tensor  # [B, 3, R, R] final image in [-1, 1] (clamped, as upstream)
+    image_raw: torch.Tensor  # [B, 3, r, r] volume-rendered head rgb in [-1, 1] (clamped)
+    alpha: torch.Tensor  # [B, 1, r, r] accumulated opacity in [0, 1] (upstream weights_img)
+    depth: torch.Tensor  # [B, 1, r, r] expected ray depth (upstream image_depth)
+
+    def to(self, device=None, dtype=None) -> "RenderOutput":
+        return RenderOutput(*(t.to(device=device, dtype=dtype) for t in (self.image, self.image_raw, self.alpha, self.depth)))
+
+    @staticmethod
+    def cat(parts: list["RenderOutput"]) -> "RenderOutput":
+        return RenderOutput(*(torch.cat(ts) for ts in zip(*((p.image, p.image_raw, p.alpha, p.depth) for p in parts))))
+
+
+class Renderer(nn.Module):
+    """``OSAvatarSECC_Img2plane_Torso``: canonical planes + SECC-driven expression planes,
+    volume-rendered and super-resolved with torso and background."""
+
+    def __init__(self, cfg: RendererConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.cano_img2plane_backbone = CanoImg2PlaneBackbone(cfg.cano)
+        if cfg.plane2grid is not None:
+            self.plane2grid_module = Plane2Grid(cfg.plane2grid)
+        self.secc_img2plane_backbone = SeccImg2PlaneBackbone(cfg.secc)
+        self.decoder = OSGDecoder(cfg.triplane_hid_dim, cfg.decoder_hidden, cfg.triplane_hid_dim, cfg.decoder_lr_mul)
+        self.superresolution = SuperResolution(cfg.sr)
+        # Training-only loss weights upstream keeps as (frozen) parameters; here for strict loading.
+        self.lambda_pertube_blink_secc = nn.Parameter(torch.tensor([LAMBDA_PERTURB_INIT]), requires_grad=False)
+        self.lambda_pertube_secc = nn.Parameter(torch.tensor([LAMBDA_PERTURB_INIT]), requires_grad=False)
+        if cfg.lora_rank > 0:
+            attach_official_lora(self, cfg.lora_mode, cfg.lora_rank)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.net[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.net[0].weight.device
+
+    # --- planes -------------------------------------------------------------------------------
+
+    def cano_planes(self, image: torch.Tensor) -> torch.Tensor:
+        """Canonical planes from a reference head image (upstream ``cal_cano_plane``).
+
+        image [B, 3, S, S] in [-1, 1], background black (S = 512 full) ->
+        [B, 3, C·D, S/2, S/2], refined by ``plane2grid_module`` for tri-grid v2.
+        """
+        planes = self.cano_img2plane_backbone(image.to(self.dtype))
+        if self.cfg.plane2grid is not None:
+            planes = self.plane2grid_module(planes)
+        return planes
+
+    def expression_planes(self, cano_secc: torch.Tensor, src_secc: torch.Tensor, drv_secc: torch.Tensor) -> torch.Tensor:
+        """Expression planes from the SECC maps (upstream ``cal_secc_plane``, 'cano_src_tgt').
+
+        Each [B or 1, 3, S, S] in [-1, 1] (cano and src broadcast over the driving batch B)
+        -> [B, 3, C·D, S/2, S/2].
+        """
+        batch = drv_secc.shape[0]
+        secc = torch.cat([cano_secc.expand(batch, -1, -1, -1), src_secc.expand(batch, -1, -1, -1), drv_secc], dim=1)
+        return self.secc_img2plane_backbone(secc.to(self.dtype))  # [B, 9, S, S] -> planes
+
+    def prepare_reference(self, ref_torso: torch.Tensor, bg: torch.Tensor, segmap: torch.Tensor) -> SRReference:
+        """Encode the per-clip SR inputs once (torso appearance volume, background features)."""
+        return self.superresolution.encode_reference(ref_torso.to(self.dtype), bg.to(self.dtype), segmap.to(self.dtype))
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def render(
+        self,
+        cano_planes: torch.Tensor,
+        cano_secc: torch.Tensor,
+        src_secc: torch.Tensor,
+        drv_secc: torch.Tensor,
+        camera: torch.Tensor,
+        ref_torso: Optional[torch.Tensor],
+        bg: Optional[torch.Tensor],
+        segmap: Optional[torch.Tensor],
+        kp_s: torch.Tensor,
+        kp_d: torch.Tensor,
+        *,
+        deterministic: bool = True,
+        generator: Optional[torch.Generator] = None,
+        reference: Optional[SRReference] = None,
+    ) -> RenderOutput:
+        """Render a batch of B frames (upstream ``synthesis`` with ``use_cached_backbone``).
+
+        cano_planes [B or 1, 3, C·D, P, P] (P = plane resolution); cano_secc, src_secc
+        [B or 1, 3, S, S] and drv_secc [B, 3, S, S] SECC maps in [-1, 1] (S = 2P); camera [B, 25]
+        (c2w 4x4 + normalised K 3x3, EG3D convention); ref_torso [1 or B, 3, H, W] (inpainted
+        torso), bg [1 or B, 3, H, W], segmap [1 or B, 6, H, W] (or ``reference`` from
+        :meth:`prepare_reference` instead of the three); kp_s [B or 1, 68, 3] and kp_d
+        [B, 68, 3] lm68 keypoints in [-1, 1], z = 0. ``deterministic`` selects the sampling mode
+        of :mod:`.volume` (stochastic mode draws from ``generator``). Gradients flow unless the
+        caller disables them (:meth:`render_frames` runs under inference mode).
+        """
+        cfg = self.cfg
+        batch = drv_secc.shape[0]
+        side = cfg.secc_resolution
+        check_shape(drv_secc, (None, 3, side, side), "drv_secc (driving SECC)")
+        check_shape(cano_secc, (None, 3, side, side), "cano_secc (canonical SECC)")
+        check_shape(src_secc, (None, 3, side, side), "src_secc (source SECC)")
+        check_shape(camera, (batch, CAMERA_DIM), "camera")
+        check_shape(kp_d, (batch, NUM_LANDMARKS, 3), "kp_d (driving keypoints)")
+        check_shape(cano_planes, (None, 3, cfg.plane_channels, cfg.plane_resolution, cfg.plane_resolution), "cano_planes")
+        for name, t in (("cano_planes", cano_planes), ("cano_secc", cano_secc), ("src_secc", src_secc), ("kp_s", kp_s)):
+            if t.shape[0] not in (1, batch):
+                check_shape(t, (batch,) + tuple(t.shape[1:]), f"{name} (batch 1 or {batch})")
+
+        # Planes are summed and sampled in fp32 whatever the network dtype.
+        planes = cano_planes.float().expand(batch, -1, -1, -1, -1) + self.expression_planes(cano_secc, src_secc, drv_secc).float()
+        vol = render_volume(
+            planes, self.decoder, camera, resolution=cfg.neural_resolution, grid_depth=cfg.triplane_depth,
+            box_warp=cfg.box_warp, num_coarse=cfg.num_coarse, num_fine=cfg.num_fine,
+            deterministic=deterministic, generator=generator,
+        )
+        r = cfg.neural_resolution
+        features = vol.features.transpose(1, 2).reshape(batch, -1, r, r)  # [B, r², C] -> [B, C, r, r]
+        alpha = vol.alpha.transpose(1, 2).reshape(batch, 1, r, r)
+        depth = vol.depth.transpose(1, 2).reshape(batch, 1, r, r)
+
+        x = features.to(self.dtype)
+        if reference is None:
+            if ref_torso is None or bg is None or segmap is None:
+                raise ValueError("Renderer.render: pass ref_torso, bg and segmap, or reference=prepare_reference(...)")
+            reference = self.prepare_reference(ref_torso, bg, segmap)
+        sr = self.superresolution(x[:, :3], x, None, None, alpha.to(self.dtype), None, kp_s.to(self.dtype),
+                                  kp_d.to(self.dtype), reference=reference)
+        return RenderOutput(image=sr["image"].clamp(-1, 1), image_raw=features[:, :3].clamp(-1, 1), alpha=alpha, depth=depth)
+
+    def render_frames(
+        self,
+        cano_planes: torch.Tensor,
+        cano_secc: torch.Tensor,
+        src_secc: torch.Tensor,
+        drv_secc: torch.Tensor,
+        camera: torch.Tensor,
+        ref_torso: torch.Tensor,
+        bg: torch.Tensor,
+        segmap: torch.Tensor,
+        kp_s: torch.Tensor,
+        kp_d: torch.Tensor,
+        *,
+        chunk_size: int = 4,
+        deterministic: bool = True,
+        generator: Optional[torch.Generator] = None,
+        output_device: Optional[torch.device | str] = None,
+        output_dtype: torch.dtype = torch.float32,
+        on_step: Optional[ProgressFn] = None,
+    ) -> RenderOutput:
+        """Render a clip of T frames in chunks of ``chunk_size`` under ``torch.inference_mode``.
+
+        Per-frame inputs have T rows: drv_secc, camera, kp_d. Shared inputs have 1 row or T:
+        cano_planes, cano_secc, src_secc, kp_s (sliced per chunk when T); the torso reference,
+        background and segmentation are encoded once for the clip (batch 1). Inputs may live on
+        any device; each chunk is moved to the model's device, computed in the model's dtype
+        (fp32, or bf16 / fp16 on a GPU: load the model with that dtype), and its outputs are moved
+        to ``output_device`` (default: the model's device) as ``output_dtype`` right away, so the
+        compute device only ever holds one chunk. ``on_step(done, total)`` is called after each
+        chunk and may raise to stop. In stochastic mode the frames depend on ``chunk_size``
+        (one generator stream); in deterministic mode they do not.
+        """
+        device, dtype = self.device, self.dtype
+        check_device_dtype(device, dtype)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            from ..errors import InputError
+
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        total = drv_secc.shape[0]
+        for name, t in (("ref_torso", ref_torso), ("bg", bg), ("segmap", segmap)):
+            check_shape(t, (1,) + tuple(t.shape[1:]), f"{name} (one reference for the whole clip)")
+        output_device = torch.device(output_device) if output_device is not None else device
+
+        def rows(t: torch.Tensor, part: slice) -> torch.Tensor:
+            t = t if t.shape[0] == 1 else t[part]
+            return t.to(device, non_blocking=True)
+
+        parts = []
+        with torch.inference_mode():
+            reference = self.prepare_reference(ref_torso.to(device), bg.to(device), segmap.to(device))
+            for start in range(0, total, chunk_size):
+                part = slice(start, min(start + chunk_size, total))
+                out = self.render(
+                    rows(cano_planes, part), rows(cano_secc, part), rows(src_secc, part), drv_secc[part].to(device),
+                    camera[part].to(device), None, None, None, rows(kp_s, part), kp_d[part].to(device),
+                    deterministic=deterministic, generator=generator, reference=reference,
+                )
+                parts.append(out.to(output_device, output_dtype))
+                report(on_step, part.stop, total)
+        return RenderOutput.cat(parts)
+
+
+# --- official LoRA layout held in the model (personalised checkpoints, applied on the fly) --------
+
+
+class OfficialLoraConv2d(nn.Module):
+    """loralib ``LoRAConv2d`` layout around a plain ``nn.Conv2d`` (``to_plane_cnn.N``): the conv
+    under ``conv``, its weight and bias *also* registered as ``weight``/``bias`` (the same
+    tensors, so both names are in the state dict, as upstream), and ``lora_A``/``lora_B``.
+    forward = conv with ``W + dW`` (dW per :func:`~mimictalk_lib.lora.official.official_lora_delta`).
+    """
+
+    def __init__(self, conv: nn.Conv2d, a_shape: tuple[int, ...], b_shape: tuple[int, ...], rank: int):
+        super().__init__()
+        self.conv = conv
+        self.weight = conv.weight
+        self.bias = conv.bias
+        kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
+        self.lora_A = nn.Parameter(torch.zeros(a_shape, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(b_shape, **kw))
+        self.lora_rank = rank
+        # load_state_dict(assign=True) replaces the two names separately: tie them again.
+        self.register_load_state_dict_post_hook(OfficialLoraConv2d._retie)
+
+    @staticmethod
+    def _retie(module: "OfficialLoraConv2d", incompatible_keys) -> None:
+        module.weight, module.bias = module.conv.weight, module.conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..lora.official import official_lora_delta
+
+        w = self.conv.weight
+        return self.conv._conv_forward(x, w + official_lora_delta(self.lora_A, self.lora_B, w.shape, self.lora_rank), self.conv.bias)
+
+
+def _inject_official_delta(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of a StyleGAN layer holding official ``lora_A``/``lora_B``: pass dW to its
+    ``delta_weight`` hook (which adds it after the gain or to the raw weight, per layer type)."""
+    from ..lora.official import official_lora_delta
+
+    kwargs["delta_weight"] = official_lora_delta(module.lora_A, module.lora_B, module.weight.shape, module.lora_rank)
+    return args, kwargs
+
+
+def attach_official_lora(model: Renderer, mode: str, rank: int) -> None:
+    """Give ``model`` the official LoRA parameters of ``mode`` / ``rank`` (zeros: identity until
+    loaded), so its state dict has exactly the personalised layout's keys (1085 for
+    'secc2plane_sr', r=2) and the LoRA is applied on the fly."""
+    from ..lora.official import official_lora_shapes
+
+    shapes = official_lora_shapes({k: v for k, v in model.state_dict().items()}, mode, rank)
+    for prefix, (a_shape, b_shape) in shapes.items():
+        module = model.get_submodule(prefix)
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, child = prefix.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, OfficialLoraConv2d(module, a_shape, b_shape, rank))
+            continue
+        kw = dict(device=module.weight.device, dtype=module.weight.dtype)
+        module.lora_A = nn.Parameter(torch.zeros(a_shape, **kw))
+        module.lora_B = nn.Parameter(torch.zeros(b_shape, **kw))
+        module.lora_rank = rank
+        module.register_forward_pre_hook(_inject_official_delta, with_kwargs=True)

@@ -1,0 +1,120 @@
+"""Tiny-preset renderer: shapes and ranges, determinism, batched == per-frame, LoRA handling,
+chunked clip rendering (progress, interruption, output device / dtype). CPU only."""
+
+import pytest
+import torch
+
+from mimictalk_lib.errors import InputError
+from mimictalk_lib.lora.official import split_official_lora
+from mimictalk_lib.renderer import RendererConfig, load_renderer
+from tests.fixtures.tiny_renderer import random_renderer, renderer_inputs, tiny_checkpoint
+
+TINY = RendererConfig.tiny()
+FIELDS = ("image", "image_raw", "alpha", "depth")
+
+
+def _max_diff(a, b):
+    return max((getattr(a, f) - getattr(b, f)).abs().max().item() for f in FIELDS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_renderer("mimictalk")
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return renderer_inputs(model.cfg, frames=3)
+
+
+@pytest.mark.parametrize("layout", ["mimictalk", "real3d"])
+def test_output_shapes_and_ranges(layout):
+    m = random_renderer(layout)
+    inp = renderer_inputs(m.cfg, frames=2)
+    with torch.no_grad():
+        inp["cano_planes"] = m.cano_planes(inp["ref_torso"])  # one-shot path: planes from an image
+        out = m.render(**inp)
+    cfg, r = m.cfg, m.cfg.neural_resolution
+    assert out.image.shape == (2, 3, cfg.image_resolution, cfg.image_resolution)
+    assert out.image_raw.shape == (2, 3, r, r) and out.alpha.shape == out.depth.shape == (2, 1, r, r)
+    assert out.image.min() >= -1 and out.image.max() <= 1 and out.image.std() > 0.05
+    assert out.image_raw.min() >= -1 and out.image_raw.max() <= 1
+    assert out.alpha.min() > 0 and out.alpha.max() < 1
+    assert 2.0 < out.depth.min() and out.depth.max() < 3.5  # inside the box seen from 2.86
+    assert not torch.allclose(out.image[0], out.image[1])  # different driving frames and cameras
+
+
+def test_deterministic_rendering_is_repeatable_and_stochastic_follows_the_generator(model, inputs):
+    a = model.render_frames(**inputs, chunk_size=3)
+    b = model.render_frames(**inputs, chunk_size=3)
+    assert _max_diff(a, b) == 0
+    s1 = model.render_frames(**inputs, deterministic=False, generator=torch.Generator().manual_seed(5))
+    s2 = model.render_frames(**inputs, deterministic=False, generator=torch.Generator().manual_seed(5))
+    s3 = model.render_frames(**inputs, deterministic=False, generator=torch.Generator().manual_seed(6))
+    assert _max_diff(s1, s2) == 0 and _max_diff(s1, s3) > 0
+    assert (s1.image - a.image).abs().mean() < 0.1  # same frames, other sample positions
+
+
+def test_batched_equals_per_frame(model, inputs):
+    batched = model.render_frames(**inputs, chunk_size=3)
+    single = model.render_frames(**inputs, chunk_size=1)
+    assert _max_diff(batched, single) < 1e-5
+    with torch.no_grad():  # render() on one frame with per-frame slices of everything
+        one = model.render(**{k: v[1:2] if k in ("drv_secc", "camera", "kp_d") else v for k, v in inputs.items()})
+    assert _max_diff(one, type(one)(*(getattr(batched, f)[1:2] for f in FIELDS))) < 1e-5
+
+
+def test_personalised_with_zero_lora_b_renders_like_its_base():
+    ckpt = tiny_checkpoint("personalised", zero_lora_b=True)
+    personal = load_renderer(ckpt, base_config=TINY)
+    base_sd, _ = split_official_lora(ckpt["state_dict"]["model"])
+    base = load_renderer(base_sd, base_config=TINY)
+    assert personal.layout == "personalised" and base.layout == "mimictalk"
+    inp = renderer_inputs(personal.config, frames=2)
+    inp["cano_planes"] = personal.cano_planes
+    assert _max_diff(personal.model.render_frames(**inp), base.model.render_frames(**inp)) == 0
+    # and a real LoRA does change the frames
+    lora = load_renderer(tiny_checkpoint("personalised"), base_config=TINY)
+    assert (lora.model.render_frames(**inp).image - base.model.render_frames(**inp).image).abs().max() > 1e-3
+
+
+def test_merged_lora_equals_lora_held_in_the_official_layout():
+    ckpt = tiny_checkpoint("personalised")
+    merged = load_renderer(ckpt, base_config=TINY)
+    on_the_fly = load_renderer(ckpt, base_config=TINY, merge_lora=False)
+    assert on_the_fly.config.lora_rank == 2 and merged.config.lora_rank == 0
+    inp = renderer_inputs(merged.config, frames=2)
+    inp["cano_planes"] = merged.cano_planes
+    assert _max_diff(merged.model.render_frames(**inp), on_the_fly.model.render_frames(**inp)) < 1e-5
+
+
+def test_render_frames_progress_interrupt_and_outputs(model, inputs):
+    calls = []
+    out = model.render_frames(**inputs, chunk_size=2, on_step=lambda done, total, **kw: calls.append((done, total)),
+                              output_dtype=torch.float64)
+    assert calls == [(2, 3), (3, 3)] and out.image.dtype == torch.float64 and out.image.shape[0] == 3
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total, **kw):
+        raise Stop
+
+    with pytest.raises(Stop):
+        model.render_frames(**inputs, chunk_size=1, on_step=stop)
+    with pytest.raises(InputError, match="chunk_size"):
+        model.render_frames(**inputs, chunk_size=0)
+
+
+def test_half_precision_is_refused_on_cpu(model):
+    with pytest.raises(InputError, match="half precision"):
+        load_renderer(tiny_checkpoint("mimictalk"), base_config=TINY, dtype=torch.bfloat16)
+
+
+def test_inputs_are_checked(model, inputs):
+    bad = dict(inputs, camera=inputs["camera"][:, :16])
+    with pytest.raises(InputError, match="camera"):
+        model.render_frames(**bad)
+    bad = dict(inputs, drv_secc=inputs["drv_secc"][..., :32, :32])
+    with pytest.raises(InputError, match="drv_secc"):
+        model.render_frames(**bad)
