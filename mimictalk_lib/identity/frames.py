@@ -1,0 +1,325 @@
+"""Frames of an identity clip: decoding, 25 fps resampling, colour normalisation and the one
+stable portrait crop used for the whole clip.
+
+Upstream (MimicTalk ``inference/train_mimictalk_on_a_video.py`` and
+``data_gen/utils/process_video/resample_video_to_25fps_resize_to_512.py``) runs
+``ffmpeg -vf fps=25,scale=w=512:h=512`` and leaves framing to the user: the clip must already be a
+square head-and-shoulders video. Here the face is located from landmarks and one square crop
+with the framing of the upstream examples is cut from every frame, so any clip works.
+
+Frames are held as uint8 ``[T, H, W, 3]`` on the CPU (a 60 s clip at 512² is 1.2 GB).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AssetMissingError, InputError
+from ..utils import logger
+
+TARGET_FPS = 25.0
+"""Frame rate of every identity clip (upstream ``ffmpeg -vf fps=25``; MimicTalk issue #22)."""
+
+FRAME_SIZE = 512
+"""Side of the square frames the renderer is trained on (upstream ``scale=w=512:h=512``)."""
+
+# Portrait framing measured on the upstream examples with the MediaPipe 468-point landmark box:
+#   German_20s.mp4: box height 0.49 of the frame, centre (0.52, 0.55)
+#   Real3D-Portrait Macron.png: 0.52, centre (0.50, 0.53); May_5s.mp4: 0.54, centre (0.46, 0.54).
+# astronaut.png (a full-body photo, not portrait framed) has 0.21 at (0.44, 0.24) and is cropped.
+FACE_HEIGHT_FRACTION = 0.52
+"""Landmark-box height / crop side."""
+FACE_CENTRE_Y_FRACTION = 0.54
+"""Vertical position of the landmark-box centre in the crop (0 = top); horizontally centred."""
+
+CROP_MARGIN = 1.05
+"""The crop is widened until every sampled face box fits with this margin (moving heads)."""
+
+VFR_TOLERANCE = 0.1
+"""Frame intervals deviating from the median by more than this fraction mark a variable rate."""
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square crop in source-pixel coordinates; it may extend beyond the source frame, in which
+    case the outside is padded (see ``crop_frames``)."""
+
+    x0: int
+    y0: int
+    side: int
+
+    def to_source(self, points: torch.Tensor, size: int = FRAME_SIZE) -> torch.Tensor:
+        """Map ``[..., 2]`` pixel coordinates of the ``size``² crop back to the source frame."""
+        scale = self.side / size
+        offset = points.new_tensor([self.x0, self.y0])
+        return points[..., :2] * scale + offset
+
+
+def to_uint8_frames(frames: torch.Tensor | np.ndarray, name: str = "frames") -> torch.Tensor:
+    """Bring an image batch to uint8 RGB ``[B, H, W, 3]`` on the CPU.
+
+    Accepts ComfyUI IMAGE batches (float ``[B, H, W, C]`` in 0..1), uint8 batches, a single
+    ``[H, W, C]`` image, and grayscale (``C == 1`` or ``[B, H, W]``) or RGBA (``C == 4``) input:
+    grayscale is replicated to RGB and alpha is dropped (both are logged).
+    """
+    t = torch.as_tensor(frames).detach().cpu()
+    if t.dim() == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] > 4:
+        t = t.unsqueeze(0)  # one [H, W, C] image
+    if t.dim() == 3:
+        t = t.unsqueeze(-1)  # [B, H, W] grayscale
+    if t.dim() != 4 or t.shape[-1] not in (1, 3, 4):
+        raise InputError(
+            f"{name}: expected an image batch [B, H, W, C] with C in 1/3/4 (ComfyUI IMAGE), got shape "
+            f"{list(t.shape)}. Pass frames as IMAGE or a decoded video."
+        )
+    if t.shape[0] == 0 or t.shape[1] < 16 or t.shape[2] < 16:
+        raise InputError(f"{name}: empty or tiny image batch {list(t.shape)}")
+    if t.shape[-1] == 1:
+        logger.info("%s: grayscale input, replicating to RGB", name)
+        t = t.expand(-1, -1, -1, 3)
+    elif t.shape[-1] == 4:
+        logger.info("%s: RGBA input, dropping the alpha channel", name)
+        t = t[..., :3]
+    if t.dtype == torch.uint8:
+        return t.contiguous()
+    if not t.is_floating_point():
+        raise InputError(f"{name}: expected uint8 or float pixels, got {t.dtype}")
+    if float(t.min()) < -1e-3 or float(t.max()) > 1.0 + 1e-3:
+        raise InputError(
+            f"{name}: float pixels must be in 0..1 (ComfyUI IMAGE), got range "
+            f"[{float(t.min()):.3f}, {float(t.max()):.3f}]"
+        )
+    return (t.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resample_indices(timestamps: Sequence[float] | np.ndarray, target_fps: float = TARGET_FPS) -> np.ndarray:
+    """Indices of the source frames shown at ``k / target_fps`` (nearest timestamp).
+
+    The clip spans ``[t_0, t_last + dt)`` with ``dt`` the median frame interval, so N frames at
+    a constant rate r give ``round(N * target_fps / r)`` frames. Works for variable frame rates:
+    only the timestamps matter. Ties pick the earlier frame.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+    if ts.size == 0:
+        raise InputError("resampling: the clip has no frames")
+    if not np.all(np.isfinite(ts)):
+        raise InputError("resampling: frame timestamps contain NaN or infinity")
+    order_ok = np.all(np.diff(ts) > 0)
+    if not order_ok:
+        raise InputError(
+            "resampling: frame timestamps must be strictly increasing; got "
+            f"{ts[:8].round(4).tolist()}..."
+        )
+    ts = ts - ts[0]
+    dt = float(np.median(np.diff(ts))) if ts.size > 1 else 1.0 / target_fps
+    duration = ts[-1] + dt
+    n_out = max(1, int(round(duration * target_fps)))
+    t_out = np.arange(n_out) / target_fps
+    right = np.clip(np.searchsorted(ts, t_out, side="left"), 0, ts.size - 1)
+    left = np.clip(right - 1, 0, ts.size - 1)
+    pick_left = np.abs(t_out - ts[left]) <= np.abs(ts[right] - t_out)
+    return np.where(pick_left, left, right)
+
+
+def is_variable_rate(timestamps: Sequence[float] | np.ndarray) -> bool:
+    """True when frame intervals deviate from their median by more than ``VFR_TOLERANCE``."""
+    d = np.diff(np.asarray(timestamps, dtype=np.float64))
+    if d.size < 2:
+        return False
+    med = float(np.median(d))
+    return bool(np.any(np.abs(d - med) > VFR_TOLERANCE * med))
+
+
+def timestamps_from(n: int, fps: Optional[float], timestamps: Optional[Sequence[float]]) -> np.ndarray:
+    """Timestamps of ``n`` frames from either a frame rate or explicit timestamps."""
+    if timestamps is not None:
+        ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        if ts.size != n:
+            raise InputError(f"got {n} frames but {ts.size} timestamps; pass one timestamp per frame")
+        return ts
+    if fps is None:
+        raise InputError("frames need a frame rate (fps) or per-frame timestamps to be resampled to 25 fps")
+    fps = float(fps)
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError(f"frame rate must be a positive number, got {fps}")
+    return np.arange(n) / fps
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class VideoInfo:
+    """What pass one over a file learns: per-frame timestamps, size, and sampled frames."""
+
+    timestamps: np.ndarray  # [N] seconds
+    height: int
+    width: int
+    samples: dict  # decoded index -> uint8 [h, w, 3] (downscaled) frame for face search
+
+
+def _open_video(path: str | os.PathLike):
+    try:
+        import av  # PyAV is a core dependency; imported here so decoding stays optional at import
+    except ImportError as e:  # pragma: no cover - av is in requirements
+        from ..errors import DependencyMissingError
+
+        raise DependencyMissingError("PyAV is needed to decode videos: pip install av") from e
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AssetMissingError(f"video file not found: {path}")
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        raise InputError(f"cannot open {path} as a video: {e}") from e
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path} has no video stream")
+    return container
+
+
+def iter_video(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, Optional[float]]]:
+    """Yield ``(rgb uint8 [H, W, 3], timestamp seconds or None)`` for every decoded frame."""
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24"), frame.time
+    finally:
+        container.close()
+
+
+def _fill_timestamps(raw: list[Optional[float]], fps_hint: float) -> np.ndarray:
+    """Replace missing timestamps by extrapolating at the stream rate."""
+    ts = np.empty(len(raw))
+    for i, t in enumerate(raw):
+        ts[i] = t if t is not None else (ts[i - 1] + 1.0 / fps_hint if i else 0.0)
+    return ts
+
+
+def probe_video(path: str | os.PathLike, max_samples: int = 24, sample_side: int = 960) -> VideoInfo:
+    """Pass one: timestamps of every frame plus up to ``max_samples`` evenly spaced frames,
+    downscaled so the long side is at most ``sample_side``, for the face search."""
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        n_est = stream.frames or 0
+        fps_hint = float(stream.average_rate or stream.guessed_rate or TARGET_FPS)
+    finally:
+        container.close()
+    stride = max(1, n_est // max_samples) if n_est else 1
+    raw_ts: list[Optional[float]] = []
+    samples: dict = {}
+    h = w = 0
+    for i, (img, t) in enumerate(iter_video(path)):
+        raw_ts.append(t)
+        h, w = img.shape[:2]
+        if i % stride == 0:
+            samples[i] = _downscale(img, sample_side)
+    if not raw_ts:
+        raise InputError(f"{os.fspath(path)}: no decodable video frames")
+    if len(samples) > max_samples:  # the stream did not report its length: thin evenly
+        keep = np.linspace(0, len(samples) - 1, max_samples).round().astype(int)
+        keys = sorted(samples)
+        samples = {keys[k]: samples[keys[k]] for k in keep}
+    return VideoInfo(_fill_timestamps(raw_ts, fps_hint), h, w, samples)
+
+
+def _downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = max(h, w)
+    if s <= max_side:
+        return img
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    size = (max(1, round(h * max_side / s)), max(1, round(w * max_side / s)))
+    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# --------------------------------------------------------------------------- crop
+
+
+def face_boxes(points: torch.Tensor) -> torch.Tensor:
+    """``[N, P, 2+]`` landmark pixels -> ``[N, 4]`` boxes ``(x0, y0, x1, y1)``."""
+    xy = points[..., :2]
+    return torch.cat([xy.amin(dim=-2), xy.amax(dim=-2)], dim=-1)
+
+
+def choose_crop(
+    boxes: torch.Tensor | np.ndarray,
+    *,
+    face_height_fraction: float = FACE_HEIGHT_FRACTION,
+    centre_y_fraction: float = FACE_CENTRE_Y_FRACTION,
+    margin: float = CROP_MARGIN,
+) -> CropBox:
+    """One square crop for a whole clip from its face boxes ``[K, 4]`` (source pixels).
+
+    The median box sets the framing: box height = ``face_height_fraction`` of the side, box
+    centre horizontally centred and at ``centre_y_fraction`` from the top. If a head moves so
+    that some box would leave that crop, the side grows (same centre) until all fit with
+    ``margin``, so one crop serves every frame.
+    """
+    b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    if b.shape[0] == 0:
+        raise InputError("no face boxes to choose a crop from")
+    cx = float(((b[:, 0] + b[:, 2]) / 2).median())
+    cy = float(((b[:, 1] + b[:, 3]) / 2).median())
+    side = float((b[:, 3] - b[:, 1]).median()) / face_height_fraction
+    # side needed so every box fits around (cx, cy): left/right half-width, top, bottom
+    need = max(
+        float(2 * (cx - b[:, 0]).max()),
+        float(2 * (b[:, 2] - cx).max()),
+        float((cy - b[:, 1]).max()) / centre_y_fraction,
+        float((b[:, 3] - cy).max()) / (1.0 - centre_y_fraction),
+    ) * margin
+    if need > side:
+        logger.info("crop widened from %.0f to %.0f px so the moving head stays in frame", side, need)
+        side = need
+    side_i = max(16, int(round(side)))
+    return CropBox(int(round(cx - side_i / 2)), int(round(cy - centre_y_fraction * side_i)), side_i)
+
+
+def crop_frames(
+    frames: torch.Tensor, crop: CropBox, size: int = FRAME_SIZE, pad: str = "edge"
+) -> torch.Tensor:
+    """Cut ``crop`` from uint8 ``[B, H, W, 3]`` frames and resize to ``size``² (uint8).
+
+    Outside the source frame the crop is padded: ``"edge"`` repeats the border pixels (keeps a
+    plausible background and torso), ``"black"`` fills zeros. Downscaling is antialiased.
+    """
+    if pad not in ("edge", "black"):
+        raise InputError(f"pad must be 'edge' or 'black', got {pad!r}")
+    _, h, w, _ = frames.shape
+    ys = torch.arange(crop.y0, crop.y0 + crop.side)
+    xs = torch.arange(crop.x0, crop.x0 + crop.side)
+    out = frames[:, ys.clamp(0, h - 1)][:, :, xs.clamp(0, w - 1)]  # [B, side, side, 3]
+    if pad == "black":
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        out = out * inside[None, :, :, None].to(out.dtype)
+    if crop.side == size:
+        return out.contiguous()
+    x = out.permute(0, 3, 1, 2).float()  # [B, 3, side, side]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=crop.side > size)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def resize_square(frames: torch.Tensor, size: int = FRAME_SIZE, name: str = "frames") -> torch.Tensor:
+    """Frames that are already portrait crops: check they are square, resize to ``size``²."""
+    _, h, w, _ = frames.shape
+    if h != w:
+        raise InputError(
+            f"{name}: crop='none' keeps frames as given, but they are {w}x{h}, not square. Use "
+            "crop='auto' (finds the face and cuts a square portrait) or crop the clip to a square first."
+        )
+    return crop_frames(frames, CropBox(0, 0, h), size=size)
