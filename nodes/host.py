@@ -52,13 +52,13 @@ def missing_api_message() -> str:
 
 
 def _comfy(module: str) -> Optional[Any]:
-    """A ComfyUI module (``comfy.model_management`` ...) when running inside ComfyUI, else None."""
+    """A ComfyUI module (``comfy.model_management`` ...) when running inside ComfyUI, else None.
+
+    Inside ComfyUI an import failure propagates: silently running unmanaged would hide a broken
+    host (models outside ComfyUI's memory management, no Cancel)."""
     if not IN_COMFYUI:
         return None
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
+    return importlib.import_module(module)
 
 
 # ---------------------------------------------------------------- model folders
