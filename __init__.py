@@ -9,7 +9,7 @@ or logging settings. Outside ComfyUI it imports without doing anything.
 
 from .nodes import host as _host
 
-if _host.V3_AVAILABLE:
+if _host.HOSTED:
     _host.register_model_folders()
 
     async def comfy_entrypoint():

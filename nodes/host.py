@@ -44,6 +44,9 @@ ADAPTER_SUBDIR = "adapters"
 
 IN_COMFYUI = folder_paths is not None
 V3_AVAILABLE = ComfyExtension is not None
+HOSTED = IN_COMFYUI and V3_AVAILABLE
+"""Running inside a ComfyUI that can host the pack. Otherwise (no ComfyUI, or one too old to
+register our nodes) every service below uses its standalone fallback."""
 
 
 def missing_api_message() -> str:
@@ -56,7 +59,7 @@ def _comfy(module: str) -> Optional[Any]:
 
     Inside ComfyUI an import failure propagates: silently running unmanaged would hide a broken
     host (models outside ComfyUI's memory management, no Cancel)."""
-    if not IN_COMFYUI:
+    if not HOSTED:
         return None
     return importlib.import_module(module)
 
@@ -67,7 +70,7 @@ def _comfy(module: str) -> Optional[Any]:
 def register_model_folders() -> bool:
     """Register ``models/mimictalk`` (+ ``adapters``) as the default folders of our keys, keeping
     folders added earlier by extra_model_paths.yaml. Called once at pack import; no disk writes."""
-    if folder_paths is None:
+    if not HOSTED:
         return False
     base = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
     folder_paths.add_model_folder_path(MODEL_FOLDER, base, is_default=True)
@@ -85,14 +88,14 @@ def _folder_list(key: str) -> list[Path]:
 
 def model_dirs() -> list[Path]:
     """Every ``mimictalk`` weights folder, default first (downloads go there)."""
-    if folder_paths is None:
+    if not HOSTED:
         return download.default_model_dirs()
     return _folder_list(MODEL_FOLDER)
 
 
 def adapter_dirs() -> list[Path]:
     """Every folder holding personalised adapters, default first (new adapters are saved there)."""
-    if folder_paths is None:
+    if not HOSTED:
         return [d / ADAPTER_SUBDIR for d in download.default_model_dirs()]
     return _folder_list(ADAPTER_FOLDER)
 
@@ -105,15 +108,15 @@ def ensure_asset(asset_id: str, *, allow_download: bool, on_step: Optional[Progr
 
 
 def output_directory() -> Path:
-    return Path(folder_paths.get_output_directory()) if folder_paths else Path.cwd() / "output"
+    return Path(folder_paths.get_output_directory()) if HOSTED else Path.cwd() / "output"
 
 
 def temp_directory() -> Path:
-    return Path(folder_paths.get_temp_directory()) if folder_paths else Path(tempfile.gettempdir()) / "mimictalk"
+    return Path(folder_paths.get_temp_directory()) if HOSTED else Path(tempfile.gettempdir()) / "mimictalk"
 
 
 def input_directory() -> Path:
-    return Path(folder_paths.get_input_directory()) if folder_paths else Path.cwd() / "input"
+    return Path(folder_paths.get_input_directory()) if HOSTED else Path.cwd() / "input"
 
 
 # ---------------------------------------------------------------- devices and precision
