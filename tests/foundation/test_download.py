@@ -280,3 +280,11 @@ def test_cli_list_and_status(capsys, tmp_path):
     assert "hubert_large" in out and "manual" in out and "auto-download" in out
     assert download.main(["status", "mediapipe_face_landmarker", "--models-dir", str(tmp_path)]) == 0
     assert "face_landmarker.task: missing" in capsys.readouterr().out
+
+
+def test_package_entry_point_dispatches(capsys):
+    from mimictalk_lib.__main__ import main
+
+    assert main(["download", "list"]) == 0
+    assert "lpips_alex" in capsys.readouterr().out
+    assert main(["nope"]) == 2 and "usage: python -m mimictalk_lib" in capsys.readouterr().err
