@@ -10,9 +10,11 @@ optimizer-only file, the Real3D-Portrait VAE audio-to-motion model, a foreign ne
 with a message saying what was found.
 
 DST receives ``model.safetensors`` (the ``'model'`` tensors under their upstream names, so a
-strict ``load_state_dict`` works; the config JSON in its metadata), ``config.json``, and for a
-personalised renderer checkpoint ``personalization.safetensors`` (``learnable_triplane`` and the
-``person_ds`` tensors).
+strict ``load_state_dict`` works, plus ``learnable_triplane`` for a personalised renderer; the
+config JSON in its metadata) and ``config.json`` (kind, inferred configuration, source, yaml
+check, and what leaves no trace in the weights: ``head_threshold``, ``lora_args``). A personalised
+checkpoint's ``person_ds`` tensors go to ``personalization.safetensors``. The renderer loader
+(``mimictalk_lib.renderer.loading.load_renderer``) reads this layout.
 """
 
 from __future__ import annotations
@@ -165,25 +167,31 @@ def _resolve_src(src: Path) -> tuple[Path, Optional[Path]]:
     return ckpt, yaml_path if yaml_path.is_file() else None
 
 
-def _personalization(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and plain facts of a personalised (SD-Hybrid adapted) renderer checkpoint."""
-    tensors: dict[str, torch.Tensor] = {}
+PERSONAL_TRIPLANE = "learnable_triplane"
+"""Personalised tri-grid; written at the top level of model.safetensors, where the renderer loader
+(``mimictalk_lib.renderer.loading``) looks for it."""
+
+
+def _personalization(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """(extra tensors for model.safetensors, person_ds tensors, plain facts for config.json) of a
+    personalised (SD-Hybrid adapted) renderer checkpoint; all empty for a base renderer."""
     sd = ckpt.get("state_dict", {})
-    if isinstance(sd.get("learnable_triplane"), torch.Tensor):
-        tensors["learnable_triplane"] = sd["learnable_triplane"]
+    model_extra: dict[str, torch.Tensor] = {}
+    if isinstance(sd.get(PERSONAL_TRIPLANE), torch.Tensor):
+        model_extra[PERSONAL_TRIPLANE] = sd[PERSONAL_TRIPLANE]
+    person: dict[str, torch.Tensor] = {}
     facts: dict[str, Any] = {}
-    person = ckpt.get("person_ds")
-    if isinstance(person, Mapping):
-        for k, v in person.items():
+    if isinstance(ckpt.get("person_ds"), Mapping):
+        for k, v in ckpt["person_ds"].items():
             if isinstance(v, torch.Tensor):
-                tensors[f"person_ds.{k}"] = v
+                person[k] = v
             else:
-                facts[f"person_ds.{k}"] = _jsonable(v)
+                facts.setdefault("person_ds", {})[k] = _jsonable(v)
     if isinstance(ckpt.get("lora_args"), Mapping):
         facts["lora_args"] = _jsonable(ckpt["lora_args"])
-    if facts and not tensors:
-        raise CheckpointError(f"{source}: personalised checkpoint without learnable_triplane")
-    return tensors, facts
+    if (facts or person) and not model_extra:
+        raise CheckpointError(f"{source}: personalised checkpoint (lora_args / person_ds) without {PERSONAL_TRIPLANE}")
+    return model_extra, person, facts
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike, *, check_yaml: bool = True,
@@ -200,7 +208,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, *, check_yaml: bool = True,
         yaml_info = {"file": yaml_path.name, "checked": {}, "ignored": not check_yaml}
         if check_yaml:
             yaml_info["checked"] = cross_check_yaml(kind, config, read_yaml(yaml_path), str(yaml_path))
-    extra_tensors, extra_facts = _personalization(ckpt, source) if kind.name == "renderer" else ({}, {})
+    model_extra, person, facts = _personalization(ckpt, source) if kind.name == "renderer" else ({}, {}, {})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind.name, "title": kind.title,
         "config_class": f"{type(config).__module__}.{type(config).__qualname__}",
@@ -211,13 +219,16 @@ def convert_checkpoint(src: PathLike, dst: PathLike, *, check_yaml: bool = True,
                    "epoch": _jsonable(ckpt.get("epoch"))},
         "yaml": yaml_info,
     }
-    if extra_tensors:
-        meta["personalization"] = {"file": "personalization.safetensors", **extra_facts}
+    if hasattr(config, "head_threshold"):  # leaves no trace in the weights; the loader reads it here
+        meta["head_threshold"] = config.head_threshold
+    meta.update(facts)  # lora_args, person_ds (plain values): top level, where the loader reads them
+    if person:
+        meta["person_ds_file"] = "personalization.safetensors"
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    save_safetensors(dst / "model.safetensors", tensors, meta)
-    if extra_tensors:
-        save_safetensors(dst / "personalization.safetensors", extra_tensors, meta)
+    save_safetensors(dst / "model.safetensors", {**tensors, **model_extra}, meta)
+    if person:
+        save_safetensors(dst / "personalization.safetensors", person, meta)
     tmp = dst / ".config.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, dst / "config.json")

@@ -121,3 +121,45 @@ def test_real_ics_a2m_layout_round_trip(tmp_path):
         assert meta["config"]["depth"] == a2m.A2MConfig.tiny(aux).depth
         assert meta["yaml"]["checked"] == {"use_aux_features": aux}
 
+
+
+
+@pytest.mark.parametrize("layout", ["mimictalk", "real3d", "personalised"])
+def test_real_renderer_layouts_round_trip_through_the_loader(tmp_path, layout):
+    """Convert a tiny upstream-style renderer checkpoint with the real renderer kind and load the
+    result with the renderer package's loader: same weights, planes and LoRA facts as loading the
+    upstream checkpoint itself."""
+    pytest.importorskip("mimictalk_lib.renderer.loading")
+    tiny_renderer = pytest.importorskip("tests.fixtures.tiny_renderer")
+    from dataclasses import replace
+
+    from mimictalk_lib.renderer.config import RendererConfig, infer_renderer_config
+    from mimictalk_lib.renderer.loading import load_renderer
+
+    base = RendererConfig.tiny("real3d" if layout == "real3d" else "mimictalk")
+    # tiny checkpoints need the non-weight settings (heads, samples) of the tiny preset
+    kind = replace(convert.KINDS[0], infer=lambda sd: infer_renderer_config(sd, base=base))
+    ckpt = tiny_renderer.tiny_checkpoint(layout)
+    torch.save(ckpt, tmp_path / "model_ckpt_steps_10.ckpt", _use_new_zipfile_serialization=False)
+    feature = "triplane" if layout == "real3d" else "trigrid_v2"
+    (tmp_path / "config.yaml").write_text(
+        "task_cls: tasks.os_avatar.secc_img2plane_torso_task.SECC_Img2PlaneEG3D_TorsoTask\n"
+        f"triplane_feature_type: {feature}\n" + ("torso_inp_mode: rgb_alpha\n" if layout == "real3d" else ""))
+    out = convert_checkpoint(tmp_path, tmp_path / "out", kinds=[kind])
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["kind"] == "renderer" and meta["num_tensors"] == len(ckpt["state_dict"]["model"])
+    assert meta["yaml"]["checked"]["triplane_feature_type"] == feature
+    assert meta["yaml"]["checked"]["torso_inp_mode"] == ("rgb_alpha" if layout == "real3d" else "rgb")
+
+    ours = load_renderer(out, base_config=base)
+    ref = load_renderer(ckpt, base_config=base)
+    assert ours.layout == ref.layout == layout
+    assert ours.config == ref.config
+    ref_sd = ref.model.state_dict()
+    assert all(torch.equal(v, ref_sd[k]) for k, v in ours.model.state_dict().items())
+    if layout == "personalised":
+        assert torch.equal(ours.cano_planes, ref.cano_planes) and ours.lora_args == ref.lora_args
+        person, _ = load_safetensors(out / "personalization.safetensors")
+        assert torch.equal(person["id"], ckpt["person_ds"]["id"]) and meta["person_ds"] == {"video_id": "synthetic"}
+    else:
+        assert not (out / "personalization.safetensors").exists()
