@@ -60,9 +60,10 @@ def make_resample_filter(taps: Sequence[float] = RESAMPLE_FILTER_TAPS) -> torch.
     Upstream stores short filters (< 8 taps) in this non-separable 2-D form, which is what the
     ``resample_filter (4, 4)`` checkpoint buffers hold.
     """
-    t = torch.as_tensor(taps, dtype=torch.float32)
-    f = torch.outer(t, t)
-    return f / f.sum()
+    # Built from Python floats: tensor maths here would, on the meta device, import torch._dynamo
+    # (seconds) just to build a model for a shape check.
+    total = sum(taps) ** 2
+    return torch.tensor([[a * b / total for b in taps] for a in taps], dtype=torch.float32)
 
 
 def bias_act(
@@ -284,7 +285,8 @@ class FullyConnectedLayer(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        weight = torch.randn(out_features, in_features)
+        self.weight = nn.Parameter(weight / lr_multiplier if lr_multiplier != 1 else weight)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
