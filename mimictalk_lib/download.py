@@ -261,6 +261,20 @@ def _asset_home(asset: Asset, dirs: Sequence[Path], wanted: Sequence[ManifestFil
     return dirs[0]
 
 
+def asset_dir(asset_id: str, model_dirs: Optional[Sequence[PathLike]] = None, *,
+              manifest: Optional[Manifest] = None) -> Path:
+    """The asset's folder without checking any file: the first registered folder where it exists,
+    else where it belongs in the default folder. For assets whose completeness another check
+    decides (the face model: ``mimictalk_lib.face.files.check_face_model_files``)."""
+    manifest = manifest or load_manifest()
+    asset = manifest.get(asset_id)
+    dirs = [Path(d).expanduser() for d in (model_dirs if model_dirs is not None else default_model_dirs())]
+    for d in dirs:
+        if (d / asset.target_dir).is_dir():
+            return d / asset.target_dir
+    return dirs[0] / asset.target_dir
+
+
 def _missing_message(asset: Asset, home: Path, missing: Sequence[str], dirs: Sequence[Path], why: str) -> str:
     where = home / asset.target_dir
     lines = [f"MimicTalk: {asset.title} ('{asset.id}') is missing {', '.join(missing)}; {why}.",

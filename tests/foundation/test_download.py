@@ -288,3 +288,12 @@ def test_package_entry_point_dispatches(capsys):
     assert main(["download", "list"]) == 0
     assert "lpips_alex" in capsys.readouterr().out
     assert main(["nope"]) == 2 and "usage: python -m mimictalk_lib" in capsys.readouterr().err
+
+
+def test_asset_dir_finds_the_registered_folder_without_checking_files(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert download.asset_dir("bfm2009", [first, second]) == first / "bfm"
+    (second / "bfm").mkdir(parents=True)
+    assert download.asset_dir("bfm2009", [first, second]) == second / "bfm"
+    # every BFM file is optional in the manifest: the face checker decides what is missing
+    assert ensure_asset("bfm2009", [first], allow_download=False) == first / "bfm"
