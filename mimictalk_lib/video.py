@@ -1,0 +1,461 @@
+"""Video and audio files through PyAV (FFmpeg's libraries in the wheel; no system ffmpeg).
+
+Upstream writes its 25 fps frames with imageio's ffmpeg plugin and then muxes the 16 kHz wav with
+the ffmpeg command line (``-shortest``, architecture reference §1.1). Here one streaming writer
+does both:
+
+* :class:`VideoWriter` / :func:`write_video` -- frames (uint8 0..255 or float 0..1, ``[T, H, W, 3]``,
+  given at once or as an iterator of chunks so memory stays flat for long clips) -> H.264 yuv420p
+  (libx264, ``crf``) in an mp4, with optional AAC audio interleaved as the frames arrive, and
+  optional container metadata (string key/values; ComfyUI stores its ``prompt``/``workflow`` JSON
+  there, written with ``movflags=use_metadata_tags`` as core ``SaveVideo`` does).
+* :func:`read_video` -- frames (uint8), fps, per-frame timestamps and the audio track.
+  :func:`read_audio` -- only the audio track (``None`` when the file has none).
+
+Audio is an :class:`Audio`: float32 waveform ``[C, N]`` in about -1..1 and a sample rate.
+:func:`as_audio` accepts that, a ComfyUI AUDIO dict (``{"waveform": [1, C, N], "sample_rate"}``), or
+a raw waveform with ``sample_rate``. Sample rates AAC cannot store are resampled by the encoder to
+the nearest rate it supports; more than two channels are reduced to the first two.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .utils import ProgressFn, logger, report
+
+DEFAULT_FPS = 25.0  # MimicTalk renders at 25 fps (architecture reference §1.1)
+DEFAULT_CRF = 19  # libx264 constant-rate factor: visually near-lossless for talking heads
+AUDIO_MODES = ("fit", "trim", "pad", "keep")
+"""How the audio length follows the video: 'fit' trims or pads with silence to the video duration,
+'trim' only trims a longer track, 'pad' only pads a shorter one, 'keep' writes it unchanged."""
+ODD_SIZE_MODES = ("pad", "error")
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+"""Sample rates FFmpeg's native AAC encoder accepts (its ``supported_samplerates``)."""
+VIDEO_CODECS = ("libx264", "h264")  # the PyAV wheels ship libx264; 'h264' picks any H.264 encoder
+
+Frames = Union[torch.Tensor, np.ndarray]
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as e:  # pragma: no cover - av is a core dependency
+        from .errors import DependencyMissingError
+
+        raise DependencyMissingError("PyAV is needed to read and write videos: pip install av") from e
+    return av
+
+
+# --- audio ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Audio:
+    """A waveform [C, N] (float32, CPU, about -1..1) with its sample rate in Hz."""
+
+    waveform: torch.Tensor
+    sample_rate: int
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.waveform.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.waveform.shape[0])
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    def to_comfy(self) -> dict:
+        """ComfyUI AUDIO: ``{"waveform": [1, C, N], "sample_rate": int}``."""
+        return {"waveform": self.waveform.unsqueeze(0), "sample_rate": self.sample_rate}
+
+
+def as_audio(audio: Any, sample_rate: Optional[int] = None) -> Optional[Audio]:
+    """Normalise ``audio`` to an :class:`Audio` (``None`` stays ``None``).
+
+    Accepts an :class:`Audio`, a ComfyUI AUDIO dict, or a waveform tensor/array [N], [C, N] or
+    [1, C, N] together with ``sample_rate``."""
+    if audio is None:
+        return None
+    if isinstance(audio, Audio):
+        return audio
+    if isinstance(audio, Mapping):
+        if "waveform" not in audio or "sample_rate" not in audio:
+            raise InputError(f"audio: expected a dict with 'waveform' and 'sample_rate', got keys {sorted(audio)}")
+        wave, sample_rate = audio["waveform"], audio["sample_rate"]
+    elif isinstance(audio, (torch.Tensor, np.ndarray)):
+        if sample_rate is None:
+            raise InputError("audio: a raw waveform needs sample_rate=... (Hz)")
+        wave = audio
+    else:
+        raise InputError(f"audio: expected an AUDIO dict, a waveform or None, got {type(audio).__name__}")
+    wave = torch.as_tensor(wave).detach().cpu().float()
+    if wave.dim() == 3:
+        if wave.shape[0] != 1:
+            raise InputError(f"audio: expected one clip, got a batch of {wave.shape[0]} (shape {list(wave.shape)})")
+        wave = wave[0]
+    if wave.dim() == 1:
+        wave = wave[None]
+    if wave.dim() != 2 or wave.shape[0] < 1:
+        raise InputError(f"audio: expected a waveform [N], [C, N] or [1, C, N], got shape {list(wave.shape)}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer, float)) or sample_rate != int(sample_rate) or sample_rate <= 0:
+        raise InputError(f"audio: sample rate must be a positive whole number of Hz, got {sample_rate!r}")
+    if not torch.isfinite(wave).all():
+        raise InputError("audio: the waveform contains NaN or infinite samples")
+    return Audio(wave, int(sample_rate))
+
+
+def fit_audio_length(audio: Audio, num_samples: int, mode: str = "fit") -> Audio:
+    """Trim and/or pad ``audio`` with silence to ``num_samples`` per ``mode`` (see AUDIO_MODES)."""
+    if mode not in AUDIO_MODES:
+        raise InputError(f"audio mode must be one of {AUDIO_MODES}, got {mode!r}")
+    wave, n = audio.waveform, audio.num_samples
+    if n > num_samples and mode in ("fit", "trim"):
+        wave = wave[:, :num_samples]
+    elif n < num_samples and mode in ("fit", "pad"):
+        wave = torch.cat([wave, wave.new_zeros(wave.shape[0], num_samples - n)], dim=1)
+    return Audio(wave, audio.sample_rate)
+
+
+def _aac_rate(rate: int) -> int:
+    return min(AAC_RATES, key=lambda r: (abs(r - rate), -r))
+
+
+# --- frames --------------------------------------------------------------------------------------
+
+
+def to_uint8_frames(frames: Frames) -> np.ndarray:
+    """[T, H, W, 3] or [H, W, 3] uint8 (0..255) or float (0..1, clamped) -> uint8 numpy [T, H, W, 3]."""
+    if isinstance(frames, torch.Tensor):
+        t = frames.detach()
+        if t.is_floating_point():
+            t = (t.float().clamp(0, 1) * 255).round_().to(torch.uint8)
+        frames = t.cpu().numpy()
+    arr = np.asarray(frames)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise InputError(f"video frames: expected [T, H, W, 3] RGB (or [H, W, 3]), got shape {list(arr.shape)}")
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(f"video frames: expected uint8 or float frames, got {arr.dtype}")
+    return arr
+
+
+def _check_fps(fps: Any) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction, np.number)) or not math.isfinite(float(fps)) or not 0 < float(fps) <= 1000:
+        raise InputError(f"fps must be a number in (0, 1000], got {fps!r}")
+    if isinstance(fps, Fraction):
+        return fps
+    return Fraction(round(float(fps) * 1000), 1000)  # e.g. 29.97 -> 2997/100, 25 -> 25
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrittenVideo:
+    """What :class:`VideoWriter` wrote."""
+
+    path: Path
+    num_frames: int
+    width: int  # encoded size (odd sizes padded to even)
+    height: int
+    fps: float
+    audio_samples: int  # samples of audio handed to the encoder (input rate), 0 without audio
+    audio_rate: int  # the AAC stream's sample rate, 0 without audio
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+class VideoWriter:
+    """Streaming mp4 writer: ``write(chunk)`` any number of times, then ``close()`` (or use it as a
+    context manager). H.264 yuv420p + AAC; audio is interleaved as the frames arrive.
+
+    ``audio_mode`` (AUDIO_MODES) fits the audio to the final video duration; ``odd_size`` 'pad'
+    repeats the last row/column to make odd frame sizes even (H.264 4:2:0 needs even sizes),
+    'error' refuses them. ``metadata`` values that are not strings are stored as JSON. An
+    exception inside the ``with`` block removes the partial file."""
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        fps: float = DEFAULT_FPS,
+        *,
+        audio: Any = None,
+        sample_rate: Optional[int] = None,
+        audio_mode: str = "fit",
+        crf: float = DEFAULT_CRF,
+        preset: str = "medium",
+        metadata: Optional[Mapping[str, Any]] = None,
+        odd_size: str = "pad",
+    ):
+        if audio_mode not in AUDIO_MODES:
+            raise InputError(f"audio_mode must be one of {AUDIO_MODES}, got {audio_mode!r}")
+        if odd_size not in ODD_SIZE_MODES:
+            raise InputError(f"odd_size must be one of {ODD_SIZE_MODES}, got {odd_size!r}")
+        if isinstance(crf, bool) or not isinstance(crf, (int, float)) or not 0 <= crf <= 51:
+            raise InputError(f"crf must be a number in [0, 51] (lower = better quality), got {crf!r}")
+        self.path = Path(path)
+        self.rate = _check_fps(fps)
+        self.audio = as_audio(audio, sample_rate)
+        if self.audio is not None and self.audio.channels > 2:
+            logger.warning("audio has %d channels; writing the first two (stereo)", self.audio.channels)
+            self.audio = Audio(self.audio.waveform[:2], self.audio.sample_rate)
+        self.audio_mode, self.crf, self.preset, self.odd_size = audio_mode, crf, preset, odd_size
+        self.metadata = dict(metadata or {})
+        self.num_frames = 0
+        self._audio_sent = 0
+        self._av = _import_av()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = self._av.open(str(self.path), mode="w", format="mp4", options={"movflags": "use_metadata_tags"})
+        for key, value in self.metadata.items():
+            self._container.metadata[str(key)] = value if isinstance(value, str) else _json(value)
+        self._video = None  # created with the first frame (its size)
+        self._audio_stream = None
+        self._size: Optional[tuple[int, int]] = None
+
+    # -- streams
+
+    def _open_video(self, height: int, width: int) -> None:
+        if (height % 2 or width % 2) and self.odd_size == "error":
+            raise InputError(f"video frames are {width}x{height}; H.264 (yuv420p) needs even sizes. Crop or pad the frames, or use odd_size='pad'.")
+        stream = None
+        for name in VIDEO_CODECS:
+            try:
+                stream = self._container.add_stream(name, rate=self.rate)
+                break
+            except (ValueError, self._av.error.FFmpegError):  # encoder not in this FFmpeg build
+                continue
+        if stream is None:  # pragma: no cover - the PyAV wheels include libx264
+            raise InputError(f"this PyAV/FFmpeg build has no H.264 encoder (tried {VIDEO_CODECS})")
+        stream.height, stream.width = height + height % 2, width + width % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self._video, self._size = stream, (height, width)
+        if self.audio is not None:
+            audio = self._container.add_stream("aac", rate=_aac_rate(self.audio.sample_rate))
+            audio.codec_context.layout = "mono" if self.audio.channels == 1 else "stereo"
+            self._audio_stream = audio
+
+    def _mux(self, packets) -> None:
+        self._container.mux(packets)
+
+    def _send_audio(self, stop: int) -> None:
+        """Encode the input-rate audio samples [sent, stop) (zeros beyond the waveform's end)."""
+        if self._audio_stream is None or stop <= self._audio_sent:
+            return
+        wave = self.audio.waveform
+        part = wave[:, self._audio_sent: stop]
+        if part.shape[1] < stop - self._audio_sent:  # silence after the end
+            part = torch.cat([part, part.new_zeros(part.shape[0], stop - self._audio_sent - part.shape[1])], dim=1)
+        arr = np.ascontiguousarray(part.clamp(-1, 1).numpy(), dtype=np.float32)  # planar [C, n]
+        frame = self._av.AudioFrame.from_ndarray(arr, format="fltp", layout="mono" if arr.shape[0] == 1 else "stereo")
+        frame.sample_rate = self.audio.sample_rate
+        frame.pts, frame.time_base = self._audio_sent, Fraction(1, self.audio.sample_rate)  # lets the muxer trim the AAC priming
+        self._mux(self._audio_stream.encode(frame))
+        self._audio_sent = stop
+
+    def _video_samples(self) -> int:
+        """Input-rate audio samples spanned by the frames written so far."""
+        return math.ceil(self.num_frames * self.audio.sample_rate / self.rate)
+
+    # -- public
+
+    def write(self, frames: Frames) -> None:
+        """Append frames: [T, H, W, 3] or one [H, W, 3], uint8 0..255 or float 0..1."""
+        arr = to_uint8_frames(frames)
+        if self._video is None:
+            self._open_video(arr.shape[1], arr.shape[2])
+        if arr.shape[1:3] != self._size:
+            raise InputError(f"video frames changed size mid-clip: {arr.shape[2]}x{arr.shape[1]} after {self._size[1]}x{self._size[0]}")
+        h, w = self._size
+        if h % 2 or w % 2:  # replicate the last row / column
+            arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for img in arr:
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.num_frames
+            frame.time_base = 1 / self.rate
+            self._mux(self._video.encode(frame))
+            self.num_frames += 1
+        if self.audio is not None:  # interleave: audio up to the current video time
+            self._send_audio(min(self._video_samples(), self.audio.num_samples))
+
+    def close(self) -> WrittenVideo:
+        """Flush the encoders, finish the audio per ``audio_mode`` and close the file."""
+        if self._container is None:
+            raise InputError("VideoWriter is already closed")
+        if self._video is None:
+            self.abort()
+            raise InputError(f"no frames were written to {self.path}; a video needs at least one frame")
+        try:
+            self._mux(self._video.encode(None))
+            if self.audio is not None:
+                target = fit_audio_length(self.audio, self._video_samples(), self.audio_mode).num_samples
+                self._send_audio(target)
+                self._mux(self._audio_stream.encode(None))
+        except BaseException:
+            self.abort()
+            raise
+        self._container.close()
+        self._container = None
+        h, w = self._size
+        return WrittenVideo(
+            path=self.path, num_frames=self.num_frames, width=w + w % 2, height=h + h % 2, fps=float(self.rate),
+            audio_samples=self._audio_sent, audio_rate=self._audio_stream.rate if self._audio_stream is not None else 0,
+        )
+
+    def abort(self) -> None:
+        """Close without finishing and delete the partial file."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away; report the original error
+                pass
+            self._container = None
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._container is not None:
+            self.result = self.close()
+
+
+def write_video(
+    path: Union[str, os.PathLike],
+    frames: Union[Frames, Iterable[Frames]],
+    fps: float = DEFAULT_FPS,
+    *,
+    on_step: Optional[ProgressFn] = None,
+    **options: Any,
+) -> WrittenVideo:
+    """Write ``frames`` (one array/tensor [T, H, W, 3], or an iterable of such chunks, consumed
+    lazily) to an mp4. ``options`` are :class:`VideoWriter`'s: ``audio``, ``sample_rate``,
+    ``audio_mode``, ``crf``, ``preset``, ``metadata``, ``odd_size``.
+    ``on_step(frames_written, total or 0)`` after each chunk (total 0 when streaming)."""
+    whole = isinstance(frames, (torch.Tensor, np.ndarray))
+    chunks: Iterable[Frames] = [frames] if whole else frames
+    total = int(frames.shape[0]) if whole and frames.ndim == 4 else 0
+    with VideoWriter(path, fps, **options) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+            report(on_step, writer.num_frames, total)
+    return writer.result
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoClip:
+    """A decoded video file."""
+
+    frames: torch.Tensor  # uint8 [T, H, W, 3] RGB
+    fps: float  # the stream's average frame rate
+    timestamps: torch.Tensor  # float64 [T] presentation times in seconds
+    audio: Optional[Audio]  # the first audio track, None if there is none
+    metadata: dict  # container metadata (strings)
+
+
+def _open(path: Union[str, os.PathLike]):
+    av = _import_av()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"video file not found: '{path}'")
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:
+        raise InputError(f"cannot open '{path}' as a media file: {e}") from e
+
+
+def _decode_audio(container) -> Optional[Audio]:
+    if not container.streams.audio:
+        return None
+    av = _import_av()
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="fltp")  # keep layout and rate; float planar [C, n]
+    parts = []
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            parts.append(out.to_ndarray())
+    for out in resampler.resample(None):
+        parts.append(out.to_ndarray())
+    rate = stream.rate or stream.codec_context.sample_rate
+    channels = stream.codec_context.channels or 1
+    wave = np.concatenate(parts, axis=1) if parts else np.zeros((channels, 0), np.float32)
+    return Audio(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), int(rate))
+
+
+def read_audio(path: Union[str, os.PathLike]) -> Optional[Audio]:
+    """The first audio track of a video or audio file as an :class:`Audio`, or ``None``."""
+    with _open(path) as container:
+        return _decode_audio(container)
+
+
+def iter_frames(path: Union[str, os.PathLike], chunk_size: int = 16) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode the first video stream in chunks: yields (uint8 [n, H, W, 3], float64 [n] seconds)."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"'{os.fspath(path)}' has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fallback = 1.0 / float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+        imgs, times, last = [], [], -fallback
+        for frame in container.decode(stream):
+            last = frame.time if frame.time is not None else last + fallback
+            imgs.append(frame.to_ndarray(format="rgb24"))
+            times.append(last)
+            if len(imgs) == chunk_size:
+                yield torch.from_numpy(np.stack(imgs)), torch.tensor(times, dtype=torch.float64)
+                imgs, times = [], []
+        if imgs:
+            yield torch.from_numpy(np.stack(imgs)), torch.tensor(times, dtype=torch.float64)
+
+
+def read_video(path: Union[str, os.PathLike], *, with_audio: bool = True, max_frames: Optional[int] = None) -> VideoClip:
+    """Decode a video file: all frames (or the first ``max_frames``), fps, timestamps, audio."""
+    frames, times = [], []
+    count = 0
+    for chunk, ts in iter_frames(path):
+        frames.append(chunk)
+        times.append(ts)
+        count += chunk.shape[0]
+        if max_frames is not None and count >= max_frames:
+            break
+    if not frames:
+        raise InputError(f"'{os.fspath(path)}' has no decodable video frames")
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+        metadata = dict(container.metadata)
+        audio = _decode_audio(container) if with_audio else None
+    out_frames, out_times = torch.cat(frames), torch.cat(times)
+    if max_frames is not None:
+        out_frames, out_times = out_frames[:max_frames], out_times[:max_frames]
+    return VideoClip(frames=out_frames, fps=fps, timestamps=out_times, audio=audio, metadata=metadata)
