@@ -313,7 +313,33 @@ class FullyConnectedLayer(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
 
 
-class Conv2dLayer(nn.Module):
+class _ConvBase(nn.Module):
+    """What Conv2dLayer and SynthesisLayer share: the raw kernel [O, I, k, k], the FIR filter
+    buffer, 'same' padding and the bias + activation + gain + clamp epilogue."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, activation: str, up: int,
+        resample_filter: Sequence[float], conv_clamp: Optional[float],
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.activation = activation
+        self.up = up
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", make_resample_filter(resample_filter))
+        self.padding = kernel_size // 2
+        self.act_gain = ACTIVATION_GAINS[activation]
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+
+    def _activate(self, x: torch.Tensor, bias: Optional[torch.Tensor], gain: float) -> torch.Tensor:
+        """``bias_act`` with the layer's activation; ``gain`` scales both the gain and the clamp."""
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        b = bias.to(x.dtype) if bias is not None else None
+        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+
+class Conv2dLayer(_ConvBase):
     """Equalized-lr convolution with optional FIR up/down-sampling, bias, activation, clamp.
 
     weight: [out, in, k, k]; bias: [out]; buffer resample_filter: [4, 4].
@@ -332,18 +358,9 @@ class Conv2dLayer(nn.Module):
         resample_filter: Sequence[float] = RESAMPLE_FILTER_TAPS,
         conv_clamp: Optional[float] = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
+        super().__init__(in_channels, out_channels, kernel_size, activation, up, resample_filter, conv_clamp)
         self.down = down
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", make_resample_filter(resample_filter))
-        self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
-        self.act_gain = ACTIVATION_GAINS[activation]
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def effective_weight(self, delta_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -360,9 +377,7 @@ class Conv2dLayer(nn.Module):
             x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
             flip_weight=(self.up == 1),  # upstream: correlation unless upsampling
         )
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        b = self.bias.to(x.dtype) if self.bias is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return self._activate(x, self.bias, gain)
 
     def extra_repr(self) -> str:
         return (
@@ -371,7 +386,7 @@ class Conv2dLayer(nn.Module):
         )
 
 
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(_ConvBase):
     """StyleGAN2 modulated 3x3 convolution with optional x2 upsampling, noise, bias, lrelu.
 
     x: [B, I, R/up, R/up], w: [B or 1, w_dim] -> [B, O, R, R].
@@ -395,20 +410,11 @@ class SynthesisLayer(nn.Module):
         resample_filter: Sequence[float] = RESAMPLE_FILTER_TAPS,
         conv_clamp: Optional[float] = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, kernel_size, activation, up, resample_filter, conv_clamp)
         self.w_dim = w_dim
         self.resolution = resolution
-        self.up = up
         self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", make_resample_filter(resample_filter))
-        self.padding = kernel_size // 2
-        self.act_gain = ACTIVATION_GAINS[activation]
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -446,8 +452,7 @@ class SynthesisLayer(nn.Module):
             x, weight, styles, noise=noise, up=self.up, padding=self.padding,
             resample_filter=self.resample_filter, flip_weight=(self.up == 1), fused_modconv=fused_modconv,
         )
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return self._activate(x, self.bias, gain)
 
     def extra_repr(self) -> str:
         return (
