@@ -1,7 +1,8 @@
-"""Face model and renderer conditioning: BFM-2009 3DMM, mesh and landmarks.
+"""Face model and renderer conditioning: BFM-2009 3DMM, mesh, landmarks, SECC maps, EG3D camera,
+torso keypoints and blinks (architecture reference §1.5, §1.6, §5). Pure torch + numpy/scipy.
 
-Everything that turns 3DMM coefficients (identity 80, expression 64, euler 3 in radians,
-translation 3) into what the renderer consumes (architecture reference §1.5, §1.6, §5).
+Coefficients everywhere: identity ``id`` [..., 80], expression ``exp`` [..., 64], ``euler`` [..., 3]
+(radians, BFM convention) and ``trans`` [..., 3].
 
 Face-model folder (``files``)
     ``check_face_model_files(folder, *, need_mp468=False) -> FaceModelFiles``
@@ -13,41 +14,84 @@ Face-model folder (``files``)
         ``ncc_code.npy`` / ``bfm_{left,right}_eye_faces.npy`` (upstream MIT repo) are optional.
 
 Face model (``model``)
-    ``load_face_model(folder, *, need_mp468=False) -> FaceModel`` (CPU float32 ``nn.Module``
-    of non-persistent buffers; ``.to(device, dtype)`` moves it).
-    ``FaceModel.shape(id [..., 80], exp [..., 64]) -> [..., N, 3]`` canonical mesh (decimetres).
-    ``FaceModel.points(id, exp, index [K]) -> [..., K, 3]`` selected vertices only.
-    ``FaceModel.landmarks(id, exp, which="lm68_upstream") -> [..., K, 3]``; ``which`` is
-    ``"lm68"`` (keypoints - 1, correct), ``"lm68_upstream"`` (the index set upstream's
-    Face3DHelper uses for torso keypoints and lip crops: keypoints read without the - 1) or
-    ``"mp468"`` (MediaPipe map, unmatched entries -> vertex 0, see ``FaceModel.mp468_matched``).
-    ``FaceModel.project_landmarks(id, exp, euler, trans, which) -> [..., K, 2]`` in the 224-pixel
-    fitting image, v axis up (what the landmark fitting compares with MediaPipe points whose y
-    was flipped as ``224 - y``).
-    ``euler_to_rotation(euler [..., 3]) -> [..., 3, 3]``: R = (Rz Ry Rx)^T, used as ``points @ R``.
+    ``load_face_model(folder, *, need_mp468=False) -> FaceModel``: CPU float32 ``nn.Module`` of
+    non-persistent buffers; ``.to(device, dtype)`` moves it. Raises ``FaceModelMissingError`` /
+    ``CheckpointError``.
+    ``FaceModel.shape(id, exp) -> [..., N, 3]``: canonical (unposed, re-centred) mesh, decimetres.
+    ``FaceModel.points(id, exp, index [K]) -> [..., K, 3]``: selected vertices only (cheap).
+    ``FaceModel.landmarks(id, exp, which="lm68_upstream") -> [..., K, 3]``: ``which`` is ``"lm68"``
+    (keypoints - 1, the correct 68 points), ``"lm68_upstream"`` (what upstream's Face3DHelper uses
+    for torso keypoints and lip crops: keypoints read without the - 1, i.e. the next vertex) or
+    ``"mp468"`` (MediaPipe map; unmatched entries -> vertex 0, see ``FaceModel.mp468_matched``).
+    ``FaceModel.project_landmarks(id, exp, euler, trans, which) -> [..., K, 2]``: pixels of the
+    224 x 224 fitting image with v pointing up (what the landmark fitting compares with MediaPipe
+    points flipped as ``224 - y``).
+    ``euler_to_rotation(euler) -> [..., 3, 3]``: R = (Rz Ry Rx)^T, applied as ``points @ R``.
     ``to_camera(points [..., K, 3], euler, trans, camera_distance=10) -> [..., K, 3]``.
     ``project(points_cam, focal=1015, center=112) -> [..., K, 2]``.
-    Buffers: ``mean_shape`` (re-centred), ``id_base`` [3N, 80], ``exp_base`` [3N, 64], ``tri``,
+    Buffers: ``mean_shape`` [N, 3], ``id_base`` [3N, 80], ``exp_base`` [3N, 64], ``tri`` [F, 3],
     ``secc_tri`` (eye holes removed), ``eye_faces``, ``ncc`` [N, 3], ``lm68``, ``lm68_upstream``,
     ``mp468``, ``mp468_matched``.
 
+SECC maps (``secc``)
+    ``render_secc(face_model, id, exp, *, size=512, dtype=None, chunk_size=16, on_step=None)
+    -> [B, 3, size, size]`` in [-1, 1], background exactly -1; zero pose, eye holes, NCC colours.
+    ``secc_maps(face_model, id, exp [T, 64], *, src_exp=None, ...) -> SeccMaps(cano, src, drv)``.
+    Rasteriser (``raster``): ``rasterize(verts_screen [B, V, 3], faces, H, W) -> Fragments``,
+    ``render_vertex_colors(...)``, ``interpolate(...)``, ``ndc_to_screen(...)``: pure torch,
+    z-buffered, watertight, perspective-correct, pytorch3d's default settings.
+
+Camera (``camera``)
+    ``eg3d_camera(euler [T, 3], trans [T, 3]) -> [T, 25]`` (c2w 16 + normalised K 9).
+    ``smooth_camera(camera [T, 25], kernel_size=7) -> [T, 25]``; ``camera_sequence(euler, trans)``
+    = smoothed cameras. ``driving_pose(euler, trans, n_frames, *, src_euler, src_trans,
+    map_to_init_pose=True, freeze_z=True) -> (euler, trans)``; ``mirror_indices(n_frames, n_poses)``.
+
+Torso keypoints (``keypoints``)
+    ``torso_keypoints(face_model, id, exp, euler, trans, *, clamp=True) -> [..., 68, 3]`` in
+    [-1, 1] with z = 0; ``select_torso_keypoints(kp, num=4)`` ([0, 8, 16, 27]; 9 points also);
+    ``smooth_keypoints(kp [T, ...], kernel_size=7)``; ``landmarks_2d(...) -> [..., K, 2]`` in [0, 1]
+    image coordinates (y down; times 512 for the lip crop of the adaptation).
+
+Blink (``blink``)
+    ``blink_schedule(n_frames, mode="period" | "none", generator=None) -> [T]`` closure in [0, 1].
+    ``apply_blink(secc [T, 3, H, W], closure [T]) -> [T, 3, H, W]``.
+
 Derived assets (``assets``)
     NCC colours: upstream's ``ncc_code.npy`` when present, else per-axis min-max of the mean shape
-    (the shipped file has per-axis min 0 and max 1 exactly, consistent with this rule).
-    Eye holes: upstream's lists when present, else triangles inside the 68-point eye contours
-    (approximate). The 68-point map is the model's ``keypoints`` field; the MediaPipe map is a
-    required file for fitting (it cannot be derived from the model).
+    over the front vertices (the shipped file has per-axis min 0 and max 1 exactly, as this rule
+    gives). Eye holes: upstream's lists when present, else triangles inside the 68-point eye
+    contours (an approximation). The 68-point map is the model's ``keypoints`` field; the MediaPipe
+    map is a required file for fitting (it cannot be derived from the model).
 """
 
+from .blink import apply_blink, blink_schedule
+from .camera import camera_sequence, driving_pose, eg3d_camera, mirror_indices, smooth_camera
 from .files import FaceModelFiles, check_face_model_files
+from .keypoints import landmarks_2d, select_torso_keypoints, smooth_keypoints, torso_keypoints
 from .model import FaceModel, euler_to_rotation, load_face_model, project, to_camera
+from .secc import SeccMaps, render_secc, secc_maps
 
 __all__ = [
     "FaceModel",
     "FaceModelFiles",
+    "SeccMaps",
+    "apply_blink",
+    "blink_schedule",
+    "camera_sequence",
     "check_face_model_files",
+    "driving_pose",
+    "eg3d_camera",
     "euler_to_rotation",
+    "landmarks_2d",
     "load_face_model",
+    "mirror_indices",
     "project",
+    "render_secc",
+    "secc_maps",
+    "select_torso_keypoints",
+    "smooth_camera",
+    "smooth_keypoints",
     "to_camera",
+    "torso_keypoints",
 ]
