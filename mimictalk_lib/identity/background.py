@@ -19,7 +19,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..utils import logger
 from .segmentation import BACKGROUND
@@ -73,9 +72,10 @@ def nearest_seed(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 dst = (slice(None), slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
                 src = (slice(None), slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx)))
                 cy, cx = by[src], bx[src]
-                d = (cy - yy[dst[1:]]).square_().add_((cx - xx[dst[1:]]).square_())
+                ex = cx - xx[dst[1:]]
+                d = torch.sub(cy, yy[dst[1:]]).square_().addcmul_(ex, ex)  # squared distance to the candidate
                 better = d < bd[dst]
-                bd[dst] = torch.where(better, d, bd[dst])
+                bd[dst] = torch.minimum(d, bd[dst])
                 by[dst] = torch.where(better, cy, by[dst])
                 bx[dst] = torch.where(better, cx, bx[dst])
     has_seed = seeds.flatten(1).any(1)[:, None, None]

@@ -51,6 +51,11 @@ VIDEO_TIMESTAMP_STRETCH = 20
 MimicTalk training path (``fit_3dmm_for_a_video`` extracting landmarks itself)."""
 
 
+SAME_FACE_TOLERANCE = 0.15
+"""VIDEO- and IMAGE-mode results farther apart than this share of the face height (mean point
+distance) belong to different faces."""
+
+
 @dataclass
 class LandmarkResult:
     """Landmarks of a batch of frames.
@@ -161,7 +166,9 @@ class MediaPipeLandmarker:
         options = v.FaceLandmarkerOptions(
             base_options=self._python.BaseOptions(model_asset_path=self.model_path),
             running_mode=v.RunningMode.VIDEO if video else v.RunningMode.IMAGE,
-            num_faces=self.max_faces,
+            # VIDEO mode tracks only while it has found num_faces faces; asking for more than one
+            # makes it re-detect every frame (= IMAGE mode), so it follows one face as upstream.
+            num_faces=1 if video else self.max_faces,
             min_face_detection_confidence=self.min_confidence,
             min_face_presence_confidence=self.min_confidence,
         )
@@ -209,7 +216,10 @@ class MediaPipeLandmarker:
                     vid_lm.close()
         if not video:
             return LandmarkResult(img_pts, img_ok, counts)
-        both = img_ok & vid_ok
+        # VIDEO mode may follow another face than the largest one: then keep IMAGE mode
+        height = (img_pts[:, :, 1].amax(1) - img_pts[:, :, 1].amin(1)).clamp(min=1.0)
+        same_face = (vid_pts - img_pts)[:, :, :2].norm(dim=-1).mean(1) < SAME_FACE_TOLERANCE * height
+        both = img_ok & vid_ok & same_face
         points = torch.where(img_ok[:, None, None], img_pts, vid_pts)  # one mode only: use it alone
         points[both] = combine_video_image(vid_pts[both], img_pts[both])
         return LandmarkResult(points, img_ok | vid_ok, counts)

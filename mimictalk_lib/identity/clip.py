@@ -1,0 +1,215 @@
+"""From a user's clip (file or decoded frames) to 25 fps 512² portrait frames with landmarks.
+
+Steps: decode (PyAV, two passes over a file so only the cropped frames are kept), resample to
+25 fps by timestamps, find the face on up to 24 sampled frames (IMAGE-mode landmarks) and choose
+one crop (``frames.choose_crop``), cut and resize every frame, then track the landmarks over the
+cropped clip (``Landmarker.detect(video=True)``) and apply the bad-frame policy (``checks``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..utils import ProgressFn, logger
+from .checks import bad_frame_policy, check_face_size, check_length, cut_off_frames, interpolate_missing
+from .frames import (
+    FRAME_SIZE,
+    CropBox,
+    choose_crop,
+    crop_frames,
+    face_boxes,
+    is_variable_rate,
+    iter_video,
+    probe_video,
+    resample_indices,
+    timestamps_from,
+    to_uint8_frames,
+)
+from .landmarks import Landmarker, warn_multiple_faces
+
+CROP_SAMPLES = 24
+"""Frames on which the face is searched to choose the crop."""
+SAMPLE_SIDE = 960
+"""Long side (px) the search frames are reduced to (MediaPipe detects at 128-256 px anyway)."""
+CROP_CHUNK = 16
+
+
+@dataclass
+class Clip:
+    """Cropped 25 fps frames of a clip and where they came from."""
+
+    frames: torch.Tensor  # uint8 [T, S, S, 3] CPU
+    positions: np.ndarray  # [T] index of each frame on the 25 fps timeline
+    source_frames: np.ndarray  # [T] index of the source frame shown
+    crop: CropBox
+    source_hw: tuple[int, int]
+    source: str
+    variable_rate: bool = False
+    landmarks: Optional[torch.Tensor] = None  # float [T, 478, 3] after ``track``
+    bad: Optional[torch.Tensor] = None  # bool [T]: no usable face (interpolated landmarks)
+    dropped: list = field(default_factory=list)  # timeline positions removed
+
+    def meta(self) -> dict:
+        return {
+            "source": self.source,
+            "source_size": list(self.source_hw),
+            "crop": [self.crop.x0, self.crop.y0, self.crop.side],
+            "fps": 25.0,
+            "variable_frame_rate": self.variable_rate,
+            "frame_positions": self.positions.tolist(),
+            "source_frames": self.source_frames.tolist(),
+            "dropped_frames": list(self.dropped),
+            "interpolated_frames": [] if self.bad is None else torch.nonzero(self.bad).flatten().tolist(),
+        }
+
+
+def _search_frames(frames: torch.Tensor, max_side: int = SAMPLE_SIDE) -> tuple[torch.Tensor, float]:
+    """Downscale uint8 [K, H, W, 3] for the face search; returns (frames, source px per search px)."""
+    _, h, w, _ = frames.shape
+    s = max(h, w)
+    if s <= max_side:
+        return frames, 1.0
+    size = (round(h * max_side / s), round(w * max_side / s))
+    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous(), w / size[1]
+
+
+def find_crop(samples: torch.Tensor, landmarker: Landmarker, what: str, source_scale: float = 1.0) -> CropBox:
+    """Crop (source pixels) from the faces found on ``samples`` (uint8 [K, H, W, 3]) that are
+    ``source_scale`` times smaller than the source frames."""
+    search, scale = _search_frames(samples)
+    scale *= source_scale
+    res = landmarker.detect(search, video=False)
+    warn_multiple_faces(res.num_faces, f"{what}: sampled frames")
+    if not bool(res.detected.any()):
+        raise InputError(
+            f"{what}: no face found in any of the {samples.shape[0]} frames checked. The clip needs "
+            "one clearly visible, roughly frontal face."
+        )
+    boxes = face_boxes(res.points[res.detected, :468]) * scale
+    check_face_size(boxes[:, 3] - boxes[:, 1], what)
+    return choose_crop(boxes)
+
+
+def _square_crop(h: int, w: int, what: str) -> CropBox:
+    if h != w:
+        raise InputError(
+            f"{what}: crop='none' keeps frames as given, but they are {w}x{h}, not square. Use "
+            "crop='auto' (finds the face and cuts a square portrait) or crop the clip to a square first."
+        )
+    return CropBox(0, 0, h)
+
+
+def load_clip(
+    source,
+    *,
+    landmarker: Landmarker,
+    fps: Optional[float] = None,
+    timestamps: Optional[Sequence[float]] = None,
+    crop: str = "auto",
+    pad: str = "edge",
+    size: int = FRAME_SIZE,
+    what: str = "identity clip",
+) -> Clip:
+    """25 fps ``size``² frames of ``source``: a video file path, or frames (ComfyUI IMAGE batch
+    ``[B, H, W, C]`` float 0..1 or uint8) with ``fps`` or per-frame ``timestamps`` (seconds)."""
+    if crop not in ("auto", "none"):
+        raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
+    is_file = isinstance(source, (str, os.PathLike))
+    if is_file:
+        info = probe_video(source)
+        ts, (h, w) = info.timestamps, (info.height, info.width)
+        name = os.path.basename(os.fspath(source))
+        frames_src = None
+    else:
+        frames_src = to_uint8_frames(source, what)
+        _, h, w, _ = frames_src.shape
+        ts = timestamps_from(frames_src.shape[0], fps, timestamps)
+        name = "frames"
+    vfr = is_variable_rate(ts)
+    if vfr:
+        logger.info("%s: variable frame rate detected; resampling to 25 fps by timestamps", what)
+    idx = resample_indices(ts)
+    check_length(len(idx), what)
+
+    if crop == "none":
+        box = _square_crop(h, w, what)
+    elif is_file:
+        keys = sorted(info.samples)
+        samples = torch.from_numpy(np.stack([info.samples[k] for k in keys]))
+        box = find_crop(samples, landmarker, what, source_scale=w / samples.shape[2])
+    else:
+        pick = np.unique(idx[np.linspace(0, len(idx) - 1, min(CROP_SAMPLES, len(idx))).round().astype(int)])
+        box = find_crop(frames_src[torch.from_numpy(pick)], landmarker, what)
+
+    out = torch.empty(len(idx), size, size, 3, dtype=torch.uint8)
+    if frames_src is not None:
+        for s in range(0, len(idx), CROP_CHUNK):
+            sel = torch.from_numpy(idx[s : s + CROP_CHUNK])
+            out[s : s + CROP_CHUNK] = crop_frames(frames_src[sel], box, size, pad)
+    else:
+        _crop_stream(source, idx, box, size, pad, out)
+    return Clip(out, np.arange(len(idx)), idx, box, (h, w), name, vfr)
+
+
+def _crop_stream(path, idx: np.ndarray, box: CropBox, size: int, pad: str, out: torch.Tensor) -> None:
+    """Second decoding pass: crop the selected source frames into ``out`` (``idx`` sorted)."""
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # (frame, output positions)
+
+    def flush():
+        if pending:
+            cropped = crop_frames(torch.from_numpy(np.stack([f for f, _ in pending])), box, size, pad)
+            for k, (_, pos) in enumerate(pending):
+                out[torch.from_numpy(pos)] = cropped[k]
+            pending.clear()
+
+    start = np.searchsorted(idx, np.arange(idx.max() + 2), side="left")
+    for i, (img, _) in enumerate(iter_video(path)):
+        if i > idx[-1]:
+            break
+        pos = np.arange(start[i], start[i + 1])
+        if pos.size:
+            pending.append((img, pos))
+        if len(pending) >= CROP_CHUNK:
+            flush()
+    flush()
+
+
+def track(
+    clip: Clip,
+    landmarker: Landmarker,
+    *,
+    missing: str = "drop",
+    what: str = "identity clip",
+    on_step: Optional[ProgressFn] = None,
+) -> Clip:
+    """Landmarks of every frame (VIDEO+IMAGE mode) and the bad-frame policy. ``missing``:
+    ``"drop"`` removes frames without a usable face, ``"interpolate"`` keeps them with landmarks
+    interpolated from their neighbours (``clip.bad`` marks them)."""
+    if missing not in ("drop", "interpolate"):
+        raise InputError(f"missing must be 'drop' or 'interpolate', got {missing!r}")
+    res = landmarker.detect(clip.frames, video=True, on_step=on_step)
+    warn_multiple_faces(res.num_faces, f"{what}: frames")
+    size = clip.frames.shape[1]
+    cut = cut_off_frames(res.points, res.detected, clip.crop, clip.source_hw, size)
+    bad = ~res.detected | cut
+    bad_frame_policy(bad, what, {"no face found": ~res.detected, "face cut off by the frame edge": cut})
+    points = res.points.float()
+    if missing == "interpolate":
+        clip.landmarks, clip.bad = interpolate_missing(points, bad), bad
+        return clip
+    keep = ~bad
+    clip.dropped = clip.positions[bad.numpy()].tolist()
+    clip.frames = clip.frames[keep]
+    clip.positions, clip.source_frames = clip.positions[keep.numpy()], clip.source_frames[keep.numpy()]
+    clip.landmarks, clip.bad = points[keep], torch.zeros(int(keep.sum()), dtype=torch.bool)
+    if clip.dropped:
+        check_length(clip.frames.shape[0], what, f" after dropping {len(clip.dropped)} frames without a usable face")
+    return clip

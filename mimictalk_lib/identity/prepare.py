@@ -1,0 +1,243 @@
+"""Identity preparation end to end: ``prepare_identity`` (a talking clip, for SD-Hybrid
+adaptation) and ``prepare_photo_identity`` (one portrait, for the one-shot path).
+
+Upstream runs these steps as separate scripts over files (architecture reference §5;
+``inference/train_mimictalk_on_a_video.py`` and ``mimictalk_infer.py``): resample + resize,
+segmentation and derived images, MediaPipe landmarks, 3DMM fit, then cameras (window-7 smoothed),
+torso keypoints and lip rectangles in the trainer. Here they run in memory and produce an
+``Identity``; nothing is written unless ``output`` is given, and then only the finished identity
+(atomically), so a failed preparation never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..face import FaceModel, load_face_model
+from ..face.camera import camera_sequence, eg3d_camera
+from ..face.keypoints import landmarks_2d, torso_keypoints
+from ..utils import ProgressFn, logger, report
+from .background import background_plate
+from .clip import Clip, find_crop, load_clip, track
+from .fit3dmm import FitResult, FitSchedule, fit_clip, fit_images
+from .frames import FRAME_SIZE, CropBox, crop_frames, iter_video, to_uint8_frames
+from .identity import Identity
+from .landmarks import Landmarker, MediaPipeLandmarker, warn_multiple_faces
+from .segmentation import NUM_CLASSES, MediaPipeSegmenter, Segmenter
+from .torso import inpaint_torso
+
+LIP_SCALE = 1.2  # half-size of the lip crop = 1.2 x the lips' half-extent (binarizer_nerf.get_lip_rect)
+
+# share of the progress bar per stage (they are reported as one 0..1000 bar)
+_STAGES = {"frames": 5, "landmarks": 40, "segmentation": 15, "fit": 30, "plate": 10}
+
+
+class _Progress:
+    """Maps each stage's own (done, total) onto one bar of ``1000`` units."""
+
+    TOTAL = 1000
+
+    def __init__(self, on_step: Optional[ProgressFn], stages: dict[str, int]):
+        self.on_step = on_step
+        scale = self.TOTAL / sum(stages.values())
+        self.start, acc = {}, 0.0
+        for name, weight in stages.items():
+            self.start[name] = (acc, weight * scale)
+            acc += weight * scale
+
+    def stage(self, name: str) -> ProgressFn:
+        offset, width = self.start[name]
+
+        def cb(done, total, **info):
+            info["stage"] = name  # the stage name of the whole preparation, not the backend's
+            report(self.on_step, int(offset + width * done / max(total, 1)), self.TOTAL, **info)
+
+        return cb
+
+    def done(self, name: str) -> None:
+        self.stage(name)(1, 1)
+
+
+def as_landmarker(landmarker) -> Landmarker:
+    """A ``Landmarker`` object, or the path of ``face_landmarker.task``."""
+    return MediaPipeLandmarker(landmarker) if isinstance(landmarker, (str, os.PathLike)) else landmarker
+
+
+def as_segmenter(segmenter) -> Segmenter:
+    """A ``Segmenter`` object, or the path of ``selfie_multiclass_256x256.tflite``."""
+    return MediaPipeSegmenter(segmenter) if isinstance(segmenter, (str, os.PathLike)) else segmenter
+
+
+def as_face_model(face_model, device) -> FaceModel:
+    """A loaded ``FaceModel`` or the BFM folder (the face helper's checker names missing files)."""
+    if isinstance(face_model, (str, os.PathLike)):
+        face_model = load_face_model(face_model, need_mp468=True)
+    return face_model.to(device=torch.device(device), dtype=torch.float32)
+
+
+def lip_rects(lm68_px: torch.Tensor, size: int = FRAME_SIZE) -> torch.Tensor:
+    """Square lip crops (xmin, xmax, ymin, ymax) from 68-point pixels ``[T, 68, 2]``: centred on
+    the outer lip (points 48-59), half-size 1.2 x the larger half-extent, shifted inside the frame
+    (upstream ``get_lip_rect``, integer truncation included)."""
+    lips = lm68_px[:, 48:60].double()
+    lo, hi = lips.amin(1), lips.amax(1)  # [T, 2]
+    c = ((lo + hi) / 2).trunc()
+    half = ((hi - c) * LIP_SCALE).trunc().amax(1)  # [T]
+    x0 = (c[:, 0] - half).clamp(min=0)
+    y0 = (c[:, 1] - half).clamp(min=0)
+    x0 = torch.where(x0 + 2 * half > size, size - 2 * half, x0)
+    y0 = torch.where(y0 + 2 * half > size, size - 2 * half, y0)
+    return torch.stack([x0, x0 + 2 * half, y0, y0 + 2 * half], 1).long()
+
+
+def _segment(segmenter: Segmenter, frames: torch.Tensor, landmarks: torch.Tensor, on_step) -> torch.Tensor:
+    seg = segmenter.segment(frames, landmarks=landmarks, on_step=on_step)
+    t, s = frames.shape[0], frames.shape[1]
+    if tuple(seg.shape) != (t, s, s) or int(seg.max()) >= NUM_CLASSES:
+        raise InputError(
+            f"segmenter returned shape {list(seg.shape)} with max class {int(seg.max())}; expected "
+            f"[{t}, {s}, {s}] class ids 0..{NUM_CLASSES - 1}"
+        )
+    return seg.to(torch.uint8).cpu()
+
+
+def _assemble(
+    clip: Clip, segmaps: torch.Tensor, fit: FitResult, face_model: FaceModel, kind: str, device, progress: _Progress,
+    schedule: FitSchedule,
+) -> Identity:
+    """Cameras, keypoints, lip crops, plate and torso reference around a fit."""
+    t, size = clip.frames.shape[0], clip.frames.shape[1]
+    id_t = fit.id[:1].expand(t, -1)
+    with torch.no_grad():
+        kps = torso_keypoints(face_model, id_t, fit.exp, fit.euler, fit.trans, clamp=False)  # training keypoints
+        lm68 = landmarks_2d(face_model, id_t, fit.exp, fit.euler, fit.trans) * size
+    cameras = camera_sequence(fit.euler, fit.trans) if kind == "clip" else eg3d_camera(fit.euler, fit.trans)
+    plate, sure = background_plate(clip.frames, segmaps, device=device)
+    torso, torso_mask = inpaint_torso(clip.frames[:1], segmaps[:1])
+    progress.done("plate")
+    meta = clip.meta()
+    meta.update(
+        kind=kind,
+        landmark_error_px=float(fit.landmark_error.mean()),
+        plate_sure_fraction=float(sure.float().mean()),
+        fit_schedule=asdict(schedule),
+    )
+    cpu = lambda x: x.detach().float().cpu().contiguous()  # noqa: E731
+    return Identity(
+        frames=clip.frames, segmaps=segmaps, landmarks=cpu(clip.landmarks),
+        id=cpu(fit.id[:1]), exp=cpu(fit.exp), euler=cpu(fit.euler), trans=cpu(fit.trans),
+        cameras=cpu(cameras), keypoints=cpu(kps), lip_rects=lip_rects(lm68.cpu(), size),
+        plate=plate, torso_ref=torso[0], torso_ref_mask=torso_mask[0], meta=meta,
+    )
+
+
+def prepare_identity(
+    source,
+    *,
+    landmarker,
+    segmenter,
+    face_model,
+    fps: Optional[float] = None,
+    timestamps: Optional[Sequence[float]] = None,
+    crop: str = "auto",
+    pad: str = "edge",
+    missing: str = "drop",
+    schedule: FitSchedule = FitSchedule(),
+    device: torch.device | str = "cpu",
+    output: Optional[str | os.PathLike] = None,
+    on_step: Optional[ProgressFn] = None,
+) -> Identity:
+    """Prepare an identity from a talking-head clip.
+
+    ``source``: video file path, or frames (ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 or uint8,
+    grayscale/RGBA accepted) with ``fps`` or per-frame ``timestamps``. ``landmarker`` /
+    ``segmenter``: backend objects or MediaPipe model paths (``face_landmarker.task``,
+    ``selfie_multiclass_256x256.tflite``). ``face_model``: ``FaceModel`` or BFM folder.
+    ``crop``: ``"auto"`` (find the face, cut one portrait crop for the clip) or ``"none"`` (frames
+    are already square portraits). ``pad``: ``"edge"`` / ``"black"`` where the crop leaves the
+    frame. ``missing``: ``"drop"`` or ``"interpolate"`` frames without a usable face (at most 25 %).
+    ``device``: where the fit and the plate run. ``output``: save the identity there (atomic).
+    """
+    progress = _Progress(on_step, _STAGES)
+    landmarker, segmenter = as_landmarker(landmarker), as_segmenter(segmenter)
+    face_model = as_face_model(face_model, device)  # fail early on a missing face model
+    clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad)
+    progress.done("frames")
+    clip = track(clip, landmarker, missing=missing, on_step=progress.stage("landmarks"))
+    segmaps = _segment(segmenter, clip.frames, clip.landmarks, progress.stage("segmentation"))
+    fit = fit_clip(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
+                   on_step=progress.stage("fit"))
+    identity = _assemble(clip, segmaps, fit, face_model, "clip", device, progress, schedule)
+    logger.info("prepared %r (landmark fit error %.2f px)", identity, identity.meta["landmark_error_px"])
+    if output is not None:
+        identity.save(output)
+    return identity
+
+
+def load_photo(image) -> torch.Tensor:
+    """One photo as uint8 ``[1, H, W, 3]`` from a path (any format PyAV/FFmpeg reads: PNG, JPEG,
+    WebP, ...) or an image tensor (``[H, W, C]`` or a batch of one)."""
+    if isinstance(image, (str, os.PathLike)):
+        first = next(iter_video(image), None)
+        if first is None:
+            raise InputError(f"{os.fspath(image)}: no image could be decoded")
+        return torch.from_numpy(first[0])[None]
+    frames = to_uint8_frames(image, "photo")
+    if frames.shape[0] != 1:
+        raise InputError(
+            f"photo identity: expected one image, got a batch of {frames.shape[0]}. Pass a single "
+            "image, or use prepare_identity for a clip."
+        )
+    return frames
+
+
+def prepare_photo_identity(
+    image,
+    *,
+    landmarker,
+    segmenter,
+    face_model,
+    crop: str = "auto",
+    pad: str = "edge",
+    schedule: FitSchedule = FitSchedule(),
+    device: torch.device | str = "cpu",
+    output: Optional[str | os.PathLike] = None,
+    on_step: Optional[ProgressFn] = None,
+) -> Identity:
+    """One-frame identity from a portrait photo (single-image 3DMM fit, plate from the photo,
+    unsmoothed camera). Arguments as ``prepare_identity``."""
+    progress = _Progress(on_step, _STAGES)
+    landmarker, segmenter = as_landmarker(landmarker), as_segmenter(segmenter)
+    face_model = as_face_model(face_model, device)
+    src = load_photo(image)
+    _, h, w, _ = src.shape
+    if crop == "auto":
+        box = find_crop(src, landmarker, "photo")
+    elif crop == "none":
+        if h != w:
+            raise InputError(f"photo: crop='none' needs a square image, got {w}x{h}; use crop='auto'")
+        box = CropBox(0, 0, h)
+    else:
+        raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
+    frames = crop_frames(src, box, FRAME_SIZE, pad)
+    clip = Clip(frames, np.zeros(1, dtype=int), np.zeros(1, dtype=int), box, (h, w),
+                os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "image")
+    progress.done("frames")
+    res = landmarker.detect(frames, video=False, on_step=progress.stage("landmarks"))
+    warn_multiple_faces(res.num_faces, "photo")
+    if not bool(res.detected[0]):
+        raise InputError("photo: no face found in the portrait crop. Use a photo with one clear, roughly frontal face.")
+    clip.landmarks, clip.bad = res.points.float(), torch.zeros(1, dtype=torch.bool)
+    segmaps = _segment(segmenter, frames, clip.landmarks, progress.stage("segmentation"))
+    fit = fit_images(face_model, clip.landmarks.to(device), FRAME_SIZE, schedule=schedule,
+                     on_step=progress.stage("fit"))
+    identity = _assemble(clip, segmaps, fit, face_model, "photo", device, progress, schedule)
+    if output is not None:
+        identity.save(output)
+    return identity

@@ -1,0 +1,61 @@
+"""A compact contact sheet of a prepared identity, for the node's preview.
+
+Top row: up to four frames spread over the clip with the head mask tinted green, the MediaPipe
+landmarks as red dots and the lip crop as a yellow box. Bottom row: the background plate, the
+inpainted torso reference, the head image and the "com" image (background replaced) of frame 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .identity import Identity
+
+TILE = 256
+HEAD_TINT = torch.tensor([0.0, 255.0, 0.0])
+TINT_ALPHA = 0.3
+DOT = torch.tensor([255, 40, 40], dtype=torch.uint8)
+BOX = torch.tensor([255, 220, 0], dtype=torch.uint8)
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3] (antialiased)."""
+    x = img.permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+
+
+def _annotated(identity: Identity, i: int, size: int) -> torch.Tensor:
+    frame = identity.frames[i].float()
+    head = identity.head_masks([i])[0, ..., None]
+    frame = torch.where(head, frame * (1 - TINT_ALPHA) + HEAD_TINT * TINT_ALPHA, frame)
+    tile = _resize(frame.round().to(torch.uint8), size)
+    s = size / identity.size
+    pts = (identity.landmarks[i, :468, :2] * s).round().long()
+    for dy in (0, 1):  # 2x2 dots
+        for dx in (0, 1):
+            y, x = (pts[:, 1] + dy).clamp(0, size - 1), (pts[:, 0] + dx).clamp(0, size - 1)
+            tile[y, x] = DOT
+    x0, x1, y0, y1 = (identity.lip_rects[i].float() * s).round().long().clamp(0, size - 1).tolist()
+    tile[y0, x0 : x1 + 1] = BOX
+    tile[y1, x0 : x1 + 1] = BOX
+    tile[y0 : y1 + 1, x0] = BOX
+    tile[y0 : y1 + 1, x1] = BOX
+    return tile
+
+
+def contact_sheet(identity: Identity, tile: int = TILE, columns: int = 4) -> torch.Tensor:
+    """float ``[1, 2 * tile, columns * tile, 3]`` in 0..1 (a ComfyUI IMAGE)."""
+    t = identity.num_frames
+    picks = torch.linspace(0, t - 1, min(columns, t)).round().long().unique().tolist()
+    top = [_annotated(identity, i, tile) for i in picks]
+    bottom = [
+        _resize(identity.plate, tile),
+        _resize(identity.torso_ref, tile),
+        _resize(identity.head_images([0])[0], tile),
+        _resize(identity.com_images([0])[0], tile),
+    ][:columns]
+    blank = torch.zeros(tile, tile, 3, dtype=torch.uint8)
+    rows = [torch.cat(r + [blank] * (columns - len(r)), dim=1) for r in (top, bottom)]
+    return (torch.cat(rows, dim=0).float() / 255.0)[None]
