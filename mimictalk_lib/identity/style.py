@@ -11,17 +11,19 @@ interpolated for the fit) and are marked invalid, so the expressions stay aligne
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from ..a2m import AudioFeatures, HubertEncoder, StylePrompt, extract_audio_features
 from ..errors import InputError
 from ..utils import ProgressFn
 from .clip import load_clip, track
 from .fit3dmm import FitSchedule, fit_clip
 from .identity import Identity
 from .prepare import _Progress, as_face_model, as_landmarker
+
+if TYPE_CHECKING:  # the a2m package is imported when a prompt is built
+    from ..a2m import AudioFeatures, HubertEncoder, StylePrompt
 
 _STYLE_STAGES = {"frames": 5, "landmarks": 45, "fit": 30, "audio": 20}
 
@@ -46,6 +48,8 @@ def style_prompt_from_clip(
     ``audio`` is given) or frames with ``fps``/``timestamps`` plus ``audio`` (path, ComfyUI AUDIO
     dict, ...: anything ``a2m.load_audio`` reads). ``with_f0`` must be True for checkpoints with
     auxiliary pitch features."""
+    from ..a2m import StylePrompt, extract_audio_features
+
     if audio is None:
         if not isinstance(source, (str, os.PathLike)):
             raise InputError("style clip: frames were given without audio; pass the clip's audio too")
@@ -69,6 +73,8 @@ def style_prompt_from_identity(
     """Style prompt from an already prepared identity: a clip identity with its audio features
     (dropped frames are marked invalid at their timeline positions), or a photo identity, which
     gives the image prompt (its expression repeated, zero audio) like upstream."""
+    from ..a2m import StylePrompt
+
     if identity.is_photo:
         return StylePrompt.from_expression(identity.exp[0])
     if features is None:
