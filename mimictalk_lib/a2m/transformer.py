@@ -1,0 +1,210 @@
+"""The ICS-A2M transformer trunk (MimicTalk §ICS-A2M; upstream `modules/audio2motion/cfm/module.py`
+`Transformer`, a Voicebox-style design).
+
+Per layer: pre-norm adaptive RMSNorm (gamma/beta from the time embedding) -> multi-head attention
+with qk-RMSNorm (logit scale 10) and rotary position embeddings -> adaptive RMSNorm -> GEGLU
+feed-forward; both residual. 16 learned register tokens are prepended, with rotary position
+-10000, and removed at the end; a final RMSNorm follows. Attribute names equal the upstream keys
+(`layers.{i}.{2,3,4,5}`, `rotary_emb.inv_freq`, `register_tokens`, `final_norm.gamma`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .config import A2MConfig
+
+
+def randn_parameter(*shape: int) -> nn.Parameter:
+    """N(0, 1) parameter as upstream's `torch.randn`, left uninitialised on the meta device (a meta
+    `randn` first imports torch._dynamo, seconds of start-up for values a checkpoint overwrites)."""
+    t = torch.empty(*shape)
+    if t.device.type != "meta":
+        t.normal_()
+    return nn.Parameter(t)
+
+
+class RMSNorm(nn.Module):
+    """x / ||x|| * sqrt(dim) * gamma (upstream `RMSNorm`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) * self.scale * self.gamma
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """RMSNorm whose gain and bias are predicted from the time embedding (upstream
+    `AdaptiveRMSNorm`; `to_gamma` starts as the identity: weight 0, bias 1)."""
+
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.scale = dim**0.5
+        self.to_gamma = nn.Linear(cond_dim, dim)
+        self.to_beta = nn.Linear(cond_dim, dim)
+        nn.init.zeros_(self.to_gamma.weight)
+        nn.init.ones_(self.to_gamma.bias)
+        nn.init.zeros_(self.to_beta.weight)
+        nn.init.zeros_(self.to_beta.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # x: [B, N, D]; cond: [B, time_dim] -> gamma, beta: [B, 1, D]
+        gamma = self.to_gamma(cond).unsqueeze(1)
+        beta = self.to_beta(cond).unsqueeze(1)
+        return F.normalize(x, dim=-1) * self.scale * gamma + beta
+
+
+class MultiheadRMSNorm(nn.Module):
+    """Per-head RMSNorm of queries/keys, gamma of shape [heads, 1, dim_head]."""
+
+    def __init__(self, dim_head: int, heads: int):
+        super().__init__()
+        self.scale = dim_head**0.5
+        self.gamma = nn.Parameter(torch.ones(heads, 1, dim_head))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, H, N, d]; upstream multiplies gamma before the sqrt(d) scale
+        return F.normalize(x, dim=-1) * self.gamma * self.scale
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE angles (RoFormer, arXiv 2104.09864) in the "rotate_half" layout: the 32 frequencies
+    are repeated, angles = cat[pos * inv_freq, pos * inv_freq], applied to all 64 head dims.
+
+    `inv_freq` is a persistent buffer (it is in the official state dict). It stays fp32 when the
+    module is cast to half precision: positions reach thousands and register tokens sit at
+    -10000, where a bf16 frequency would be off by whole radians."""
+
+    def __init__(self, dim: int, theta: float):
+        super().__init__()
+        # computed on the CPU: the same arithmetic on the meta device imports sympy (seconds)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device="cpu").float() / dim))
+        self.register_buffer("inv_freq", inv_freq.to(torch.empty(0).device))
+
+    def _apply(self, fn, recurse=True):
+        exact = self.inv_freq.float()
+        super()._apply(fn, recurse)
+        self.inv_freq = exact.to(self.inv_freq.device)
+        return self
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [N] -> (cos, sin), each [N, dim] fp32."""
+        freqs = torch.outer(positions.to(self.inv_freq), self.inv_freq)  # [N, dim/2]
+        freqs = torch.cat((freqs, freqs), dim=-1)  # [N, dim]
+        return freqs.cos(), freqs.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] over the two halves of the last dim (not interleaved pairs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, N, d] queries or keys by the angles of their positions (in fp32)."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qk-RMSNorm and RoPE (upstream `Attention` + `Attend`,
+    non-flash path): softmax(q.k * 10) v over the whole sequence. A key-padding mask (True =
+    attend) removes padded keys; register tokens are never masked, so no row is empty and
+    `scaled_dot_product_attention` equals upstream's masked_fill(-max) + softmax."""
+
+    def __init__(self, dim: int, dim_head: int, heads: int, qk_norm_scale: float):
+        super().__init__()
+        self.heads = heads
+        self.logit_scale = qk_norm_scale
+        self.q_norm = MultiheadRMSNorm(dim_head, heads)
+        self.k_norm = MultiheadRMSNorm(dim_head, heads)
+        self.to_qkv = nn.Linear(dim, dim_head * heads * 3, bias=False)
+        self.to_out = nn.Linear(dim_head * heads, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        # qk-norm and rotation in fp32 (upstream disables autocast for RoPE)
+        q = apply_rotary(self.q_norm(q.float()), *rope).to(v.dtype)
+        k = apply_rotary(self.k_norm(k.float()), *rope).to(v.dtype)
+        mask = None if key_mask is None else rearrange(key_mask, "b j -> b 1 1 j")
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.logit_scale)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class GEGLU(nn.Module):
+    """x, gate = chunk(2); gelu(gate) * x (exact-erf GELU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = x.chunk(2, dim=-1)
+        return F.gelu(gate) * x
+
+
+def feed_forward(dim: int, inner: int) -> nn.Sequential:
+    """Linear(dim, 2*inner) -> GEGLU -> (dropout slot) -> Linear(inner, dim); keys .0 and .3."""
+    return nn.Sequential(nn.Linear(dim, inner * 2), GEGLU(), nn.Identity(), nn.Linear(inner, dim))
+
+
+class TransformerLayer(nn.ModuleList):
+    """One pre-norm block, stored as upstream's 6-slot ModuleList: slots 0 (U-Net skip combiner)
+    and 1 (GateLoop) are None in the released model and hold no weights."""
+
+    def __init__(self, cfg: A2MConfig):
+        super().__init__([
+            None,
+            None,
+            AdaptiveRMSNorm(cfg.dim, cfg.time_dim),
+            Attention(cfg.dim, cfg.dim_head, cfg.heads, cfg.qk_norm_scale),
+            AdaptiveRMSNorm(cfg.dim, cfg.time_dim),
+            feed_forward(cfg.dim, cfg.ff_inner),
+        ])
+
+    def forward(self, x, time_emb, rope, key_mask=None):
+        attn_norm, attn, ff_norm, ff = self[2], self[3], self[4], self[5]
+        x = attn(attn_norm(x, time_emb), rope, key_mask) + x
+        return ff(ff_norm(x, time_emb)) + x
+
+
+class Transformer(nn.Module):
+    """Register tokens + `depth` TransformerLayers + final RMSNorm (upstream `Transformer` with
+    adaptive_rmsnorm=True, no U-Net skips, no GateLoop)."""
+
+    def __init__(self, cfg: A2MConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.depth)])
+        self.rotary_emb = RotaryEmbedding(cfg.dim_head, cfg.rope_theta)
+        self.register_tokens = randn_parameter(cfg.num_register_tokens, cfg.dim)
+        self.final_norm = RMSNorm(cfg.dim)
+
+    def forward(
+        self, x: torch.Tensor, time_emb: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x [B, N, dim], time_emb [B, time_dim], key_mask [B, N] bool (True = real frame)."""
+        batch, seq_len, _ = x.shape
+        r = self.cfg.num_register_tokens
+        registers = self.register_tokens.to(x.dtype).expand(batch, r, -1)
+        x = torch.cat([registers, x], dim=1)  # [B, N, D] -> [B, R + N, D]
+        if key_mask is not None:
+            key_mask = F.pad(key_mask.bool(), (r, 0), value=True)
+        positions = torch.cat([
+            torch.full((r,), self.cfg.register_position, device=x.device, dtype=torch.long),
+            torch.arange(seq_len, device=x.device, dtype=torch.long),
+        ])
+        rope = self.rotary_emb(positions)
+        for layer in self.layers:
+            x = layer(x, time_emb, rope, key_mask)
+        return self.final_norm(x[:, r:])  # [B, R + N, D] -> [B, N, D]
