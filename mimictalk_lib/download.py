@@ -161,36 +161,31 @@ def downloads_disabled() -> Optional[str]:
     return None
 
 
-class _ProgressBar:
-    """tqdm stand-in handed to huggingface_hub: forwards byte counts to ``on_step``."""
+def _progress_class(on_step: ProgressFn, info: dict) -> type:
+    """A silent tqdm subclass for huggingface_hub's ``tqdm_class`` hook that forwards the byte
+    count to ``on_step``. A real tqdm (disabled) so every method the hub's HTTP and Xet progress
+    reporters call exists."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, on_step: ProgressFn, info: dict, total=None, initial=0, **_):
-        self.on_step, self.info, self.total, self.n = on_step, info, total, initial
+    class _Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._done = kwargs.get("initial", 0) or 0
 
-    def update(self, n=1):
-        self.n += n
-        report(self.on_step, self.n, self.total or 0, stage="download", **self.info)
+        def update(self, n=1):
+            self._done += n or 0
+            report(on_step, self._done, self.total or 0, stage="download", **info)
+            return super().update(n)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def close(self):
-        pass
-
-    def set_description(self, *a, **k):
-        pass
-
-    def refresh(self, *a, **k):
-        pass
+    return _Bar
 
 
 def _tqdm_kwargs(fn, on_step: Optional[ProgressFn], info: dict) -> dict:
     if on_step is None or "tqdm_class" not in inspect.signature(fn).parameters:
         return {}  # huggingface_hub's own bar (terminal), or an old version without the hook
-    return {"tqdm_class": lambda *a, **k: _ProgressBar(on_step, info, *a, **k)}
+    return {"tqdm_class": _progress_class(on_step, info)}
 
 
 def _fetch(source, name: str, staging: Path, spec: ManifestFile, on_step: Optional[ProgressFn]) -> Path:

@@ -297,3 +297,16 @@ def test_asset_dir_finds_the_registered_folder_without_checking_files(tmp_path):
     assert download.asset_dir("bfm2009", [first, second]) == second / "bfm"
     # every BFM file is optional in the manifest: the face checker decides what is missing
     assert ensure_asset("bfm2009", [first], allow_download=False) == first / "bfm"
+
+
+def test_progress_class_is_a_complete_silent_tqdm():
+    """huggingface_hub's Xet reporter calls more of tqdm than update(); all must exist."""
+    seen = []
+    bar = download._progress_class(lambda d, t, **i: seen.append((d, t, i)), {"file": "w.bin"})(total=100, unit="B")
+    bar.update(30)
+    bar.update(70)
+    bar.set_postfix_str("1 MB/s", refresh=False)
+    assert bar.format_dict.get("rate") is None or bar.format_dict["rate"] >= 0
+    bar.refresh()
+    bar.close()
+    assert seen == [(30, 100, {"stage": "download", "file": "w.bin"}), (100, 100, {"stage": "download", "file": "w.bin"})]
