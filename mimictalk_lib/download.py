@@ -76,13 +76,13 @@ class LockFile:
 
     def record(self, rel: str, sha256: str, path: Path, source: str) -> None:
         st = path.stat()
-        old = self.entries.get(rel, {})
-        self.entries[rel] = {
+        old = self.entries.get(rel, {}) if self.entries.get(rel, {}).get("sha256") == sha256 else {}
+        self.entries[rel] = {  # provenance of a hash is kept when a later use re-verifies it
             "sha256": sha256,
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
-            "source": source if old.get("sha256") != sha256 or "source" not in old else old["source"],
-            "recorded": old.get("recorded") if old.get("sha256") == sha256 else time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "source": old.get("source", source),
+            "recorded": old.get("recorded", time.strftime("%Y-%m-%dT%H:%M:%S")),
         }
         self._save()
 
