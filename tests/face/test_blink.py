@@ -100,7 +100,7 @@ def reference_blink(img: np.ndarray, p: float) -> np.ndarray:
 
 @pytest.mark.parametrize("p", [0.55, 0.85, 1.0])
 def test_matches_a_per_pixel_reference(secc, p):
-    out = apply_blink(secc[2:3], torch.tensor([p]))[0]
+    out = apply_blink(secc[2:3], torch.tensor([p], dtype=torch.float64))[0]
     q = quantize_secc(secc[2]).numpy()
     want = reference_blink(q, p) / 127.5 - 1
     np.testing.assert_array_equal(out.numpy(), want.astype(np.float32))
