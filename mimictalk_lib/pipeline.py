@@ -26,7 +26,7 @@ audio: :func:`audio_to_motion`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -141,22 +141,22 @@ def personalised_source(renderer: Any, identity=None) -> TalkingSource:
     if planes is None or person is None:
         raise InputError("this renderer is not personalised (no learned tri-grid); pass an identity for one-shot rendering")
 
-    def field(*names):
+    def value(*names):
         for n in names:
             v = getattr(person, n, None)
             if v is not None:
                 return v.detach().float().cpu()
         return None
 
-    pid, src_kp = field("id"), field("src_kp")
+    pid, src_kp = value("id"), value("src_kp")
     if pid is None or src_kp is None:
         raise InputError("the personalised renderer carries no identity coefficients / source keypoints (person data)")
     kp = src_kp.reshape(1, 68, 3).clone()
     kp[..., 2] = 0  # upstream keeps x, y of person_ds['src_kp'] and appends z = 0
     ident = identity
     vals = dict(
-        torso_ref=field("torso_ref"), bg=field("bg"), segmap=field("segmap"), src_exp=field("src_exp"),
-        src_euler=field("src_euler"), src_trans=field("src_trans"),
+        torso_ref=value("torso_ref"), bg=value("bg"), segmap=value("segmap"), src_exp=value("src_exp"),
+        src_euler=value("src_euler"), src_trans=value("src_trans"),
     )
     if ident is not None:
         fallback = dict(
@@ -195,8 +195,8 @@ class TalkingSession:
     """Everything the renderer needs for a clip of T frames; driving SECC maps are made per chunk
     (:meth:`drv_secc`), so memory does not grow with T at 512²."""
 
-    model: nn.Module  # the Renderer
-    face_model: nn.Module  # FaceModel: SECC maps are rasterised on its device
+    model: nn.Module = field(repr=False)  # the Renderer
+    face_model: nn.Module = field(repr=False)  # FaceModel: SECC maps are rasterised on its device
     source: TalkingSource
     motion: torch.Tensor  # [T, 64] driving expressions (fp32, CPU)
     camera: torch.Tensor  # [T, 25] smoothed EG3D cameras
@@ -435,7 +435,12 @@ def _stage(on_step: Optional[ProgressFn], lo: int, hi: int, stage: str) -> Optio
     """Map a sub-step's (done, total) onto [lo, hi] of a 0..100 progress scale."""
     if on_step is None:
         return None
-    return lambda done, total, **info: on_step(lo + (hi - lo) * done // max(total, 1), 100, stage=stage, **info)
+    def step(done: int, total: int, **info) -> None:
+        if "stage" in info:  # the sub-step's own stage name (e.g. 'hubert', 'f0')
+            info["substage"] = info.pop("stage")
+        on_step(lo + (hi - lo) * done // max(total, 1), 100, stage=stage, **info)
+
+    return step
 
 
 def motion_frames_for(num_samples: int, motion_frames: int, trim: str) -> int:
@@ -449,6 +454,32 @@ def motion_frames_for(num_samples: int, motion_frames: int, trim: str) -> int:
     if trim == "upstream":
         return max(1, motion_frames - UPSTREAM_DROPPED_FRAMES)
     return max(1, min(motion_frames, round(num_samples * FPS / 16_000)))
+
+
+def style_prompt(a2m: nn.Module, hubert: nn.Module, style: Any, style_audio: Any = None):
+    """The ICS-A2M style prompt for ``style``: None (no prompt), an ``a2m.StylePrompt`` (as is), an
+    ``Identity`` (a photo gives upstream's image prompt, its expression repeated; a clip needs
+    ``style_audio``, its soundtrack, for the audio+motion prompt) or one expression [64]."""
+    from .a2m import StylePrompt, extract_audio_features
+    from .video import Audio
+
+    if style is None or isinstance(style, StylePrompt):
+        return style
+    if isinstance(style, torch.Tensor):
+        return StylePrompt.from_expression(style, hubert_dim=a2m.cfg.audio_dim)
+    if not hasattr(style, "is_photo"):
+        raise InputError(f"style: expected an identity, a StylePrompt, an expression [64] or None, got {type(style).__name__}")
+    if style.is_photo:
+        return StylePrompt.from_expression(style.exp[0], hubert_dim=a2m.cfg.audio_dim)
+    if style_audio is None:
+        raise InputError("a clip identity as talking style needs its audio (style_audio); "
+                         "or use a style clip, a photo identity, or no style")
+    from .identity.style import style_prompt_from_identity
+
+    if isinstance(style_audio, Audio):
+        style_audio = style_audio.to_comfy()
+    features = extract_audio_features(style_audio, hubert, with_f0=bool(a2m.cfg.use_aux_features))
+    return style_prompt_from_identity(style, features)
 
 
 def audio_to_motion(
@@ -469,35 +500,24 @@ def audio_to_motion(
 ) -> torch.Tensor:
     """Speech -> 25 fps BFM expressions [T, 64] (fp32, CPU) with ICS-A2M.
 
-    ``audio``: a path, a ComfyUI AUDIO dict or an :class:`~mimictalk_lib.video.Audio`.
-    ``style``: None (no prompt), an ``a2m.StylePrompt``, an ``Identity`` (a photo gives the image
-    prompt; a clip needs ``style_audio``, its soundtrack) or one expression [64] (image prompt).
+    ``audio``: a path, a ComfyUI AUDIO dict, an :class:`~mimictalk_lib.video.Audio` or ready
+    ``a2m.AudioFeatures``. ``style``/``style_audio``: see :func:`style_prompt`.
     ``steps`` / ``cfg_scale`` / ``temperature`` default to upstream's 20 / 1.5 / 0.3; ``method``
     'euler' | 'midpoint' | 'rk4'. ``trim``: see :func:`motion_frames_for`. ``on_step(done, 100,
     stage=...)`` covers feature extraction then sampling and may raise to cancel."""
-    from .a2m import DEFAULT_CFG_SCALE, DEFAULT_STEPS, DEFAULT_TEMPERATURE, StylePrompt, extract_audio_features, sample_motion
+    from .a2m import DEFAULT_CFG_SCALE, DEFAULT_STEPS, DEFAULT_TEMPERATURE, AudioFeatures, extract_audio_features, sample_motion
     from .video import Audio
 
-    if isinstance(audio, Audio):
-        audio = audio.to_comfy()
-    with_f0 = bool(a2m.cfg.use_aux_features)
-    features = extract_audio_features(audio, hubert, with_f0=with_f0, on_step=_stage(on_step, 0, 30, "audio features"))
-    prompt = style
-    if isinstance(style, torch.Tensor):
-        prompt = StylePrompt.from_expression(style, hubert_dim=a2m.cfg.audio_dim)
-    elif style is not None and not isinstance(style, StylePrompt):
-        from .identity.style import style_prompt_from_identity
-
-        if style.is_photo:
-            prompt = StylePrompt.from_expression(style.exp[0], hubert_dim=a2m.cfg.audio_dim)
-        elif style_audio is None:
-            raise InputError("a clip identity as talking style needs its audio (style_audio); "
-                             "or use a style clip, a photo identity, or no style")
-        else:
-            if isinstance(style_audio, Audio):
-                style_audio = style_audio.to_comfy()
-            style_features = extract_audio_features(style_audio, hubert, with_f0=with_f0)
-            prompt = style_prompt_from_identity(style, style_features)
+    if trim not in TRIM_MODES:
+        raise InputError(f"trim must be one of {TRIM_MODES}, got {trim!r}")
+    prompt = style_prompt(a2m, hubert, style, style_audio)
+    if isinstance(audio, AudioFeatures):
+        features = audio
+    else:
+        if isinstance(audio, Audio):
+            audio = audio.to_comfy()
+        features = extract_audio_features(audio, hubert, with_f0=bool(a2m.cfg.use_aux_features),
+                                          on_step=_stage(on_step, 0, 30, "audio features"))
     motion = sample_motion(
         a2m, features, prompt,
         steps=DEFAULT_STEPS if steps is None else steps,
