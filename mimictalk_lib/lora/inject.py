@@ -70,13 +70,19 @@ def lora_targets(model: nn.Module, lora_mode: str) -> list[str]:
 
 def share_copy(model: nn.Module) -> nn.Module:
     """A new module tree whose parameters are new ``nn.Parameter`` objects over the *same*
-    storage as ``model``'s (zero-copy) and whose buffers are cloned."""
+    storage as ``model``'s (zero-copy) and whose buffers are cloned.
+
+    Parameters created under ``torch.inference_mode`` (a host that loads models in inference
+    mode) cannot take part in autograd, so those are cloned into normal tensors instead.
+    """
     memo: dict[int, object] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = b.detach().clone()
-    return copy.deepcopy(model, memo)
+    with torch.inference_mode(False):
+        for p in model.parameters():
+            t = p.detach()
+            memo[id(p)] = nn.Parameter(t.clone() if t.is_inference() else t, requires_grad=p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = b.detach().clone()
+        return copy.deepcopy(model, memo)
 
 
 def _nesting_levels(targets: list[str]) -> list[list[str]]:

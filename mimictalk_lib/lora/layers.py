@@ -133,13 +133,14 @@ class _OfficialFormLora(nn.Module, LoraLayer):
         return self.delta_weight(adapter_name) / self._merge_gain()
 
     def _active_delta(self) -> Optional[torch.Tensor]:
-        """Sum of dW over the active, unmerged adapters (None if there is none)."""
+        """Sum of dW over the active, unmerged adapters (None if there is none), in the base
+        weight's dtype (the adapter matrices stay fp32 when the renderer runs in bf16/fp16)."""
         delta = None
         for name in self.active_adapters:
             if name in self.lora_A and name not in self.merged_adapters:
                 d = self.delta_weight(name)
                 delta = d if delta is None else delta + d
-        return delta
+        return None if delta is None else delta.to(self.get_base_layer().weight.dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Fold the adapters into the base layer's raw weight (in float64, cast back)."""
@@ -217,7 +218,7 @@ class LoraConv2dLoralib(_OfficialFormLora):
         delta = None if self.disable_adapters else self._active_delta()
         if delta is None:
             return base(x, *args, **kwargs)
-        weight = base.weight + delta.to(base.weight.dtype)
+        weight = base.weight + delta
         return base._conv_forward(x, weight.to(x.dtype), None if base.bias is None else base.bias.to(x.dtype))
 
 
