@@ -1,0 +1,244 @@
+"""The adapter file: one identity's personalisation of a base MimicTalk renderer.
+
+Upstream keeps a personalised renderer as a full training checkpoint (architecture reference
+§3.6: every base weight, the LoRA, the tri-grid, Adam moments: about 0.8 GB). An adapter holds
+only what differs from the base, in one safetensors file:
+
+====================  ==========================================================================
+``lora.<path>.lora_A`` LoRA matrices in the official naming and shapes (:mod:`..lora.inject`)
+``triplane``          the learned canonical tri-grid ``[1, 3, C·D, P, P]`` (fp32, or fp16)
+``norm.<key>``        BatchNorm statistics and spectral-norm vectors of the personalised model
+                      (they move when training runs in train mode, as upstream's does)
+``identity.<name>``   what rendering needs: ``src_frame`` [1, 3, S, S] (upstream ``gt_img``),
+                      ``id`` [1, 80], ``src_kp`` [68, 3], optional ``src_exp`` [1, 64],
+                      ``bg`` [1, 3, S, S], ``torso_ref`` [1, 3, S, S], ``segmap`` [1, 6, S, S]
+``base_probe``        a few values of every base parameter (base-model fingerprint)
+====================  ==========================================================================
+
+plus JSON metadata (format name and version, LoRA config including the conv form, base-model
+fingerprint, training settings, steps, final losses). About 82 MB at full size with an fp32
+tri-grid, 44 MB with fp16.
+
+:func:`personalise` applies an adapter to a base renderer and returns a new personalised
+renderer; the base is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_safetensors, save_safetensors
+from ..errors import CheckpointError
+from ..lora.inject import LoraSpec, inject_lora, load_lora_state_dict, merge_lora, share_copy
+from ..utils import logger
+
+ADAPTER_FORMAT = "mimictalk-adapter"
+ADAPTER_VERSION = 1
+NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "weight_u", "weight_v")
+"""Buffers that change when the renderer runs in train mode (BatchNorm, spectral norm)."""
+IDENTITY_FIELDS = ("src_frame", "id", "src_kp", "src_exp", "bg", "torso_ref", "segmap")
+PROBES_PER_TENSOR = 8
+PROBE_RTOL, PROBE_ATOL = 2e-2, 1e-3  # loose enough for a bf16 / fp16 copy of the same base
+
+
+@dataclass
+class AdapterIdentity:
+    """Identity data stored with an adapter (CPU tensors; optional fields may be None)."""
+
+    src_frame: Optional[torch.Tensor] = None  # [1, 3, S, S] in [-1, 1]: frame 0 (upstream person_ds.gt_img)
+    id: Optional[torch.Tensor] = None  # [1, 80] BFM identity coefficients
+    src_kp: Optional[torch.Tensor] = None  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
+    src_exp: Optional[torch.Tensor] = None  # [1, 64] frame-0 expression (source SECC)
+    bg: Optional[torch.Tensor] = None  # [1, 3, S, S] background plate in [-1, 1]
+    torso_ref: Optional[torch.Tensor] = None  # [1, 3, S, S] inpainted torso of frame 0 in [-1, 1]
+    segmap: Optional[torch.Tensor] = None  # [1, 6, S, S] one-hot segmentation of frame 0
+    video_id: str = ""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in IDENTITY_FIELDS if getattr(self, f) is not None}
+
+
+@dataclass
+class Adapter:
+    """An identity's personalisation of a base renderer (see module docstring)."""
+
+    lora: dict[str, torch.Tensor]  # official naming: "<path>.lora_A" / ".lora_B"
+    spec: LoraSpec
+    triplane: torch.Tensor  # [1, 3, C·D, P, P]
+    identity: AdapterIdentity
+    norm_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    base_probe: Optional[torch.Tensor] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- base-model fingerprint -----------------------------------------------------------------
+
+
+def base_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base renderer's parameters under their official names (LoRA wrappers see through)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        out[name.replace(".base_layer", "")] = p
+    return out
+
+
+def _probe_indices(numel: int) -> torch.Tensor:
+    return torch.linspace(0, numel - 1, min(PROBES_PER_TENSOR, numel)).round().long()
+
+
+def base_fingerprint(params: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """(sha256 of the parameter names and shapes, fp32 probe of a few values per tensor)."""
+    keys = sorted(params)
+    structure = hashlib.sha256("\n".join(f"{k}:{tuple(params[k].shape)}" for k in keys).encode()).hexdigest()
+    probes = []
+    for k in keys:
+        t = params[k].detach()
+        if t.is_meta:
+            raise CheckpointError("cannot fingerprint a renderer whose weights are on the meta device")
+        flat = t.reshape(-1)
+        probes.append(flat[_probe_indices(flat.numel()).to(flat.device)].float().cpu())
+    return structure, torch.cat(probes) if probes else torch.zeros(0)
+
+
+def check_base(adapter: Adapter, renderer: nn.Module) -> None:
+    """Raise CheckpointError unless ``renderer`` is the base model the adapter was made for."""
+    want = adapter.metadata.get("base", {}).get("structure_sha256")
+    if want is None or adapter.base_probe is None:
+        logger.warning("adapter has no base-model fingerprint; cannot check it matches this renderer")
+        return
+    structure, probe = base_fingerprint(base_parameters(renderer))
+    if structure != want:
+        raise CheckpointError(
+            "this adapter was made for a different renderer architecture (parameter names/shapes differ); "
+            "load the base model it was trained on (see its metadata 'base')"
+        )
+    if probe.shape != adapter.base_probe.shape or not torch.allclose(probe, adapter.base_probe, rtol=PROBE_RTOL, atol=PROBE_ATOL):
+        raise CheckpointError(
+            "this adapter was trained on a different base model (same architecture, other weights); "
+            "load the base renderer it was made for, or pass check_base=False to apply it anyway"
+        )
+
+
+# --- norm state -------------------------------------------------------------------------------
+
+
+def norm_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm / spectral-norm buffers of ``model`` under official names (clones, CPU)."""
+    return {
+        name.replace(".base_layer", ""): b.detach().cpu().clone()
+        for name, b in model.named_buffers()
+        if name.endswith(NORM_SUFFIXES)
+    }
+
+
+@torch.no_grad()
+def load_norm_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy norm buffers (official names) into ``model``'s own buffers."""
+    buffers = {name.replace(".base_layer", ""): b for name, b in model.named_buffers()}
+    unknown = sorted(set(state) - set(buffers))
+    if unknown:
+        raise CheckpointError(f"adapter norm statistics do not fit this renderer: unknown buffers {unknown[:5]}")
+    for key, value in state.items():
+        target = buffers[key]
+        if target.shape != value.shape:
+            raise CheckpointError(f"adapter buffer {key} has shape {list(value.shape)}, the renderer {list(target.shape)}")
+        target.copy_(value.to(target.dtype))
+
+
+# --- file -------------------------------------------------------------------------------------
+
+
+def save_adapter(path: str | os.PathLike, adapter: Adapter, *, triplane_dtype: torch.dtype = torch.float32) -> None:
+    """Write ``adapter`` to a safetensors file (atomically). ``triplane_dtype=torch.float16``
+    halves the file (the tri-grid is ~94 % of it)."""
+    if triplane_dtype not in (torch.float32, torch.float16):
+        raise CheckpointError(f"triplane_dtype must be torch.float32 or torch.float16, got {triplane_dtype}")
+    tensors: dict[str, torch.Tensor] = {f"lora.{k}": v.float() for k, v in adapter.lora.items()}
+    tensors["triplane"] = adapter.triplane.detach().to(triplane_dtype)
+    tensors.update({f"norm.{k}": v for k, v in adapter.norm_state.items()})
+    tensors.update({f"identity.{k}": v.detach() for k, v in adapter.identity.tensors().items()})
+    if adapter.base_probe is not None:
+        tensors["base_probe"] = adapter.base_probe
+    meta = dict(adapter.metadata)
+    meta.update(format=ADAPTER_FORMAT, version=ADAPTER_VERSION, lora=dict(adapter.spec.to_dict(), lora_alpha=1.0),
+                video_id=adapter.identity.video_id, triplane_dtype=str(triplane_dtype).removeprefix("torch."))
+    save_safetensors(path, tensors, meta)
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter file written by :func:`save_adapter` (CPU tensors)."""
+    tensors, meta = load_safetensors(path)
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a MimicTalk adapter (metadata format {meta.get('format')!r}); for an upstream "
+            "personalised checkpoint (model_ckpt_steps_N.ckpt) use import_official_checkpoint"
+        )
+    if int(meta.get("version", 0)) > ADAPTER_VERSION:
+        raise CheckpointError(f"{path} has adapter format version {meta['version']}; this pack reads up to {ADAPTER_VERSION}: update it")
+    if "triplane" not in tensors:
+        raise CheckpointError(f"{path} has no 'triplane' tensor; the file is incomplete")
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    ident = group("identity.")
+    identity = AdapterIdentity(**{k: ident.get(k) for k in IDENTITY_FIELDS}, video_id=str(meta.get("video_id", "")))
+    return Adapter(
+        lora=group("lora."),
+        spec=LoraSpec.from_dict(meta["lora"]),
+        triplane=tensors["triplane"].float(),
+        identity=identity,
+        norm_state=group("norm."),
+        base_probe=tensors.get("base_probe"),
+        metadata=meta,
+    )
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PersonalisedRenderer:
+    """A base renderer personalised by an adapter (what inference needs)."""
+
+    model: nn.Module  # the renderer (LoRA merged, or peft layers applied on the fly); eval mode
+    cano_planes: torch.Tensor  # [1, 3, C·D, P, P] fp32, on the model's device
+    identity: AdapterIdentity
+    spec: LoraSpec
+    metadata: dict[str, Any]
+
+
+def personalise(
+    renderer: nn.Module, adapter: Adapter, *, merge: bool = True, check_base_model: bool = True
+) -> PersonalisedRenderer:
+    """Apply ``adapter`` to a base ``renderer``: a new renderer with the LoRA (merged into new
+    weight tensors by default; ``merge=False`` keeps peft layers applied on the fly), the
+    adapter's norm statistics, and the tri-grid. ``renderer`` is not modified."""
+    if check_base_model:
+        check_base(adapter, renderer)
+    if adapter.spec.lora_mode == "none":
+        model = share_copy(renderer)
+    else:
+        model = inject_lora(renderer, adapter.spec.lora_mode, adapter.spec.r, conv_lora=adapter.spec.conv_lora)
+        load_lora_state_dict(model, adapter.lora)
+        if merge:
+            model = merge_lora(model)
+    load_norm_state(model, adapter.norm_state)
+    model.requires_grad_(False)
+    model.eval()
+    device = next(model.parameters()).device
+    return PersonalisedRenderer(
+        model=model,
+        cano_planes=adapter.triplane.to(device=device, dtype=torch.float32),
+        identity=adapter.identity,
+        spec=adapter.spec,
+        metadata=adapter.metadata,
+    )
