@@ -25,6 +25,7 @@ audio: :func:`audio_to_motion`.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Union
@@ -251,6 +252,14 @@ def _pose_sequence(pose: Pose, source: TalkingSource) -> tuple[torch.Tensor, tor
     return pose[0].reshape(-1, 3), pose[1].reshape(-1, 3)
 
 
+def _face_model_on(face_model: nn.Module, device: torch.device) -> nn.Module:
+    """``face_model`` if it already lives on ``device``, else a copy there (inputs are never moved)."""
+    if face_model.mean_shape.device == device:
+        return face_model
+    logger.info("copying the face model to %s for SECC rasterisation", device)
+    return copy.deepcopy(face_model).to(device)
+
+
 def build_session(
     renderer: Any,
     face_model: nn.Module,
@@ -263,6 +272,7 @@ def build_session(
     blink_seed: int = 0,
     src_exp: str = "motion",
     background: Any = None,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> TalkingSession:
     """Assemble the render inputs (upstream ``prepare_batch_from_inp`` + ``get_driving_motion``).
 
@@ -271,9 +281,11 @@ def build_session(
     ``motion`` [T, 64] at 25 fps. ``pose``: 'static', 'identity' or (euler [T', 3], trans [T', 3]).
     ``blink``: 'none' or 'period' (seeded by ``blink_seed``). ``src_exp``: 'motion' (upstream:
     the source SECC shows the first driving expression) or 'source' (the source's own fit).
-    ``background``: an image replacing the plate."""
+    ``background``: an image replacing the plate. ``device``: where SECC maps and keypoints are
+    computed (default: the renderer's; the face model is copied there if needed)."""
     model = renderer_model(renderer)
     motion = _check_motion(motion)
+    face_model = _face_model_on(face_model, torch.device(device) if device is not None else model.device)
     if not isinstance(source, TalkingSource):
         source = make_source(renderer, source)
     if background is not None:
@@ -384,6 +396,7 @@ def render_talking_head(
     blink_seed: int = 0,
     src_exp: str = "motion",
     background: Any = None,
+    device: Optional[Union[str, torch.device]] = None,
     chunk_size: int = 4,
     deterministic: bool = True,
     generator: Optional[torch.Generator] = None,
@@ -391,10 +404,11 @@ def render_talking_head(
     on_step: Optional[ProgressFn] = None,
 ) -> TalkingHead:
     """Render a talking head for ``motion`` [T, 64] (25 fps): :func:`build_session` +
-    :func:`iter_talking_head`, collected on the CPU (T frames of IMAGE plus their masks). The
-    renderer's device and dtype are used; see those two functions for the arguments."""
+    :func:`iter_talking_head`, collected on the CPU (T frames of IMAGE plus their masks); see those
+    two functions for the arguments. The renderer runs on its own device and dtype (load it with
+    the ones wanted); ``output_dtype`` float16 / uint8 halves / quarters the memory of long clips."""
     session = build_session(renderer, face_model, source, motion, pose=pose, map_to_init_pose=map_to_init_pose,
-                            blink=blink, blink_seed=blink_seed, src_exp=src_exp, background=background)
+                            blink=blink, blink_seed=blink_seed, src_exp=src_exp, background=background, device=device)
     images, masks = None, None
     for chunk in iter_talking_head(session, chunk_size=chunk_size, deterministic=deterministic, generator=generator,
                                    output_dtype=output_dtype, on_step=on_step):

@@ -48,6 +48,7 @@ def test_shapes_and_frame_counts_per_pose_mode(renderer, face_model, identity, s
     assert s.cano_secc.shape == s.src_secc.shape == (1, 3, side, side)
     assert s.drv_secc(slice(3, 7)).shape == (4, 3, side, side)
     assert s.kp_d.abs().max() <= 1 and (s.kp_d[..., 2] == 0).all()
+    assert s.face_model is face_model  # already on the renderer's device: not copied
     if pose == "static":  # constant pose: every camera equals the source's
         torch.testing.assert_close(s.camera, camera_sequence(identity.euler[:1], identity.trans[:1]).expand(t, -1))
 

@@ -175,3 +175,20 @@ def test_writer_context_and_audio_helpers(tmp_path):
     with pytest.raises(InputError, match="NaN"):
         as_audio(torch.full((1, 4), float("nan")), 16_000)
     assert np.isclose(a.duration, 10 / 48_000)
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "German_20s.mp4").exists(), reason="real media absent (../shared/data)")
+def test_real_clip_and_wav_round_trip(tmp_path):
+    clip = read_video(SHARED / "German_20s.mp4", max_frames=12)
+    assert clip.frames.shape == (12, 512, 512, 3) and clip.fps == 25
+    assert clip.audio is not None and abs(clip.audio.duration - 20) < 0.2
+    speech = read_audio(SHARED / "80_vs_60_10s.wav")
+    assert speech.sample_rate == 48_000 and abs(speech.duration - 10) < 1e-3
+    out = write_video(tmp_path / "real.mp4", clip.frames, clip.fps, audio=speech)  # trimmed to 0.48 s
+    back = read_video(out.path)
+    assert back.frames.shape == clip.frames.shape
+    assert (back.frames.float() - clip.frames.float()).abs().mean() < 4
+    assert abs(back.audio.num_samples - 0.48 * 48_000) <= AAC_FRAME and back.audio.channels == 2
