@@ -46,6 +46,7 @@ FPS = 25  # MimicTalk motion and video rate (architecture reference §1.1)
 POSE_MODES = ("static", "identity")
 BLINK_MODES = ("none", "period")
 SRC_EXP_MODES = ("motion", "source")
+MIN_FACE_AREA = 0.2  # real3d_infer --min_face_area_percent: face box / image area for one-shot sources
 UPSTREAM_DROPPED_FRAMES = 4  # real3d_infer.forward_audio2secc drops the last 4 motion frames
 TRIM_MODES = ("audio", "upstream", "none")
 
@@ -106,6 +107,11 @@ def one_shot_source(renderer: Any, identity, *, frame: int = 0) -> TalkingSource
     model = renderer_model(renderer)
     if not 0 <= frame < identity.num_frames:
         raise InputError(f"source frame {frame} is outside the identity's {identity.num_frames} frames")
+    pts = identity.landmarks[frame, :468, :2]  # MediaPipe face points, pixels
+    area = float((pts.max(0).values - pts.min(0).values).prod()) / identity.size**2
+    if area < MIN_FACE_AREA:
+        logger.warning("the face covers %.0f %% of the source frame; one-shot rendering expects >= %.0f %% "
+                       "(prepare the identity with crop='auto')", 100 * area, 100 * MIN_FACE_AREA)
     side = model.cfg.secc_resolution
     head = _signed(identity.head_images([frame]))  # [1, 3, S', S'] head on black (-1)
     if head.shape[-1] != side:

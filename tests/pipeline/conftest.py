@@ -40,14 +40,14 @@ def make_identity(face_model, frames: int = 6, *, size: int = IDENTITY_SIZE, see
     trans = torch.cat([0.1 * torch.sin(t), -0.05 + 0.05 * torch.cos(t), 0.2 + 0.1 * torch.sin(t)], 1)
     with torch.no_grad():
         kps = torso_keypoints(face_model, id_.expand(frames, -1), exp, euler, trans, clamp=False)
-        lm = landmarks_2d(face_model, id_.expand(frames, -1), exp, euler, trans) * size
+        lm = landmarks_2d(face_model, id_.expand(frames, -1), exp, euler, trans, which="mp468") * size
     seg = person_segmap(size, size, head_centre=(size / 2, size * 0.4), head_axes=(size * 0.22, size * 0.28),
                         neck_width=size * 0.2, shoulder_y=size * 0.8)
     imgs = ((smooth_image(size, 3, g) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0)
     frames_u8 = torch.stack([imgs.roll(i, dims=1) for i in range(frames)])
     plate = ((smooth_image(size, 3, g) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0)
     landmarks = torch.zeros(frames, 478, 3)
-    landmarks[:, :68, :2] = lm
+    landmarks[:, :468, :2] = lm
     return Identity(
         frames=frames_u8, segmaps=seg.expand(frames, -1, -1).clone(), landmarks=landmarks, id=id_, exp=exp,
         euler=euler, trans=trans, cameras=camera_sequence(euler, trans).float(), keypoints=kps,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import pytest
 import torch
 
@@ -152,3 +155,13 @@ def test_bad_inputs(renderer, face_model, identity, source):
     assert isinstance(one_shot_source(renderer, photo), TalkingSource)
     with pytest.raises(InputError, match="outside"):
         one_shot_source(renderer, photo, frame=2)
+
+
+def test_small_face_warns(renderer, face_model, caplog):
+    photo = make_identity(face_model, frames=1, kind="photo")
+    small = dataclasses.replace(photo, landmarks=photo.landmarks * 0.3)  # face box ~6 % of the frame
+    with caplog.at_level(logging.WARNING, logger="MimicTalk"):
+        one_shot_source(renderer, photo)
+        assert "covers" not in caplog.text
+        one_shot_source(renderer, small)
+    assert "covers 6 %" in caplog.text
