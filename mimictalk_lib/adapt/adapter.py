@@ -42,7 +42,7 @@ ADAPTER_FORMAT = "mimictalk-adapter"
 ADAPTER_VERSION = 1
 NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "weight_u", "weight_v")
 """Buffers that change when the renderer runs in train mode (BatchNorm, spectral norm)."""
-IDENTITY_FIELDS = ("src_frame", "id", "src_kp", "src_exp", "bg", "torso_ref", "segmap")
+IDENTITY_FIELDS = ("src_frame", "id", "src_kp", "src_exp", "src_euler", "src_trans", "bg", "torso_ref", "segmap")
 PROBES_PER_TENSOR = 8
 PROBE_RTOL, PROBE_ATOL = 2e-2, 1e-3  # loose enough for a bf16 / fp16 copy of the same base
 
@@ -55,6 +55,8 @@ class AdapterIdentity:
     id: Optional[torch.Tensor] = None  # [1, 80] BFM identity coefficients
     src_kp: Optional[torch.Tensor] = None  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
     src_exp: Optional[torch.Tensor] = None  # [1, 64] frame-0 expression (source SECC)
+    src_euler: Optional[torch.Tensor] = None  # [1, 3] frame-0 head pose (radians)
+    src_trans: Optional[torch.Tensor] = None  # [1, 3] frame-0 BFM translation
     bg: Optional[torch.Tensor] = None  # [1, 3, S, S] background plate in [-1, 1]
     torso_ref: Optional[torch.Tensor] = None  # [1, 3, S, S] inpainted torso of frame 0 in [-1, 1]
     segmap: Optional[torch.Tensor] = None  # [1, 6, S, S] one-hot segmentation of frame 0
@@ -164,13 +166,22 @@ def save_adapter(path: str | os.PathLike, adapter: Adapter, *, triplane_dtype: t
     tensors: dict[str, torch.Tensor] = {f"lora.{k}": v.float() for k, v in adapter.lora.items()}
     tensors["triplane"] = adapter.triplane.detach().to(triplane_dtype)
     tensors.update({f"norm.{k}": v for k, v in adapter.norm_state.items()})
-    tensors.update({f"identity.{k}": v.detach() for k, v in adapter.identity.tensors().items()})
+    tensors.update({f"identity.{k}": _pack(k, v.detach()) for k, v in adapter.identity.tensors().items()})
     if adapter.base_probe is not None:
         tensors["base_probe"] = adapter.base_probe
     meta = dict(adapter.metadata)
     meta.update(format=ADAPTER_FORMAT, version=ADAPTER_VERSION, lora=dict(adapter.spec.to_dict(), lora_alpha=1.0),
                 video_id=adapter.identity.video_id, triplane_dtype=str(triplane_dtype).removeprefix("torch."))
     save_safetensors(path, tensors, meta)
+
+
+_HALF_FIELDS = ("src_frame", "bg", "torso_ref")  # images in [-1, 1]: fp16 error < 1/4 of an 8-bit step
+
+
+def _pack(name: str, t: torch.Tensor) -> torch.Tensor:
+    if name == "segmap":
+        return t.to(torch.uint8)  # one-hot
+    return t.half() if name in _HALF_FIELDS else t.float()
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
@@ -189,7 +200,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    ident = group("identity.")
+    ident = {k: v.float() for k, v in group("identity.").items()}
     identity = AdapterIdentity(**{k: ident.get(k) for k in IDENTITY_FIELDS}, video_id=str(meta.get("video_id", "")))
     return Adapter(
         lora=group("lora."),
