@@ -396,25 +396,20 @@ def render_talking_head(
     source: Any,
     motion: torch.Tensor,
     *,
-    pose: Pose = "static",
-    map_to_init_pose: bool = True,
-    blink: str = "period",
-    blink_seed: int = 0,
-    src_exp: str = "motion",
-    background: Any = None,
-    device: Optional[Union[str, torch.device]] = None,
     chunk_size: int = 4,
     deterministic: bool = True,
     generator: Optional[torch.Generator] = None,
     output_dtype: torch.dtype = torch.float32,
     on_step: Optional[ProgressFn] = None,
+    **session_options: Any,
 ) -> TalkingHead:
-    """Render a talking head for ``motion`` [T, 64] (25 fps): :func:`build_session` +
-    :func:`iter_talking_head`, collected on the CPU (T frames of IMAGE plus their masks); see those
-    two functions for the arguments. The renderer runs on its own device and dtype (load it with
-    the ones wanted); ``output_dtype`` float16 / uint8 halves / quarters the memory of long clips."""
-    session = build_session(renderer, face_model, source, motion, pose=pose, map_to_init_pose=map_to_init_pose,
-                            blink=blink, blink_seed=blink_seed, src_exp=src_exp, background=background, device=device)
+    """Render a talking head for ``motion`` [T, 64] (25 fps): :func:`build_session` (its keyword
+    options: ``pose``, ``map_to_init_pose``, ``blink``, ``blink_seed``, ``src_exp``,
+    ``background``, ``device``) + :func:`iter_talking_head` (the other arguments), collected on the
+    CPU: T frames of IMAGE plus their masks. The renderer runs on its own device and dtype (load it
+    with the ones wanted); ``output_dtype`` float16 / uint8 halves / quarters the memory of long
+    clips."""
+    session = build_session(renderer, face_model, source, motion, **session_options)
     images, masks = None, None
     for chunk in iter_talking_head(session, chunk_size=chunk_size, deterministic=deterministic, generator=generator,
                                    output_dtype=output_dtype, on_step=on_step):
