@@ -113,3 +113,8 @@ def test_readme_test_command_is_what_ci_runs(repo_root):
     assert inner in ci and "HF_HUB_OFFLINE=1" in ci
     assert "torch==2.13.0" in ci and "requirements-test.txt" in ci and '"$status" -eq 5' in ci
     assert "docs/benchmarks.md" in readme
+
+
+def test_slow_marker_is_registered(pyproject):
+    markers = pyproject["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
