@@ -115,3 +115,16 @@ def test_fit_is_interruptible_and_checks_input(face_model):
         fit_clip(face_model, bad, 512, schedule=CLIP_SCHEDULE)
     with pytest.raises(InputError, match="468"):
         fit_images(face_model, torch.zeros(1, 68, 2), 512)
+
+
+def test_fit_projection_equals_face_model(face_model):
+    """The fit's own key-point projection equals FaceModel.project_landmarks(..., "mp468")."""
+    from mimictalk_lib.identity.fit3dmm import VIDEO_WEIGHTS, _Problem
+
+    g = torch.Generator().manual_seed(7)
+    t = 6
+    id_, exp = torch.randn(1, 80, generator=g), torch.randn(t, 64, generator=g)
+    euler, trans = torch.randn(t, 3, generator=g) * 0.3, torch.randn(t, 3, generator=g) * 0.3
+    prob = _Problem(face_model, torch.zeros(t, 468, 2), VIDEO_WEIGHTS)
+    ref = face_model.project_landmarks(id_.expand(t, 80), exp, euler, trans, which="mp468")
+    torch.testing.assert_close(prob.project(id_, exp, euler, trans), ref, atol=1e-3, rtol=1e-5)
