@@ -92,8 +92,13 @@ def _signed(images: torch.Tensor) -> torch.Tensor:
 
 
 def renderer_model(renderer: Any) -> nn.Module:
-    """The :class:`~mimictalk_lib.renderer.Renderer` inside a loaded / personalised renderer."""
-    model = renderer if isinstance(renderer, nn.Module) else getattr(renderer, "model", None)
+    """The :class:`~mimictalk_lib.renderer.Renderer` inside a loaded / personalised renderer (or a
+    handle holding one of those under ``.model``)."""
+    model = renderer
+    for _ in range(3):  # Renderer <- LoadedRenderer / PersonalisedRenderer <- a node's handle
+        if isinstance(model, nn.Module):
+            break
+        model = getattr(model, "model", None)
     if not isinstance(model, nn.Module) or not hasattr(model, "render"):
         raise InputError(f"expected a MimicTalk renderer, got {type(renderer).__name__}")
     return model
@@ -118,9 +123,14 @@ def one_shot_source(renderer: Any, identity, *, frame: int = 0) -> TalkingSource
         head = F.interpolate(head, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
     with torch.inference_mode():
         planes = model.cano_planes(head.to(model.device)).float()
+    torso = identity.torso_ref[None]  # the identity stores frame 0's inpainted torso
+    if frame != 0:
+        from .identity.torso import inpaint_torso
+
+        torso = inpaint_torso(identity.frames[frame: frame + 1], identity.segmaps[frame: frame + 1])[0]
     return TalkingSource(
         cano_planes=planes.clone(), id=identity.id.float(), src_kp=identity.keypoints[frame: frame + 1].clamp(-1, 1),
-        torso_ref=_signed(identity.torso_ref[None]), bg=_signed(identity.plate[None]),
+        torso_ref=_signed(torso), bg=_signed(identity.plate[None]),
         segmap=identity.segmaps_one_hot([frame]), src_exp=identity.exp[frame: frame + 1],
         src_euler=identity.euler[frame: frame + 1], src_trans=identity.trans[frame: frame + 1],
         poses=(identity.euler, identity.trans), kind="one-shot",

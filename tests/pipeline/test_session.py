@@ -69,6 +69,10 @@ def test_identity_poses_are_ping_pong_indexed_with_z_frozen(renderer, face_model
 
 def test_map_to_init_pose_puts_frame_zero_on_the_source_pose(renderer, face_model, identity):
     src = one_shot_source(renderer, identity, frame=3)  # source pose != the clip's frame 0
+    from mimictalk_lib.identity.torso import inpaint_torso
+
+    own_torso = inpaint_torso(identity.frames[3:4], identity.segmaps[3:4])[0]
+    torch.testing.assert_close(src.torso_ref, own_torso.permute(0, 3, 1, 2).float() / 127.5 - 1)  # its own torso
     s = build_session(renderer, face_model, src, motion(8), pose="identity", map_to_init_pose=True, blink="none")
     torch.testing.assert_close(s.euler[0], identity.euler[3])
     torch.testing.assert_close(s.trans[0], identity.trans[3])
