@@ -319,7 +319,7 @@ def build_session(
         raise InputError("src_exp='source' needs the source expression: pass the identity (or use src_exp='motion')")
     first = motion[:1] if src_exp == "motion" else source.src_exp.reshape(1, N_EXP)
     side = model.cfg.secc_resolution
-    with torch.inference_mode():
+    with torch.no_grad():  # (not inference mode: the session's tensors stay ordinary tensors)
         fm_device = face_model.mean_shape.device
         cano_src = render_secc(face_model, source.id.to(fm_device), torch.cat([torch.zeros_like(first), first]).to(fm_device),
                                size=side, dtype=torch.float32)
@@ -349,8 +349,8 @@ class FrameChunk:
 
 def _to_image(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[n, 3, R, R] in [-1, 1] -> [n, R, R, 3] float 0..1 or uint8 0..255."""
-    img = ((x.float() + 1) / 2).clamp_(0, 1).permute(0, 2, 3, 1)
-    return (img * 255).round_().to(torch.uint8) if dtype == torch.uint8 else img.to(dtype)
+    img = ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    return (img * 255).round().to(torch.uint8) if dtype == torch.uint8 else img.to(dtype)
 
 
 def iter_talking_head(
@@ -373,22 +373,25 @@ def iter_talking_head(
     model, src = session.model, session.source
     device, total = model.device, session.num_frames
     check_device_dtype(device, model.dtype)
+    # Inference mode is entered per chunk, never across a ``yield``: it is thread-local and would
+    # otherwise stay on in the caller's code while the generator is suspended.
     with torch.inference_mode():
         reference = model.prepare_reference(src.torso_ref.to(device), src.bg.to(device), src.segmap.to(device))
         planes, cano, srcs = src.cano_planes.to(device), session.cano_secc.to(device), session.src_secc.to(device)
         kp_s = src.src_kp.to(device)
-        for start in range(0, total, chunk_size):
-            part = slice(start, min(start + chunk_size, total))
+    for start in range(0, total, chunk_size):
+        part = slice(start, min(start + chunk_size, total))
+        with torch.inference_mode():
             out = model.render(
                 planes, cano, srcs, session.drv_secc(part).to(device), session.camera[part].to(device), None, None, None,
                 kp_s, session.kp_d[part].to(device), deterministic=deterministic, generator=generator, reference=reference,
             )
-            side = out.image.shape[-1]
-            mask = F.interpolate(out.alpha.float(), size=(side, side), mode="bilinear", align_corners=False)
-            chunk = FrameChunk(start, _to_image(out.image, output_dtype).cpu(), mask[:, 0].clamp_(0, 1).cpu())
-            del out
-            yield chunk
-            report(on_step, part.stop, total)
+        side = out.image.shape[-1]  # the conversions below make ordinary (not inference) CPU tensors
+        mask = F.interpolate(out.alpha.float(), size=(side, side), mode="bilinear", align_corners=False)
+        chunk = FrameChunk(start, _to_image(out.image, output_dtype).cpu(), mask[:, 0].clamp(0, 1).cpu())
+        del out, mask
+        yield chunk
+        report(on_step, part.stop, total)
 
 
 @dataclass

@@ -56,6 +56,8 @@ def test_chunked_stream_equals_the_renderers_own_batch(renderer, session):
     assert (masks - want_mask).abs().max() <= 1e-5
 
     as_u8 = next(iter_talking_head(session, chunk_size=1, output_dtype=torch.uint8)).images
+    # a suspended stream leaves inference mode off, and hands out ordinary tensors
+    assert not torch.is_inference_mode_enabled() and not as_u8.is_inference() and not images.is_inference()
     assert as_u8.dtype == torch.uint8 and (as_u8.float() - images[:1] * 255).abs().max() <= 0.5 + 1e-3
 
 
