@@ -52,6 +52,12 @@ TRIM_MODES = ("audio", "upstream", "none")
 
 Pose = Union[str, tuple]  # a POSE_MODES name or (euler [T, 3], trans [T, 3])
 
+__all__ = [
+    "FPS", "FrameChunk", "TalkingHead", "TalkingSession", "TalkingSource", "audio_to_motion", "build_session",
+    "iter_talking_head", "make_source", "motion_frames_for", "one_shot_source", "personalised_source",
+    "render_talking_head", "render_to_video", "renderer_model", "style_prompt",
+]
+
 
 # --- who is rendered -------------------------------------------------------------------------------
 
