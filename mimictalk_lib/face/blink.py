@@ -25,6 +25,7 @@ with p > 0 are processed here.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -61,27 +62,47 @@ def quantize_secc(secc: torch.Tensor) -> torch.Tensor:
     return ((secc.float() + 1) / 2 * 255).clamp(min=0).floor()
 
 
-def _disc(radius: int, device) -> torch.Tensor:
-    r = torch.arange(-radius, radius + 1, device=device)
-    return ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2).float().view(1, 1, 2 * radius + 1, -1)
+def _dilate_disc(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Pixels within Euclidean distance ``radius`` of a True pixel of mask [B, H, W] (zero outside):
+    the union over row offsets dy of the row-shifted horizontal dilations of half-width
+    floor(sqrt(radius^2 - dy^2))."""
+    x = mask.float().unsqueeze(1)  # [B, 1, H, W]
+    h = x.shape[2]
+    out = torch.zeros_like(mask)
+    for dy in range(-radius, radius + 1):
+        a = int(math.isqrt(radius * radius - dy * dy))
+        row = F.max_pool2d(x, (1, 2 * a + 1), stride=1, padding=(0, a))[:, 0] > 0  # [B, H, W]
+        if dy >= 0:  # a True pixel at row y marks row y + dy
+            out[:, dy:] |= row[:, : h - dy]
+        else:
+            out[:, : h + dy] |= row[:, -dy:]
+    return out
 
 
-def _nearest_source(face: torch.Tensor) -> torch.Tensor:
-    """Flat (row * W + col) index of the nearest True pixel of ``face`` [B, H, W] for every pixel,
-    exact Euclidean (ties: upper row, then left column); -1 where ``face`` is empty."""
+def _nearest_source(face: torch.Tensor, query: torch.Tensor, band: int = 48) -> torch.Tensor:
+    """Flat (row * W + col) index of the nearest True pixel of ``face`` [B, H, W], exact Euclidean
+    (ties: upper row, then left column) at the ``query`` pixels; -1 where ``face`` is empty."""
     b, h, w = face.shape
     rows = torch.arange(h, device=face.device)
     # 1) nearest face pixel within each column: [B, H (query row), W] distance and row
     d_col = (rows.view(h, 1) - rows.view(1, h)).abs()  # [query, source]
     cost = torch.where(face.permute(0, 2, 1).unsqueeze(2), d_col.view(1, 1, h, h), _FAR)  # [B, W, Hq, Hs]
     best_d, best_r = cost.min(dim=-1)  # first minimum = upper row on ties
-    best_d, best_r = best_d.permute(0, 2, 1), best_r.permute(0, 2, 1)  # [B, Hq, W]
-    # 2) over columns: (c - c')^2 + d(r, c')^2
-    cols = torch.arange(w, device=face.device)
-    dc2 = (cols.view(w, 1) - cols.view(1, w)) ** 2  # [query, source]
-    total = dc2.view(1, 1, w, w) + (best_d.float() ** 2).unsqueeze(2)  # [B, H, Wq, Ws]
-    val, src_c = total.min(dim=-1)  # first minimum = left column on ties
-    src_r = best_r.gather(2, src_c)  # row of the nearest pixel in the chosen column
+    best_d2 = (best_d.permute(0, 2, 1).float() ** 2).clamp(max=float(_FAR))  # [B, Hq, W]
+    best_r = best_r.permute(0, 2, 1)
+    # 2) over columns: min over c' of (c - c')^2 + d(r, c')^2, first within |c - c'| <= band
+    #    (exact whenever the minimum found is <= band^2), else over all columns
+    k = min(band, w - 1)
+    padded = F.pad(best_d2, (k, k), value=float(_FAR))
+    offs = torch.arange(-k, k + 1, device=face.device)
+    total = padded.unfold(2, 2 * k + 1, 1) + (offs.float() ** 2)  # [B, H, W, 2k + 1]
+    val, j = total.min(dim=-1)  # first minimum = left column on ties
+    src_c = torch.arange(w, device=face.device) + offs[j]
+    if k < w - 1 and bool(((val > k * k) & query).any()):
+        cols = torch.arange(w, device=face.device)
+        dc2 = ((cols.view(w, 1) - cols.view(1, w)) ** 2).float()  # [query, source]
+        val, src_c = (dc2.view(1, 1, w, w) + best_d2.unsqueeze(2)).min(dim=-1)
+    src_r = best_r.gather(2, src_c.clamp(0, w - 1))  # row of the nearest pixel in the chosen column
     return torch.where(val < _FAR, src_r * w + src_c, torch.full_like(src_c, -1))
 
 
@@ -89,9 +110,14 @@ def _blink_frames(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Paint blinks into quantised maps q [B, 3, H, W] (levels 0..255) with closures p [B] > 0."""
     b, _, h, w = q.shape
     dev = q.device
-    face = (q != 0).all(dim=1)  # [B, H, W]
-    r = torch.arange(h, device=dev).view(1, h, 1)
-    c = torch.arange(w, device=dev).view(1, 1, w)
+    # everything happens inside a window around the prior boxes (holes, region and erosion ring)
+    reach = MARGIN + ERODE_RADIUS
+    wy0, wy1 = max(0, h // 4 - reach), min(h, h // 2 + reach)
+    wx0, wx1 = max(0, w // 4 - reach), min(w, w // 4 * 3 + reach)
+    win = q[:, :, wy0:wy1, wx0:wx1]
+    face = (win != 0).all(dim=1)  # [B, h', w']
+    r = torch.arange(wy0, wy1, device=dev).view(1, -1, 1)  # absolute row / column numbers
+    c = torch.arange(wx0, wx1, device=dev).view(1, 1, -1)
     in_rows = (r >= h // 4) & (r < h // 2)
     left_box = in_rows & (c >= w // 4) & (c < w // 2)
     right_box = in_rows & (c >= w // 2) & (c < w // 4 * 3)
@@ -105,19 +131,19 @@ def _blink_frames(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         hi = torch.where(hit, axis, -_FAR).amax(1)
         return lo.view(b, 1, 1), hi.view(b, 1, 1)
 
-    ar, ac = torch.arange(h, device=dev).view(1, h), torch.arange(w, device=dev).view(1, w)
+    ar, ac = r.view(1, -1), c.view(1, -1)
     r0, r1 = extent(hole, ar, 2)
     l0, l1 = extent(hole_l, ac, 1)
     q0, q1 = extent(hole_r, ac, 1)
     band = (r >= r0 - MARGIN) & (r < r1 + MARGIN)  # python slices: end exclusive
     region = band & (((c >= l0 - MARGIN) & (c < l1 + MARGIN)) | ((c >= q0 - MARGIN) & (c < q1 + MARGIN)))
-    near_hole = F.conv2d(hole.float().unsqueeze(1), _disc(ERODE_RADIUS, dev), padding=ERODE_RADIUS)[:, 0] > 0
+    near_hole = _dilate_disc(hole, ERODE_RADIUS)
     src = face & region & ~near_hole  # face pixels that may give colour
     eye = region & ~src
 
     # per column lid lines (float64 as upstream's numpy maths, where the device has it)
     fdt = torch.float32 if dev.type == "mps" else torch.float64
-    rows = r.expand(b, h, w)
+    rows = r.expand_as(eye)
     count = eye.sum(1, keepdim=True)  # [B, 1, W]
     mean = torch.where(eye, rows, 0).sum(1, keepdim=True).to(fdt) / count.clamp(1, h)
     lo = torch.where(eye, rows, _FAR).amin(1, keepdim=True).to(fdt)
@@ -131,15 +157,16 @@ def _blink_frames(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     ys, xs = region.any(2).any(0).nonzero(), region.any(1).any(0).nonzero()
     if ys.numel() == 0 or not closed.any():
         return q
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    nearest = _nearest_source(src[:, y0:y1, x0:x1])  # [B, h', w'] flat index in the crop
-    crop = q[:, :, y0:y1, x0:x1]
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1  # window coords
+    closed = closed[:, y0:y1, x0:x1]
+    nearest = _nearest_source(src[:, y0:y1, x0:x1], closed)  # [B, h'', w''] flat index in the crop
+    crop = win[:, :, y0:y1, x0:x1]
     cw = x1 - x0
-    take = closed[:, y0:y1, x0:x1] & (nearest >= 0)
+    take = closed & (nearest >= 0)
     fi, fr, fc = take.nonzero(as_tuple=True)
     n = nearest[fi, fr, fc]
     out = q.clone()
-    out[fi, :, fr + y0, fc + x0] = crop[fi, :, n // cw, n % cw]
+    out[fi, :, fr + y0 + wy0, fc + x0 + wx0] = crop[fi, :, n // cw, n % cw]
     return out
 
 

@@ -19,11 +19,11 @@ values in its two triangles, and a centre exactly on it is given to one of them 
 style tie rule) instead of to neither. Coverage is therefore watertight.
 
 Algorithm (vectorised over triangles and frames, memory bounded): every (frame, triangle) gets its
-pixel bounding box; triangles are grouped by box size into power-of-two classes K, each class
-enumerates K x K candidate pixels per triangle in chunks of at most ``max_candidates``; inside
-candidates scatter-min a packed int64 key (float32 depth bits << 32 | face index) into a per-pixel
-buffer, which resolves depth order and ties in one ``scatter_reduce``. The winning face's
-barycentrics are then recomputed for covered pixels only.
+pixel bounding box; triangles with the same box shape are tested together on a regular grid of
+candidate pixels, in chunks of at most ``max_candidates``; covered candidates scatter-min a packed
+int64 key (float32 depth bits << 32 | face index) into a per-pixel buffer, which resolves depth
+order and ties in one ``scatter_reduce``; the candidates whose key survived are the winners, and
+their barycentrics (computed with the depth) are written to their pixels.
 """
 
 from __future__ import annotations
@@ -126,13 +126,23 @@ def _inside(e: list[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
 
 
 def _groups(verts: torch.Tensor, faces: torch.Tensor, max_faces: int, on_step: ProgressFn | None):
-    """Frame groups of at most ``max_faces`` (frame, face) pairs, as (start, verts, faces)."""
+    """Frame groups of at most ``max_faces`` (frame, face) pairs, as (verts, faces) in float32/64."""
     verts = verts.to(torch.float64 if verts.dtype == torch.float64 else torch.float32)
     faces = faces.to(device=verts.device, dtype=torch.long)
     group = max(1, max_faces // max(1, faces.shape[0]))
     for s in range(0, verts.shape[0], group):
-        yield s, verts[s : s + group], faces
+        yield verts[s : s + group], faces
         report(on_step, min(s + group, verts.shape[0]), verts.shape[0])
+
+
+@dataclass
+class _Winners:
+    """The covering triangle of each covered pixel of a frame group."""
+
+    pix: torch.Tensor  # [P] flat pixel index over (frame, row, column)
+    face: torch.Tensor  # [P] face index
+    bary: torch.Tensor  # [P, 3] perspective-correct barycentrics
+    depth: torch.Tensor  # [P] view-space depth
 
 
 def rasterize(
@@ -142,7 +152,7 @@ def rasterize(
     width: int,
     *,
     max_candidates: int = 1 << 20,
-    max_faces: int = 1 << 20,
+    max_faces: int = 1 << 19,
     on_step: ProgressFn | None = None,
 ) -> Fragments:
     """Rasterise B frames of one mesh topology.
@@ -154,9 +164,14 @@ def rasterize(
     ``on_step(done, total)`` is called after each group of frames.
     """
     parts = []
-    for _, v, f in _groups(verts, faces, max_faces, on_step):
-        keys, params, ints = _rasterize_group(v, f, height, width, max_candidates)
-        parts.append(_resolve(keys, params, ints, f.shape[0], v.dtype))
+    for v, f in _groups(verts, faces, max_faces, on_step):
+        n = v.shape[0] * height * width
+        win = _rasterize_group(v, f, height, width, max_candidates)
+        pix_to_face = torch.full((n,), -1, dtype=torch.long, device=v.device).index_copy_(0, win.pix, win.face)
+        bary = torch.zeros(n, 3, dtype=v.dtype, device=v.device).index_copy_(0, win.pix, win.bary)
+        zbuf = torch.full((n,), -1.0, dtype=v.dtype, device=v.device).index_copy_(0, win.pix, win.depth)
+        shape = (v.shape[0], height, width)
+        parts.append(Fragments(pix_to_face.view(shape), bary.view(*shape, 3), zbuf.view(shape)))
     if len(parts) == 1:
         return parts[0]
     return Fragments(*(torch.cat([getattr(p, n) for p in parts]) for n in ("pix_to_face", "bary", "zbuf")))
@@ -171,35 +186,36 @@ def render_vertex_colors(
     *,
     background: float = 0.0,
     max_candidates: int = 1 << 20,
-    max_faces: int = 1 << 20,
+    max_faces: int = 1 << 19,
     on_step: ProgressFn | None = None,
 ) -> torch.Tensor:
     """``interpolate(rasterize(verts, faces, ...), colors, faces, background)`` fused, without the
     full-image barycentric buffers: colors [V, C] -> image [B, C, H, W] (float32 or float64)."""
     out = []
-    for _, v, f in _groups(verts, faces, max_faces, on_step):
-        keys, params, ints = _rasterize_group(v, f, height, width, max_candidates)
-        pix, face, bary, _ = _winners(keys, params, ints, f.shape[0], v.dtype)
-        img = torch.full((keys.numel(), colors.shape[1]), background, dtype=v.dtype, device=v.device)
-        if pix.numel():
-            img.index_copy_(0, pix, _blend(colors.to(v), f.index_select(0, face), bary))
+    for v, f in _groups(verts, faces, max_faces, on_step):
+        win = _rasterize_group(v, f, height, width, max_candidates)
+        img = torch.full((v.shape[0] * height * width, colors.shape[1]), background, dtype=v.dtype, device=v.device)
+        img.index_copy_(0, win.pix, _blend(colors.to(v), f.index_select(0, win.face), win.bary))
         out.append(img.view(v.shape[0], height, width, -1).permute(0, 3, 1, 2))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _blend(colors: torch.Tensor, corner: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
     """Per-pixel sum_k bary_k * colors[corner_k]: vertex ids [P, 3], weights [P, 3] -> [P, C]."""
-    vals = colors.index_select(0, corner.view(-1)).view(-1, 3, colors.shape[1])  # [P, 3, C]
-    return (bary.unsqueeze(-1) * vals).sum(1)
+    out = colors.index_select(0, corner[:, 0]) * bary[:, :1]
+    for k in (1, 2):
+        out += colors.index_select(0, corner[:, k]) * bary[:, k : k + 1]
+    return out
 
 
-def _rasterize_group(verts, faces, height, width, max_candidates) -> Fragments:
+def _rasterize_group(verts, faces, height, width, max_candidates) -> _Winners:
     b, device, hw = verts.shape[0], verts.device, height * width
     params, ints = _triangle_setup(verts, faces, height, width)
     keys = torch.full((b * hw,), _NO_HIT, dtype=torch.int64, device=device)
+    hits = []  # per chunk: (target pixel, key, barycentrics, depth) of every covered candidate
     # group triangles by exact box shape (w, h): each group tests a regular [M, h, w] pixel grid
     shape_key = ints[4] * (height + 1) + ints[5]
-    order = shape_key.argsort()
+    order = shape_key.argsort(stable=True)  # stable: keeps face order (memory locality) in a group
     shapes, counts = torch.unique_consecutive(shape_key.index_select(0, order), return_counts=True)
     start = 0
     for key_wh, count in zip(shapes.tolist(), counts.tolist()):
@@ -215,45 +231,30 @@ def _rasterize_group(verts, faces, height, width, max_candidates) -> Fragments:
             hit = _inside(e, p[_G]).view(-1).nonzero().squeeze(1)  # flat (M, bh, bw) index
             if hit.numel() == 0:
                 continue
-            e0, e1, e2 = (ek.reshape(-1).index_select(0, hit) for ek in e)
             m_idx, rem = hit // (bw * bh), hit % (bw * bh)
             iz = p[_INV_Z].index_select(1, m_idx)
-            # perspective-correct depth: 1 / sum(w_k / z_k) with screen weights w = e' / sum(e')
-            depth = (e0 + e1 + e2) / (e0 * iz[0] + e1 * iz[1] + e2 * iz[2])
+            ek = [e[k].reshape(-1).index_select(0, hit) for k in range(3)]
+            q = [ek[k] * iz[k] for k in range(3)]  # w_k / z_k up to the common factor sum(e')
+            qs = q[0] + q[1] + q[2]
+            # perspective-correct depth 1 / sum(w_k / z_k) and barycentrics (w_k / z_k) / sum(.)
+            depth = (ek[0] + ek[1] + ek[2]) / qs
             hb = box.index_select(1, m_idx)
             key = (depth.float().view(torch.int32).long() << 32) | hb[1]
             target = hb[0] * hw + (hb[3] + rem // bw) * width + hb[2] + rem % bw
             keys.scatter_reduce_(0, target, key, reduce="amin")
+            hits.append((target, key, torch.stack(q, 1) / qs.unsqueeze(1), depth))
         start += count
-    return keys.view(b, height, width), params, ints
-
-
-def _winners(keys: torch.Tensor, params: torch.Tensor, ints: torch.Tensor, n_faces: int, dtype):
-    """Covered pixels (flat over B, H, W), their face, perspective-correct barycentrics [P, 3]
-    and depth [P], recomputed from the winning triangle's edge planes."""
-    b, h, w = keys.shape
-    flat_keys = keys.view(-1)
-    pix = (flat_keys != _NO_HIT).nonzero().squeeze(1)
-    face = flat_keys.index_select(0, pix) & 0xFFFFFFFF
-    # column of each (frame, face) in the table of drawable triangles
-    lookup = torch.full((b * n_faces,), -1, dtype=torch.long, device=keys.device)
-    lookup[ints[0] * n_faces + ints[1]] = torch.arange(ints.shape[1], device=keys.device)
-    p = params.index_select(1, lookup.index_select(0, (pix // (h * w)) * n_faces + face))
-    rc = pix % (h * w)
-    e = _edges_at(p, (rc % w).to(dtype), (rc // w).to(dtype))
-    q = [e[k] * p[12 + k] for k in range(3)]  # w_k / z_k up to the common factor sum(e')
-    qs = q[0] + q[1] + q[2]
-    return pix, face, torch.stack(q, 1) / qs.unsqueeze(1), (e[0] + e[1] + e[2]) / qs
-
-
-def _resolve(keys: torch.Tensor, params: torch.Tensor, ints: torch.Tensor, n_faces: int, dtype) -> Fragments:
-    """Winning face per pixel -> full-image pix_to_face, barycentrics and depth."""
-    b, h, w = keys.shape
-    pix, face, bary_p, depth = _winners(keys, params, ints, n_faces, dtype)
-    pix_to_face = torch.full((b * h * w,), -1, dtype=torch.long, device=keys.device).index_copy_(0, pix, face)
-    bary = torch.zeros(b * h * w, 3, dtype=dtype, device=keys.device).index_copy_(0, pix, bary_p)
-    zbuf = torch.full((b * h * w,), -1.0, dtype=dtype, device=keys.device).index_copy_(0, pix, depth)
-    return Fragments(pix_to_face.view(b, h, w), bary.view(b, h, w, 3), zbuf.view(b, h, w))
+    if not hits:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return _Winners(empty, empty, torch.zeros(0, 3, dtype=verts.dtype, device=device), empty.to(verts.dtype))
+    target, key, bary, depth = (torch.cat(parts) for parts in zip(*hits))
+    won = (keys.index_select(0, target) == key).nonzero().squeeze(1)  # keys are unique per pixel
+    return _Winners(
+        pix=target.index_select(0, won),
+        face=key.index_select(0, won) & 0xFFFFFFFF,
+        bary=bary.index_select(0, won),
+        depth=depth.index_select(0, won),
+    )
 
 
 def interpolate(fragments: Fragments, vertex_attr: torch.Tensor, faces: torch.Tensor, background: float = 0.0) -> torch.Tensor:

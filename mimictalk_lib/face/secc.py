@@ -84,15 +84,16 @@ def render_secc(
         )
     n = exp.shape[0]
     id = id.expand(n, -1)
-    colours = face_model.ncc.float()
+    # (colour - 0.5) / 0.5 as upstream, applied to the vertex colours: barycentrics sum to one, so
+    # interpolating 2c - 1 equals 2 * interpolate(c) - 1 (to float rounding) and the background is -1
+    colours = face_model.ncc.float() * 2 - 1
     out = torch.empty(n, 3, size, size, dtype=dtype, device=device)
     with torch.no_grad():
         for s in range(0, n, chunk_size):
             verts = secc_view_vertices(face_model, id[s : s + chunk_size].float(), exp[s : s + chunk_size].float())
             screen = ndc_to_screen(fov_ndc(verts.float()), size, size)
-            # colour in [0, 1] on the face, 0 on the background, then (x - 0.5) / 0.5 as upstream
-            img = render_vertex_colors(screen, face_model.secc_tri, colours, size, size, background=0.0)
-            out[s : s + chunk_size] = (img * 2 - 1).to(dtype)
+            img = render_vertex_colors(screen, face_model.secc_tri, colours, size, size, background=-1.0)
+            out[s : s + chunk_size] = img
             report(on_step, min(s + chunk_size, n), n)
     return out
 
