@@ -10,12 +10,14 @@ About 4 x the tri-grid (~300 MB at full size); the adapter written beside it is 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from ..checkpoint import load_safetensors, save_safetensors
 from ..errors import CheckpointError
+from ..utils import logger
 from ..lora.inject import lora_state_dict, load_lora_state_dict
 from .adapter import load_norm_state, norm_state
 
@@ -24,8 +26,11 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = "mimictalk-adapt-checkpoint"
 CHECKPOINT_VERSION = 1
-_SETTINGS = ("lora_mode", "lora_r", "conv_lora", "batch_size", "seed", "norm_mode", "stochastic_render", "blink_every")
-"""Settings a resumed run must share with the saved one (steps and learning rates may change)."""
+_STRUCTURE = ("lora_mode", "lora_r", "conv_lora")
+"""Settings a resumed run must share with the saved one (they shape the trained tensors)."""
+_STREAM = ("batch_size", "seed", "norm_mode", "stochastic_render", "blink_every")
+"""Settings that may change on resume (e.g. a smaller batch after running out of memory); the
+run then continues validly but no longer bit-for-bit like an uninterrupted one."""
 
 
 def save_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
@@ -62,9 +67,12 @@ def load_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a MimicTalk adaptation checkpoint (format {meta.get('format')!r})")
     saved, now = meta["config"], trainer.config.to_dict()
-    changed = {k: (saved.get(k), now[k]) for k in _SETTINGS if saved.get(k) != now[k]}
+    changed = {k: (saved.get(k), now[k]) for k in _STRUCTURE if saved.get(k) != now[k]}
     if changed:
-        raise CheckpointError(f"{path} was made with other settings {changed} (saved, requested); resume with the saved ones")
+        raise CheckpointError(f"{path} was made with other LoRA settings {changed} (saved, requested); resume with the saved ones")
+    changed = {k: (saved.get(k), now[k]) for k in _STREAM if saved.get(k) != now[k]}
+    if changed:
+        logger.warning("resuming %s with changed settings %s (saved, now): the run continues, not bit-for-bit", path, changed)
     if meta["base"]["structure_sha256"] != trainer.base_structure or meta["num_frames"] != trainer.data.num_frames:
         raise CheckpointError(f"{path} belongs to another base renderer or identity clip; start a new run instead")
 
@@ -97,3 +105,36 @@ def load_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
         trainer.set_blink(tensors["blink.idx"], tensors["blink.amounts"])
     trainer.step = int(meta["step"])
     trainer.last_losses = dict(meta.get("last_losses", {}))
+
+
+# --- the global RNG streams (dropout, drop-path) a run owns -------------------------------------
+
+
+def global_rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The process' global RNG states: CPU, and the CUDA device when training there."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def seeded_global_rng(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG states ``torch.manual_seed(seed)`` gives, without touching the process' own."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return global_rng_states(device)
+
+
+@contextmanager
+def own_global_rng(trainer: "Trainer") -> Iterator[None]:
+    """Run a step on the trainer's own global RNG stream (``trainer.global_rng``, saved in
+    checkpoints), restoring the process' RNG afterwards."""
+    device = trainer.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(trainer.global_rng["cpu"])
+        if "cuda" in trainer.global_rng:
+            torch.cuda.set_rng_state(trainer.global_rng["cuda"], device)
+        try:
+            yield
+        finally:
+            trainer.global_rng = global_rng_states(device)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, MimicTalkError
@@ -53,6 +54,7 @@ from .losses import (
 )
 from .lpips import LPIPS
 from .lpips import MIN_SIZE as LPIPS_MIN_SIZE
+from .resume import own_global_rng, seeded_global_rng
 
 ADAM_BETAS = (0.9, 0.98)
 ADAMW_WEIGHT_DECAY = 0.01  # upstream, tri-grid only (no LoRA)
@@ -127,24 +129,29 @@ class Trainer:
                 f"{renderer.cfg.image_resolution}x{renderer.cfg.image_resolution}; prepare the identity at that size"
             )
         self.config, self.data, self.lpips, self.device = config, data, lpips, device
-        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 3)  # LoRA A init (Kaiming) draws from the global CPU RNG
+        cuda = [device] if device.type == "cuda" else []
+        with torch.inference_mode(False), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(config.seed + 3)  # LoRA A init (Kaiming) draws from the global RNG
             self.model = (share_copy(renderer) if config.lora_mode == "none" else
                           inject_lora(renderer, config.lora_mode, config.lora_r, conv_lora=config.conv_lora))
-            self.model.requires_grad_(False).eval()
+            self.model.to(device).requires_grad_(False).eval()  # no copy when already there
             for p in lora_parameters(self.model):
                 p.requires_grad_(True)
             self.spec = LoraSpec(config.lora_mode, config.lora_r, config.conv_lora)
             self.base_structure, self.base_probe = base_fingerprint(base_parameters(renderer))
             self._init_references()
+            head0 = signed(data.identity.head_images([0]), device)  # [1, 3, S, S], black background
+            side = renderer.cfg.secc_resolution
+            if head0.shape[-1] != side:
+                head0 = F.interpolate(head0, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
             with torch.no_grad():  # upstream cal_cano_plane(head image of frame 0), eval mode
-                planes = self.model.cano_planes(signed(data.identity.head_images([0]), device)).float()
+                planes = self.model.cano_planes(head0).float()
             self.triplane = nn.Parameter(planes.clone())
             self.triplane_init = planes.clone()
             self.optimizer = self._make_optimizer()
         self.data_gen = torch.Generator().manual_seed(config.seed)
         self.render_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.global_rng = _rng_seeded_states(config.seed + 2, device)  # dropout / drop-path draws
+        self.global_rng = seeded_global_rng(config.seed + 2, device)  # dropout / drop-path draws
         self.step = 0
         self.blink: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (frame indices [B], levels [3, B])
         self.blink_secc: list[torch.Tensor] = []
@@ -215,7 +222,7 @@ class Trainer:
         """One optimisation step; returns the unweighted losses."""
         cfg, data, dev = self.config, self.data, self.device
         self.model.train(cfg.norm_mode == "upstream")
-        with _global_rng(self):
+        with own_global_rng(self):
             idx = torch.randint(data.num_frames, (cfg.batch_size,), generator=self.data_gen)
             drv_secc = self._drive_secc(idx)
             out = self.render(idx, drv_secc, stochastic=cfg.stochastic_render)
@@ -359,40 +366,3 @@ def _put(losses: dict, name: str, value: Optional[torch.Tensor]) -> None:
 def _normal(t: torch.Tensor) -> torch.Tensor:
     """A tensor usable by autograd (inference-mode tensors are cloned)."""
     return t.clone() if t.is_inference() else t
-
-
-def _rng_seeded_states(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Global-RNG states (CPU, and the CUDA device) that a fresh ``manual_seed(seed)`` gives,
-    without touching the process' own RNG."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return _get_global(device)
-
-
-def _get_global(device: torch.device) -> dict[str, torch.Tensor]:
-    states = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-class _global_rng:
-    """Run a step with the trainer's own global-RNG stream (dropout, drop-path), restoring the
-    process' RNG afterwards."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        devices = [trainer.device] if trainer.device.type == "cuda" else []
-        self.fork = torch.random.fork_rng(devices=devices)
-
-    def __enter__(self) -> None:
-        self.fork.__enter__()
-        states = self.trainer.global_rng
-        torch.set_rng_state(states["cpu"])
-        if "cuda" in states:
-            torch.cuda.set_rng_state(states["cuda"], self.trainer.device)
-
-    def __exit__(self, *exc) -> None:
-        self.trainer.global_rng = _get_global(self.trainer.device)
-        self.fork.__exit__(*exc)

@@ -11,9 +11,9 @@ from mimictalk_lib.adapt.lpips import LPIPS
 from mimictalk_lib.adapt.resume import load_checkpoint
 from mimictalk_lib.adapt.train import AdaptConfig, Trainer, train_adapter
 from mimictalk_lib.checkpoint import read_safetensors_metadata
-from mimictalk_lib.errors import InputError
+from mimictalk_lib.errors import CheckpointError, InputError, MimicTalkError
 from mimictalk_lib.lora.inject import lora_parameters
-from tests.adapt.conftest import SyntheticSecc, synthetic_identity
+from tests.adapt.synthetic import SyntheticSecc, synthetic_identity
 
 # learning rates for a tiny random renderer (the upstream defaults are for the full model)
 TINY = dict(lr=1e-2, lr_triplane=1e-2, preview_every=0)
@@ -134,3 +134,22 @@ def test_face_model_secc_source_trains(tiny_base, tmp_path):
     losses = trainer.train_step()
     assert {"lpips_loss", "blink_reg_loss"} <= set(losses) and "head_lpips_loss" not in losses  # raw 16² < 31²
     assert torch.isfinite(torch.tensor(losses["total_loss"]))
+
+
+def test_out_of_memory_saves_and_explains(tiny_base, data, tmp_path, monkeypatch):
+    real_step = Trainer.train_step
+
+    def step(self):
+        if self.step == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    cfg = AdaptConfig(steps=3, norm_mode="eval", checkpoint_every=100, **TINY)
+    with pytest.raises(MimicTalkError, match="batch_size=1") as info:
+        train_adapter(tiny_base, data, None, cfg, work_dir=tmp_path)
+    assert "checkpoint.safetensors" in str(info.value)
+    assert read_safetensors_metadata(tmp_path / "checkpoint.safetensors")["step"] == 1
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    with pytest.raises(CheckpointError, match="LoRA settings"):
+        train_adapter(tiny_base, data, None, AdaptConfig(**dict(cfg.to_dict(), lora_r=3)), resume=tmp_path / "checkpoint.safetensors")
