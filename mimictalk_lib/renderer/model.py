@@ -217,9 +217,12 @@ class Renderer(nn.Module):
             check_shape(t, (1,) + tuple(t.shape[1:]), f"{name} (one reference for the whole clip)")
         output_device = torch.device(output_device) if output_device is not None else device
 
+        # Shared (batch-1) inputs move to the device once; per-frame ones chunk by chunk.
+        shared = {name: t.to(device) if t.shape[0] == 1 else t
+                  for name, t in (("cano_planes", cano_planes), ("cano_secc", cano_secc), ("src_secc", src_secc), ("kp_s", kp_s))}
+
         def rows(t: torch.Tensor, part: slice) -> torch.Tensor:
-            t = t if t.shape[0] == 1 else t[part]
-            return t.to(device, non_blocking=True)
+            return t if t.shape[0] == 1 and t.shape[0] != total else t[part].to(device)
 
         parts = []
         with torch.inference_mode():
@@ -227,8 +230,8 @@ class Renderer(nn.Module):
             for start in range(0, total, chunk_size):
                 part = slice(start, min(start + chunk_size, total))
                 out = self.render(
-                    rows(cano_planes, part), rows(cano_secc, part), rows(src_secc, part), drv_secc[part].to(device),
-                    camera[part].to(device), None, None, None, rows(kp_s, part), kp_d[part].to(device),
+                    *(rows(shared[n], part) for n in ("cano_planes", "cano_secc", "src_secc")), rows(drv_secc, part),
+                    rows(camera, part), None, None, None, rows(shared["kp_s"], part), rows(kp_d, part),
                     deterministic=deterministic, generator=generator, reference=reference,
                 )
                 parts.append(out.to(output_device, output_dtype))
