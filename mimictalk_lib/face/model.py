@@ -46,6 +46,10 @@ class FaceModel(nn.Module):
     ``tri`` [F, 3] (0-based), ``lm68`` / ``lm68_upstream`` [68], ``mp468`` [468] (unmatched -> 0)
     with ``mp468_matched`` [468] bool (or None when the map file is absent), ``ncc`` [N, 3] in
     [0, 1], ``eye_faces`` [E] (indices into ``tri``) and ``secc_tri`` [F - E, 3].
+
+    Outputs take the buffers' dtype (coefficients are cast to it). Keep the model in float32 or
+    float64: meshes, landmarks and cameras are geometry, not network activations, and SECC
+    rendering expects full-precision vertices.
     """
 
     def __init__(

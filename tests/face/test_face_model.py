@@ -1,5 +1,6 @@
 """Face-model loading (both file layouts), the missing-file checker, mesh and landmark maths."""
 
+import copy
 import math
 import shutil
 
@@ -75,6 +76,15 @@ def test_shape_and_points_match_a_direct_computation(bfm_dir, face_model):
     idx = torch.tensor([5, 0, 17, 300])
     torch.testing.assert_close(face_model.points(id, exp, idx), verts[..., idx, :])
     torch.testing.assert_close(face_model.landmarks(id, exp, "lm68"), verts[..., face_model.lm68, :])
+
+
+def test_dtype_follows_the_model(face_model):
+    g = torch.Generator().manual_seed(1)
+    id, exp = torch.randn(2, 80, generator=g), torch.randn(2, 64, generator=g)
+    m64 = copy.deepcopy(face_model).to(torch.float64)  # nn.Module.to moves in place
+    v64 = m64.shape(id, exp)  # float32 coefficients are cast to the model's dtype
+    assert v64.dtype == torch.float64 and m64.tri.dtype == torch.long and m64.mp468.dtype == torch.long
+    torch.testing.assert_close(v64.float(), face_model.shape(id, exp), atol=1e-5, rtol=0)
 
 
 def test_basel_sources_convert_to_the_encoded_front_model(tmp_path):
