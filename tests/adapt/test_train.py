@@ -153,3 +153,17 @@ def test_out_of_memory_saves_and_explains(tiny_base, data, tmp_path, monkeypatch
     monkeypatch.setattr(Trainer, "train_step", real_step)
     with pytest.raises(CheckpointError, match="LoRA settings"):
         train_adapter(tiny_base, data, None, AdaptConfig(**dict(cfg.to_dict(), lora_r=3)), resume=tmp_path / "checkpoint.safetensors")
+
+
+def test_trains_from_inference_mode_inputs(data):
+    """ComfyUI loads models and runs nodes under torch.inference_mode: weights and the identity
+    are inference tensors; training must still work (and leave them untouched)."""
+    from tests.fixtures.tiny_renderer import random_renderer
+
+    with torch.inference_mode():
+        base = random_renderer("mimictalk", seed=6)
+        ident = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(data.identity).items()}
+        frozen = AdaptationData(type(data.identity)(**ident), data.secc)
+        assert next(base.parameters()).is_inference() and frozen.identity.keypoints.is_inference()
+        adapter = train_adapter(base, frozen, None, AdaptConfig(steps=2, **TINY))
+    assert adapter.metadata["training"]["steps_done"] == 2 and torch.isfinite(adapter.triplane).all()
