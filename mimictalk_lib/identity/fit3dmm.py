@@ -174,16 +174,64 @@ class _Problem:
         return d * (image_size / FIT_IMAGE_SIZE)
 
 
-def _adam(params, lr):
-    return torch.optim.Adam(params, lr=lr)
-
-
 def _check_landmarks(landmarks: torch.Tensor, name: str) -> torch.Tensor:
     if landmarks.dim() != 3 or landmarks.shape[1] < NUM_MESH_LANDMARKS or landmarks.shape[2] < 2:
         raise InputError(f"{name}: expected landmarks [T, 468 or 478, 2+], got {list(landmarks.shape)}")
     if not torch.isfinite(landmarks[:, :NUM_MESH_LANDMARKS, :2]).all():
         raise InputError(f"{name}: landmarks contain NaN or infinity (undetected frames must be removed first)")
     return landmarks[:, :NUM_MESH_LANDMARKS, :2]
+
+
+class _Runner:
+    """Runs the staged schedule on P independent problems stacked on the leading axis
+    (``[P, T, ...]`` parameters; the loss is the sum of the P problems' losses, so each problem's
+    parameters see exactly their own gradient, as if fitted alone)."""
+
+    def __init__(self, prob: _Problem, schedule: FitSchedule, on_step: Optional[ProgressFn]):
+        self.prob, self.w, self.schedule, self.on_step, self.step = prob, prob.weights, schedule, on_step, 0
+
+    def loss(self, id_, exp, euler, trans, targets, full: bool = True) -> torch.Tensor:
+        """id [P, 1, 80], exp [P, T, 64], euler/trans [P, T, 3], targets [P, T, 468, 2]."""
+        w = self.w
+        loss = self.prob.landmark_loss(self.prob.project(id_, exp, euler, trans), targets)  # [P]
+        if full:
+            loss = loss + w.reg_id * id_.square().mean((-2, -1)) + w.reg_exp * exp.square().mean((-2, -1))
+            if w.laplacian:
+                lap = laplacian_loss(exp) + w.pose_laplacian * (laplacian_loss(euler) + laplacian_loss(trans))
+                loss = loss + w.laplacian * lap  # lap(id) is 0: one identity per problem
+        return loss.sum()
+
+    def optimise(self, optimizers, loss_fn, iters: int, stage: str) -> None:
+        for _ in range(iters):
+            loss = loss_fn()
+            for opt in optimizers:
+                opt.zero_grad()
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            self.step += 1
+            report(self.on_step, self.step, self.schedule.total, stage=stage)
+
+    def coarse(self, id_, exp, euler, trans, targets) -> None:
+        """Stages 1 and 2 (in place on the leaf tensors)."""
+        opt_frame = torch.optim.Adam([euler, trans], lr=self.schedule.lr)
+        opt_idexp = torch.optim.Adam([id_, exp], lr=self.schedule.lr)
+        self.optimise([opt_frame], lambda: self.loss(id_, exp, euler, trans, targets, full=False),
+                      self.schedule.pose_iters, "fit pose")
+        self.optimise([opt_frame, opt_idexp], lambda: self.loss(id_, exp, euler, trans, targets),
+                      self.schedule.joint_iters, "fit identity")
+
+    def fine(self, params: list, trainable: list, targets) -> list:
+        """Stage 3 from detached copies of ``params`` (id, exp, euler, trans); ``trainable``
+        flags which of them the fine stage updates."""
+        params = [p.detach().clone().requires_grad_(t) for p, t in zip(params, trainable)]
+        opt = torch.optim.Adam([p for p, t in zip(params, trainable) if t], lr=self.schedule.fine_lr)
+        self.optimise([opt], lambda: self.loss(*params, targets), self.schedule.fine_iters, "fit frames")
+        return [p.detach() for p in params]
+
+
+def _leaves(targets: torch.Tensor, lead: tuple, t: int) -> list:
+    return [targets.new_zeros(*lead, n, d, requires_grad=True) for n, d in ((1, N_ID), (t, N_EXP), (t, 3), (t, 3))]
 
 
 @torch.enable_grad()
@@ -203,52 +251,23 @@ def fit_clip(
     """
     lms = _check_landmarks(landmarks, "fit_clip")
     t = lms.shape[0]
-    targets = to_fit_space(lms, image_size)
+    targets = to_fit_space(lms, image_size)[None]  # [1, T, 468, 2]: one problem
     prob = _Problem(face_model, targets, weights)
-    zeros = targets.new_zeros
-    id_ = zeros(1, N_ID, requires_grad=True)
-    exp = zeros(t, N_EXP, requires_grad=True)
-    euler = zeros(t, 3, requires_grad=True)
-    trans = zeros(t, 3, requires_grad=True)
-    opt_frame = _adam([euler, trans], schedule.lr)
-    opt_idexp = _adam([id_, exp], schedule.lr)
-    w = weights
-    step = 0
-
-    def total_loss(id_b, exp_b, euler_b, trans_b, tgt):
-        proj = prob.project(id_b, exp_b, euler_b, trans_b)  # one identity row broadcast over frames
-        lap = (
-            laplacian_loss(id_b) + laplacian_loss(exp_b)
-            + w.pose_laplacian * (laplacian_loss(euler_b) + laplacian_loss(trans_b))
-        )
-        reg = w.reg_id * id_b.square().mean(dim=(-2, -1)) + w.reg_exp * exp_b.square().mean(dim=(-2, -1))
-        return prob.landmark_loss(proj, tgt) + reg + w.laplacian * lap
-
-    for _ in range(schedule.pose_iters):  # stage 1: pose only, landmark term only
-        loss = prob.landmark_loss(prob.project(id_, exp, euler, trans), targets)
-        opt_frame.zero_grad()
-        loss.backward()
-        opt_frame.step()
-        step += 1
-        report(on_step, step, schedule.total, stage="fit pose")
-    for _ in range(schedule.joint_iters):  # stage 2: everything
-        loss = total_loss(id_, exp, euler, trans, targets)
-        opt_frame.zero_grad()
-        opt_idexp.zero_grad()
-        loss.backward()
-        opt_frame.step()
-        opt_idexp.step()
-        step += 1
-        report(on_step, step, schedule.total, stage="fit identity")
-
-    id_ = id_.detach()
-    exp, euler, trans = exp.detach(), euler.detach(), trans.detach()
-    if schedule.fine_iters > 0:
-        exp, euler, trans = _fine_stage(
-            total_loss, id_, exp, euler, trans, targets, schedule, on_step, step
-        )
+    run = _Runner(prob, schedule, on_step)
+    id_, exp, euler, trans = params = _leaves(targets, (1,), t)
+    run.coarse(id_, exp, euler, trans, targets)
+    id_, exp, euler, trans = (p.detach()[0] for p in params)
+    if schedule.fine_iters > 0:  # batches of frames as independent problems, identity frozen
+        b = min(schedule.fine_batch, t)
+        idx = torch.stack([torch.arange(s, s + b) for s in _batch_starts(t, b)]).to(exp.device)  # [nB, b]
+        n_b = idx.shape[0]
+        _, e, u, v = run.fine([id_.expand(n_b, 1, N_ID), exp[idx], euler[idx], trans[idx]],
+                              [False, True, True, True], targets[0][idx])
+        exp, euler, trans = exp.clone(), euler.clone(), trans.clone()
+        for k in range(n_b):  # later batches win on the overlap, as if run in order
+            exp[idx[k]], euler[idx[k]], trans[idx[k]] = e[k], u[k], v[k]
     with torch.no_grad():
-        err = prob.error_px(prob.project(id_, exp, euler, trans), image_size)
+        err = prob.error_px(prob.project(id_, exp, euler, trans), image_size)[0]
     return FitResult(id_, exp, euler, trans, err)
 
 
@@ -258,32 +277,6 @@ def _batch_starts(t: int, batch: int) -> list[int]:
         return [0]
     n = (t - 1) // batch + 1
     return [min(i * batch, t - batch) for i in range(n)]
-
-
-def _fine_stage(total_loss, id_, exp, euler, trans, targets, schedule, on_step, step):
-    t = exp.shape[0]
-    b = min(schedule.fine_batch, t)
-    starts = _batch_starts(t, b)
-    idx = torch.stack([torch.arange(s, s + b) for s in starts]).to(exp.device)  # [nB, b]
-    e = exp[idx].clone().requires_grad_(True)  # [nB, b, 64]
-    u = euler[idx].clone().requires_grad_(True)
-    v = trans[idx].clone().requires_grad_(True)
-    tgt = targets[idx]  # [nB, b, 468, 2]
-    opt = _adam([e, u, v], schedule.fine_lr)
-    id_b = id_.expand(len(starts), 1, N_ID)
-    for _ in range(schedule.fine_iters):
-        loss = total_loss(id_b, e, u, v, tgt).sum()  # batches are independent: sum of their losses
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        report(on_step, step, schedule.total, stage="fit frames")
-    exp, euler, trans = exp.clone(), euler.clone(), trans.clone()
-    for k in range(len(starts)):  # later batches win on the overlap, as if run in order
-        exp[idx[k]] = e[k].detach()
-        euler[idx[k]] = u[k].detach()
-        trans[idx[k]] = v[k].detach()
-    return exp, euler, trans
 
 
 @torch.enable_grad()
@@ -301,47 +294,13 @@ def fit_images(
     Stage 3 runs 50 steps at lr 0.005 on all four coefficient groups of each image."""
     lms = _check_landmarks(landmarks, "fit_images")
     n = lms.shape[0]
-    targets = to_fit_space(lms, image_size)[:, None]  # [B, 1, 468, 2]: each image a 1-frame clip
+    targets = to_fit_space(lms, image_size)[:, None]  # [B, 1, 468, 2]: each image a 1-frame problem
     prob = _Problem(face_model, targets, weights)
-    w = weights
-    params = [targets.new_zeros(n, 1, d, requires_grad=True) for d in (N_ID, N_EXP, 3, 3)]
-    id_, exp, euler, trans = params
-    opt_frame = _adam([euler, trans], schedule.lr)
-    opt_idexp = _adam([id_, exp], schedule.lr)
-
-    def loss_fn(id_b, exp_b, euler_b, trans_b, with_reg=True):
-        per_image = prob.landmark_loss(prob.project(id_b, exp_b, euler_b, trans_b), targets)
-        if with_reg:
-            per_image = per_image + w.reg_id * id_b.square().mean((-2, -1)) + w.reg_exp * exp_b.square().mean((-2, -1))
-        return per_image.sum()  # independent images: each sees only its own gradient
-
-    step = 0
-    for _ in range(schedule.pose_iters):
-        loss = loss_fn(id_, exp, euler, trans, with_reg=False)
-        opt_frame.zero_grad()
-        loss.backward()
-        opt_frame.step()
-        step += 1
-        report(on_step, step, schedule.total, stage="fit pose")
-    for _ in range(schedule.joint_iters):
-        loss = loss_fn(id_, exp, euler, trans)
-        opt_frame.zero_grad()
-        opt_idexp.zero_grad()
-        loss.backward()
-        opt_frame.step()
-        opt_idexp.step()
-        step += 1
-        report(on_step, step, schedule.total, stage="fit identity")
+    run = _Runner(prob, schedule, on_step)
+    params = _leaves(targets, (n,), 1)
+    run.coarse(*params, targets)
     if schedule.fine_iters > 0:
-        params = [p.detach().clone().requires_grad_(True) for p in params]
-        opt = _adam(params, schedule.fine_lr)
-        for _ in range(schedule.fine_iters):
-            loss = loss_fn(*params)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            report(on_step, step, schedule.total, stage="fit frames")
+        params = run.fine(params, [True] * 4, targets)
     id_, exp, euler, trans = (p.detach()[:, 0] for p in params)
     with torch.no_grad():
         err = prob.error_px(prob.project(id_[:, None], exp[:, None], euler[:, None], trans[:, None]), image_size)

@@ -137,6 +137,20 @@ def _assemble(
     )
 
 
+def _finish(clip: Clip, segmenter: Segmenter, face_model: FaceModel, kind: str, schedule: FitSchedule, device,
+            output, progress: _Progress) -> Identity:
+    """Segmentation, 3DMM fit (clip or single-image variant), assembly, and the atomic save."""
+    segmaps = _segment(segmenter, clip.frames, clip.landmarks, progress.stage("segmentation"))
+    fitter = fit_clip if kind == "clip" else fit_images
+    fit = fitter(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
+                 on_step=progress.stage("fit"))
+    identity = _assemble(clip, segmaps, fit, face_model, kind, device, progress, schedule)
+    logger.info("prepared %r (landmark fit error %.2f px)", identity, identity.meta["landmark_error_px"])
+    if output is not None:
+        identity.save(output)
+    return identity
+
+
 def prepare_identity(
     source,
     *,
@@ -170,14 +184,7 @@ def prepare_identity(
     clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad)
     progress.done("frames")
     clip = track(clip, landmarker, missing=missing, on_step=progress.stage("landmarks"))
-    segmaps = _segment(segmenter, clip.frames, clip.landmarks, progress.stage("segmentation"))
-    fit = fit_clip(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
-                   on_step=progress.stage("fit"))
-    identity = _assemble(clip, segmaps, fit, face_model, "clip", device, progress, schedule)
-    logger.info("prepared %r (landmark fit error %.2f px)", identity, identity.meta["landmark_error_px"])
-    if output is not None:
-        identity.save(output)
-    return identity
+    return _finish(clip, segmenter, face_model, "clip", schedule, device, output, progress)
 
 
 def load_photo(image) -> torch.Tensor:
@@ -234,10 +241,4 @@ def prepare_photo_identity(
     if not bool(res.detected[0]):
         raise InputError("photo: no face found in the portrait crop. Use a photo with one clear, roughly frontal face.")
     clip.landmarks, clip.bad = res.points.float(), torch.zeros(1, dtype=torch.bool)
-    segmaps = _segment(segmenter, frames, clip.landmarks, progress.stage("segmentation"))
-    fit = fit_images(face_model, clip.landmarks.to(device), FRAME_SIZE, schedule=schedule,
-                     on_step=progress.stage("fit"))
-    identity = _assemble(clip, segmaps, fit, face_model, "photo", device, progress, schedule)
-    if output is not None:
-        identity.save(output)
-    return identity
+    return _finish(clip, segmenter, face_model, "photo", schedule, device, output, progress)
