@@ -52,6 +52,7 @@ class Clip:
     source_hw: tuple[int, int]
     source: str
     variable_rate: bool = False
+    several_faces: bool = False  # already warned about several faces
     landmarks: Optional[torch.Tensor] = None  # float [T, 478, 3] after ``track``
     bad: Optional[torch.Tensor] = None  # bool [T]: no usable face (interpolated landmarks)
     dropped: list = field(default_factory=list)  # timeline positions removed
@@ -63,6 +64,7 @@ class Clip:
             "crop": [self.crop.x0, self.crop.y0, self.crop.side],
             "fps": 25.0,
             "variable_frame_rate": self.variable_rate,
+            "several_faces": self.several_faces,
             "frame_positions": self.positions.tolist(),
             "source_frames": self.source_frames.tolist(),
             "dropped_frames": list(self.dropped),
@@ -81,13 +83,15 @@ def _search_frames(frames: torch.Tensor, max_side: int = SAMPLE_SIDE) -> tuple[t
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous(), w / size[1]
 
 
-def find_crop(samples: torch.Tensor, landmarker: Landmarker, what: str, source_scale: float = 1.0) -> CropBox:
+def find_crop(
+    samples: torch.Tensor, landmarker: Landmarker, what: str, source_scale: float = 1.0
+) -> tuple[CropBox, bool]:
     """Crop (source pixels) from the faces found on ``samples`` (uint8 [K, H, W, 3]) that are
-    ``source_scale`` times smaller than the source frames."""
+    ``source_scale`` times smaller than the source frames; also whether several faces were seen."""
     search, scale = _search_frames(samples)
     scale *= source_scale
     res = landmarker.detect(search, video=False)
-    warn_multiple_faces(res.num_faces, f"{what}: sampled frames")
+    several = warn_multiple_faces(res.num_faces, f"{what}: sampled frames")
     if not bool(res.detected.any()):
         raise InputError(
             f"{what}: no face found in any of the {samples.shape[0]} frames checked. The clip needs "
@@ -95,7 +99,7 @@ def find_crop(samples: torch.Tensor, landmarker: Landmarker, what: str, source_s
         )
     boxes = face_boxes(res.points[res.detected, :468]) * scale
     check_face_size(boxes[:, 3] - boxes[:, 1], what)
-    return choose_crop(boxes)
+    return choose_crop(boxes), several
 
 
 def _square_crop(h: int, w: int, what: str) -> CropBox:
@@ -139,15 +143,16 @@ def load_clip(
     idx = resample_indices(ts)
     check_length(len(idx), what)
 
+    several = False
     if crop == "none":
         box = _square_crop(h, w, what)
     elif is_file:
         keys = sorted(info.samples)
         samples = torch.from_numpy(np.stack([info.samples[k] for k in keys]))
-        box = find_crop(samples, landmarker, what, source_scale=w / samples.shape[2])
+        box, several = find_crop(samples, landmarker, what, source_scale=w / samples.shape[2])
     else:
         pick = np.unique(idx[np.linspace(0, len(idx) - 1, min(CROP_SAMPLES, len(idx))).round().astype(int)])
-        box = find_crop(frames_src[torch.from_numpy(pick)], landmarker, what)
+        box, several = find_crop(frames_src[torch.from_numpy(pick)], landmarker, what)
 
     out = torch.empty(len(idx), size, size, 3, dtype=torch.uint8)
     if frames_src is not None:
@@ -156,7 +161,7 @@ def load_clip(
             out[s : s + CROP_CHUNK] = crop_frames(frames_src[sel], box, size, pad)
     else:
         _crop_stream(source, idx, box, size, pad, out)
-    return Clip(out, np.arange(len(idx)), idx, box, (h, w), name, vfr)
+    return Clip(out, np.arange(len(idx)), idx, box, (h, w), name, vfr, several)
 
 
 def _crop_stream(path, idx: np.ndarray, box: CropBox, size: int, pad: str, out: torch.Tensor) -> None:
@@ -196,7 +201,7 @@ def track(
     if missing not in ("drop", "interpolate"):
         raise InputError(f"missing must be 'drop' or 'interpolate', got {missing!r}")
     res = landmarker.detect(clip.frames, video=True, on_step=on_step)
-    warn_multiple_faces(res.num_faces, f"{what}: frames")
+    clip.several_faces = warn_multiple_faces(res.num_faces, f"{what}: frames", already=clip.several_faces)
     size = clip.frames.shape[1]
     cut = cut_off_frames(res.points, res.detected, clip.crop, clip.source_hw, size)
     bad = ~res.detected | cut

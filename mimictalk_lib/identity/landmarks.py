@@ -101,14 +101,16 @@ def combine_video_image(video_pts: torch.Tensor, image_pts: torch.Tensor) -> tor
     return out
 
 
-def warn_multiple_faces(num_faces: torch.Tensor, what: str = "frames") -> None:
-    """Log once when several faces were seen (the largest one is used)."""
+def warn_multiple_faces(num_faces: torch.Tensor, what: str = "frames", already: bool = False) -> bool:
+    """Log one warning when several faces were seen (the largest one is used), unless
+    ``already`` warned; returns whether several faces were seen (or ``already``)."""
     many = torch.nonzero(num_faces > 1).flatten()
-    if many.numel():
+    if many.numel() and not already:
         logger.warning(
             "%d %s show more than one face (first: index %d, %d faces); using the largest face",
             many.numel(), what, int(many[0]), int(num_faces[many[0]]),
         )
+    return already or bool(many.numel())
 
 
 # --------------------------------------------------------------------------- MediaPipe

@@ -224,8 +224,9 @@ def prepare_photo_identity(
     face_model = as_face_model(face_model, device)
     src = load_photo(image)
     _, h, w, _ = src.shape
+    several = False
     if crop == "auto":
-        box = find_crop(src, landmarker, "photo")
+        box, several = find_crop(src, landmarker, "photo")
     elif crop == "none":
         if h != w:
             raise InputError(f"photo: crop='none' needs a square image, got {w}x{h}; use crop='auto'")
@@ -237,7 +238,7 @@ def prepare_photo_identity(
                 os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "image")
     progress.done("frames")
     res = landmarker.detect(frames, video=False, on_step=progress.stage("landmarks"))
-    warn_multiple_faces(res.num_faces, "photo")
+    warn_multiple_faces(res.num_faces, "photo", already=several)
     if not bool(res.detected[0]):
         raise InputError("photo: no face found in the portrait crop. Use a photo with one clear, roughly frontal face.")
     clip.landmarks, clip.bad = res.points.float(), torch.zeros(1, dtype=torch.bool)

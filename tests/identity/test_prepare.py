@@ -105,7 +105,7 @@ def test_mostly_faceless_clip_fails_and_writes_nothing(face_model, tmp_path):
 def test_several_faces_take_the_largest(caplog):
     with caplog.at_level(logging.WARNING, logger="MimicTalk"):
         clip = tracked(draw_clip(26, second_face=True))
-    assert "more than one face" in caplog.text and caplog.text.count("more than one face") <= 2
+    assert caplog.text.count("more than one face") == 1  # warned once
     width = clip.landmarks[0, :, 0].amax() - clip.landmarks[0, :, 0].amin()
     assert width > 200  # the large face, framed
 
