@@ -101,8 +101,9 @@ class AdaptConfig:
 
     @classmethod
     def image(cls, **kw) -> "AdaptConfig":
-        """Single-image identity (upstream help): 10 steps, lr_triplane 0.001."""
-        return cls(**dict(dict(steps=10, lr_triplane=1e-3), **kw))
+        """Single-image identity (upstream help: 3-10 steps, lr_triplane 0.001, lora_mode none):
+        the tri-grid alone, with AdamW."""
+        return cls(**dict(dict(steps=10, lr_triplane=1e-3, lora_mode="none"), **kw))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -167,3 +167,14 @@ def test_trains_from_inference_mode_inputs(data):
         assert next(base.parameters()).is_inference() and frozen.identity.keypoints.is_inference()
         adapter = train_adapter(base, frozen, None, AdaptConfig(steps=2, **TINY))
     assert adapter.metadata["training"]["steps_done"] == 2 and torch.isfinite(adapter.triplane).all()
+
+
+def test_image_preset_trains_the_trigrid_alone(tiny_base, data):
+    cfg = AdaptConfig.image(steps=2, preview_every=0)
+    trainer = Trainer(tiny_base, data, None, cfg)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and not lora_parameters(trainer.model)
+    plane0 = trainer.triplane.detach().clone()
+    trainer.train_step()
+    assert not torch.equal(trainer.triplane, plane0)
+    pers = personalise(tiny_base, trainer.adapter())
+    assert pers.spec.lora_mode == "none" and torch.equal(pers.cano_planes, trainer.triplane.detach())
