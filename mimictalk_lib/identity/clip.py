@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import ProgressFn, logger
@@ -29,6 +28,7 @@ from .frames import (
     iter_video,
     probe_video,
     resample_indices,
+    shrink_to,
     timestamps_from,
     to_uint8_frames,
 )
@@ -72,23 +72,12 @@ class Clip:
         }
 
 
-def _search_frames(frames: torch.Tensor, max_side: int = SAMPLE_SIDE) -> tuple[torch.Tensor, float]:
-    """Downscale uint8 [K, H, W, 3] for the face search; returns (frames, source px per search px)."""
-    _, h, w, _ = frames.shape
-    s = max(h, w)
-    if s <= max_side:
-        return frames, 1.0
-    size = (round(h * max_side / s), round(w * max_side / s))
-    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous(), w / size[1]
-
-
 def find_crop(
     samples: torch.Tensor, landmarker: Landmarker, what: str, source_scale: float = 1.0
 ) -> tuple[CropBox, bool]:
     """Crop (source pixels) from the faces found on ``samples`` (uint8 [K, H, W, 3]) that are
     ``source_scale`` times smaller than the source frames; also whether several faces were seen."""
-    search, scale = _search_frames(samples)
+    search, scale = shrink_to(samples, SAMPLE_SIDE)
     scale *= source_scale
     res = landmarker.detect(search, video=False)
     several = warn_multiple_faces(res.num_faces, f"{what}: sampled frames")

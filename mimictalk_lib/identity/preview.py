@@ -8,8 +8,8 @@ inpainted torso reference, the head image and the "com" image (background replac
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .frames import resize_uint8
 from .identity import Identity
 
 TILE = 256
@@ -21,9 +21,7 @@ BOX = torch.tensor([255, 220, 0], dtype=torch.uint8)
 
 def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [H, W, 3] -> uint8 [size, size, 3] (antialiased)."""
-    x = img.permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+    return resize_uint8(img[None], size)[0]
 
 
 def _annotated(identity: Identity, i: int, size: int) -> torch.Tensor:

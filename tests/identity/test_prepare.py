@@ -169,3 +169,15 @@ def test_lip_rects_follow_upstream_rule():
     # centre (120, 210), half = int(20 * 1.2) = 24 -> x 96..144, y 186..234
     assert r[0].tolist() == [96, 144, 186, 234]
     assert r[1].tolist() == [512 - 48, 512, 186, 234]
+
+
+def test_cancel_leaves_nothing_on_disk(face_model, tmp_path):
+    out = tmp_path / "cancelled.safetensors"
+
+    def cancel(done, total, stage=None, **info):
+        if stage == "fit":
+            raise KeyboardInterrupt("cancelled by the user")
+
+    with pytest.raises(KeyboardInterrupt):
+        run(draw_clip(26), face_model, output=out, on_step=cancel)
+    assert not list(tmp_path.iterdir())
