@@ -83,7 +83,7 @@ def load_renderer(
     parts = _read_source(source)
     sd = parts["model"]
     threshold = head_threshold if head_threshold is not None else parts.get("head_threshold")
-    cfg = infer_renderer_config(sd, head_threshold=threshold, base=base_config)
+    cfg = infer_renderer_config(sd, head_threshold=threshold, base=base_config or parts.get("base_config"))
     layout = "personalised" if cfg.lora_rank else ("mimictalk" if cfg.plane2grid is not None else "real3d")
     lora_args = parts.get("lora_args")
     if lora_args is not None and cfg.lora_rank and int(lora_args.get("lora_r", cfg.lora_rank)) != cfg.lora_rank:
@@ -185,7 +185,34 @@ def _our_config(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
             out["head_threshold"] = float(cfg[key])
     if isinstance(cfg.get("lora_args"), Mapping):
         out["lora_args"] = dict(cfg["lora_args"])
+    if isinstance(cfg.get("config"), Mapping) and str(cfg.get("config_class", "")).endswith(".RendererConfig"):
+        out["base_config"] = _dataclass_from_json(RendererConfig, cfg["config"], str(path))
     return out
+
+
+def _dataclass_from_json(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Rebuild a (nested) config dataclass from the JSON our converter writes (``config`` in
+    config.json): the settings that leave no trace in the weights (attention heads, samples per
+    ray, plane resolution, ...) for :func:`infer_renderer_config`'s ``base``."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        sub = [t for t in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(t)]
+        if sub and isinstance(value, Mapping):
+            value = _dataclass_from_json(sub[0], value, where)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the recorded renderer configuration is not usable ({e})") from e
 
 
 def _person_data(ds: Optional[Mapping[str, Any]]) -> Optional[PersonData]:
