@@ -94,3 +94,10 @@ def test_pinned_hashes_match_the_real_files_we_have(shared_data):
         checked += 1
     if checked == 0:
         pytest.skip("none of the reference files is present on this machine")
+
+
+def test_used_by_modules_exist(repo_root):
+    for a in load_manifest().assets:
+        for module in a.functions:
+            path = repo_root / module.replace(".", "/")
+            assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), f"{a.id}: {module}"
