@@ -11,6 +11,7 @@ torso keypoints and lip rectangles in the trainer. Here they run in memory and p
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict
 from typing import Optional, Sequence
@@ -75,10 +76,17 @@ def as_segmenter(segmenter) -> Segmenter:
 
 
 def as_face_model(face_model, device) -> FaceModel:
-    """A loaded ``FaceModel`` or the BFM folder (the face helper's checker names missing files)."""
+    """A loaded ``FaceModel`` or the BFM folder (the face helper's checker names missing files),
+    on ``device`` in fp32. A given model is never moved in place: a copy is made when needed."""
     if isinstance(face_model, (str, os.PathLike)):
         face_model = load_face_model(face_model, need_mp468=True)
-    return face_model.to(device=torch.device(device), dtype=torch.float32)
+    device = torch.device(device)
+    ref = face_model.mean_shape
+    if ref.dtype == torch.float32 and ref.device.type == device.type and (
+        device.index is None or ref.device.index == device.index
+    ):
+        return face_model
+    return copy.deepcopy(face_model).to(device=device, dtype=torch.float32)
 
 
 def lip_rects(lm68_px: torch.Tensor, size: int = FRAME_SIZE) -> torch.Tensor:

@@ -181,3 +181,14 @@ def test_cancel_leaves_nothing_on_disk(face_model, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(draw_clip(26), face_model, output=out, on_step=cancel)
     assert not list(tmp_path.iterdir())
+
+
+def test_given_face_model_is_not_moved(face_model):
+    import copy
+
+    from mimictalk_lib.identity.prepare import as_face_model
+
+    assert as_face_model(face_model, "cpu") is face_model  # already right: used as is
+    f64 = copy.deepcopy(face_model).double()
+    got = as_face_model(f64, "cpu")
+    assert got.mean_shape.dtype == torch.float32 and f64.mean_shape.dtype == torch.float64  # caller's untouched
