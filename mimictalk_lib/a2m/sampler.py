@@ -51,7 +51,7 @@ class Window:
 def plan_windows(total: int, window: int, overlap: int, crossfade: int) -> list[Window]:
     """Split `total` motion frames into windows of at most `window` frames overlapping by
     `overlap` (of which `crossfade` are blended)."""
-    if not 0 <= crossfade <= overlap < window:
+    if not 0 <= crossfade <= overlap or (total > window and overlap >= window):
         raise InputError(
             f"window settings need 0 <= crossfade ({crossfade}) <= overlap ({overlap}) < "
             f"window ({window}) frames"

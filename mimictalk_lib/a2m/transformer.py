@@ -90,14 +90,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq.to(torch.empty(0).device))
 
     def _apply(self, fn, recurse=True):
-        exact = self.inv_freq.float()
+        exact = self.inv_freq
         super()._apply(fn, recurse)
-        self.inv_freq = exact.to(self.inv_freq.device)
+        if self.inv_freq.dtype in (torch.float16, torch.bfloat16):
+            self.inv_freq = exact.float().to(self.inv_freq.device)
         return self
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [N] -> (cos, sin), each [N, dim] fp32."""
         freqs = torch.outer(positions.to(self.inv_freq), self.inv_freq)  # [N, dim/2]
+        # (fp32 as upstream's type_as(inv_freq); an fp64 model keeps fp64 frequencies)
         freqs = torch.cat((freqs, freqs), dim=-1)  # [N, dim]
         return freqs.cos(), freqs.sin()
 
@@ -108,9 +110,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [B, H, N, d] queries or keys by the angles of their positions (in fp32)."""
-    x32 = x.float()
+    """Rotate [B, H, N, d] queries or keys by the angles of their positions (at least fp32)."""
+    x32 = _at_least_fp32(x)
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
@@ -138,8 +144,8 @@ class Attention(nn.Module):
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
         # qk-norm and rotation in fp32 (upstream disables autocast for RoPE)
-        q = apply_rotary(self.q_norm(q.float()), *rope).to(v.dtype)
-        k = apply_rotary(self.k_norm(k.float()), *rope).to(v.dtype)
+        q = apply_rotary(self.q_norm(_at_least_fp32(q)), *rope).to(v.dtype)
+        k = apply_rotary(self.k_norm(_at_least_fp32(k)), *rope).to(v.dtype)
         mask = None if key_mask is None else rearrange(key_mask, "b j -> b 1 1 j")
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.logit_scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))

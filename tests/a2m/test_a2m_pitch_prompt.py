@@ -1,0 +1,93 @@
+"""f0 tracking at the HuBERT rate and style prompts (clip crop, usable frames, image prompt)."""
+
+import math
+
+import pytest
+import torch
+
+from mimictalk_lib.a2m import AudioFeatures, StylePrompt, extract_f0
+from mimictalk_lib.errors import InputError
+
+
+def tone_then_silence(freq=220.0, start=0.5, stop=1.3, total=1.8, rate=16_000):
+    t = torch.arange(int(total * rate)) / rate
+    on = (t >= start) & (t < stop)
+    return torch.where(on, 0.4 * torch.sin(2 * math.pi * freq * t), torch.zeros_like(t))
+
+
+@pytest.fixture(scope="module")
+def tone_f0():
+    wav = tone_then_silence()
+    return wav, extract_f0(wav, num_frames=96)  # 89 frames of audio, zero-padded to 96
+
+
+def test_f0_of_a_tone_and_of_silence(tone_f0):
+    wav, f0 = tone_f0
+    n = (len(wav) - 512) // 320 + 1  # upstream's mel length: 89
+    assert f0.shape == (96,) and f0.dtype == torch.float32
+    assert f0[n:].abs().sum() == 0  # padding to the HuBERT length stays zero
+    # frame i is centred on 20 ms * (i + 1): the tone spans 0.5-1.3 s -> frames 24..64
+    inside = f0[28:60]
+    assert ((inside - 220).abs() < 220 * 0.02).all()
+    assert (f0[:20] == 0).all() and (f0[69:n] == 0).all()
+    voiced = (f0 > 0).nonzero().flatten()
+    assert abs(int(voiced[0]) - 24) <= 2 and abs(int(voiced[-1]) - 64) <= 2
+
+
+def test_chunked_tracking_matches_one_pass(tone_f0):
+    wav, f0 = tone_f0
+    chunked = extract_f0(wav, num_frames=96, chunk_frames=30)
+    same = (chunked > 0) == (f0 > 0)
+    assert same.float().mean() > 0.95
+    both = (chunked > 0) & (f0 > 0)
+    assert ((chunked[both] - f0[both]).abs() <= f0[both] * 0.01).all()
+
+
+def clip_features(num_frames=64, num_samples=None):
+    g = torch.Generator().manual_seed(0)
+    hub = torch.randn(num_frames, 32, generator=g)
+    f0 = 100 + torch.arange(num_frames, dtype=torch.float32)
+    return AudioFeatures(hub, f0, num_samples if num_samples is not None else num_frames * 320 + 80)
+
+
+def test_clip_prompt_crops_to_the_common_length():
+    feats = clip_features(64)  # 32 motion frames of audio; f0 length (T-512)//320+1 = 63 -> 31
+    exp = torch.randn(40, 8)
+    p = StylePrompt.from_clip(feats, exp)
+    assert p.num_frames == 31
+    assert torch.equal(p.motion, exp[:31]) and torch.equal(p.hubert, feats.hubert[:62]) and torch.equal(p.f0, feats.f0[:62])
+    short = StylePrompt.from_clip(feats, exp[:10])
+    assert short.num_frames == 10 and short.hubert.shape == (20, 32)
+    assert StylePrompt.from_clip(feats, exp, max_frames=5).num_frames == 5
+
+
+def test_clip_prompt_keeps_the_longest_usable_run():
+    feats = clip_features(64)
+    exp = torch.randn(30, 8)
+    valid = torch.ones(30, dtype=torch.bool)
+    valid[5] = False
+    exp[20] = math.nan  # a failed fit
+    p = StylePrompt.from_clip(feats, exp, valid=valid)
+    assert p.num_frames == 14  # frames 6..19
+    assert torch.equal(p.motion, exp[6:20]) and torch.equal(p.hubert, feats.hubert[12:40])
+
+
+def test_clip_prompt_without_usable_frames():
+    feats = clip_features(64)
+    with pytest.raises(InputError, match="no usable frames"):
+        StylePrompt.from_clip(feats, torch.randn(30, 8), valid=torch.zeros(30, dtype=torch.bool))
+    with pytest.raises(InputError, match="no usable frames"):
+        StylePrompt.from_clip(feats, torch.full((30, 8), math.nan))
+    with pytest.raises(InputError, match="no usable frames"):
+        StylePrompt.from_clip(feats, torch.zeros(0, 8))
+    with pytest.raises(InputError, match="no usable frames"):  # audio too short for any frame
+        StylePrompt.from_clip(clip_features(8, num_samples=600), torch.randn(30, 8))
+
+
+def test_image_prompt():
+    exp = torch.randn(64)
+    p = StylePrompt.from_expression(exp)
+    assert p.num_frames == 100 and torch.equal(p.motion, exp.expand(100, 64))
+    assert p.hubert.shape == (200, 1024) and p.hubert.abs().sum() == 0 and p.f0.abs().sum() == 0
+    with pytest.raises(InputError, match="NaN"):
+        StylePrompt.from_expression(torch.full((64,), math.nan))
