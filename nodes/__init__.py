@@ -1,28 +1,27 @@
 """ComfyUI V3 nodes of the MimicTalk pack: thin adapters (validate -> one library call -> wrap
 the outputs) over ``mimictalk_lib``. Everything host-specific goes through ``nodes.host``.
 
-Node modules add their ``io.ComfyNode`` classes to ``NODE_LIST``; the extension returned by the
-pack's ``comfy_entrypoint`` serves that list.
+Node modules by role: ``loaders`` (renderer, face model, audio-to-motion), ``identity``,
+``train``, ``adapters`` (save / load / apply), ``motion``, ``render``, ``video`` (load audio,
+video combine). ``NODE_LIST`` is what the extension returned by the pack's ``comfy_entrypoint``
+serves; outside ComfyUI the same classes run on ``nodes.v3api`` (see ``nodes.executor``).
 """
 
 from __future__ import annotations
 
-from . import host
+from . import adapters, host, identity, loaders, motion, render, train, video
 
-NODE_LIST: list[type] = []
+NODE_LIST: list[type] = [
+    *loaders.NODES, *identity.NODES, *train.NODES, *adapters.NODES, *motion.NODES, *render.NODES, *video.NODES,
+]
 """Every node class the extension registers (node ids prefixed ``MimicTalk``)."""
 
 
-if host.V3_AVAILABLE:
+class MimicTalkExtension(host.ComfyExtension):
+    """The pack's V3 extension: no global state to set up, just the node list."""
 
-    class MimicTalkExtension(host.ComfyExtension):
-        """The pack's V3 extension: no global state to set up, just the node list."""
+    async def on_load(self) -> None:
+        return None
 
-        async def on_load(self) -> None:
-            return None
-
-        async def get_node_list(self) -> list[type]:
-            return list(NODE_LIST)
-
-else:
-    MimicTalkExtension = None
+    async def get_node_list(self) -> list[type]:
+        return list(NODE_LIST)

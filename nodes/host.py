@@ -14,6 +14,7 @@ import importlib
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,9 +28,9 @@ except ImportError:
     folder_paths = None
 
 try:  # the V3 node API (ComfyUI >= 0.3.47; we test against MIN_COMFYUI_VERSION)
-    from comfy_api.latest import ComfyExtension, io, ui
+    from comfy_api.latest import ComfyExtension, InputImpl, io, ui
 except ImportError:
-    ComfyExtension = io = ui = None
+    ComfyExtension = InputImpl = io = ui = None
 
 MIN_COMFYUI_VERSION = "0.3.64"
 """Oldest ComfyUI the pack supports (pyproject ``requires-comfyui``): V3 ``comfy_api.latest``."""
@@ -47,6 +48,11 @@ V3_AVAILABLE = ComfyExtension is not None
 HOSTED = IN_COMFYUI and V3_AVAILABLE
 """Running inside a ComfyUI that can host the pack. Otherwise (no ComfyUI, or one too old to
 register our nodes) every service below uses its standalone fallback."""
+
+if not HOSTED:  # the node classes still work: a standalone subset of the V3 API runs them
+    from .v3api import ComfyExtension, VideoFromFile, io, ui  # noqa: F811
+
+    InputImpl = SimpleNamespace(VideoFromFile=VideoFromFile)
 
 
 def missing_api_message() -> str:
@@ -107,16 +113,60 @@ def ensure_asset(asset_id: str, *, allow_download: bool, on_step: Optional[Progr
                                  include_optional=include_optional)
 
 
+_STANDALONE_DIRS: dict[str, Path] = {}
+
+
+def set_standalone_directories(**dirs: os.PathLike | str) -> None:
+    """Standalone only: where ``input`` / ``output`` / ``temp`` files go (default ``./input``,
+    ``./output`` and the system temp folder); ComfyUI's own folders always win inside ComfyUI."""
+    unknown = set(dirs) - {"input", "output", "temp"}
+    if unknown:
+        raise ValueError(f"unknown folder kinds {sorted(unknown)}; use input, output or temp")
+    _STANDALONE_DIRS.update({k: Path(v) for k, v in dirs.items()})
+
+
 def output_directory() -> Path:
-    return Path(folder_paths.get_output_directory()) if HOSTED else Path.cwd() / "output"
+    if HOSTED:
+        return Path(folder_paths.get_output_directory())
+    return _STANDALONE_DIRS.get("output", Path.cwd() / "output")
 
 
 def temp_directory() -> Path:
-    return Path(folder_paths.get_temp_directory()) if HOSTED else Path(tempfile.gettempdir()) / "mimictalk"
+    if HOSTED:
+        return Path(folder_paths.get_temp_directory())
+    return _STANDALONE_DIRS.get("temp", Path(tempfile.gettempdir()) / "mimictalk")
 
 
 def input_directory() -> Path:
-    return Path(folder_paths.get_input_directory()) if HOSTED else Path.cwd() / "input"
+    if HOSTED:
+        return Path(folder_paths.get_input_directory())
+    return _STANDALONE_DIRS.get("input", Path.cwd() / "input")
+
+
+MEDIA_EXTENSIONS = {
+    "audio": {"wav", "mp3", "flac", "ogg", "m4a", "aac", "opus"},
+    "video": {"mp4", "mov", "mkv", "webm", "avi", "m4v"},
+    "image": {"png", "jpg", "jpeg", "webp", "bmp"},
+}
+"""Extensions of the input files the standalone host lists (ComfyUI decides by MIME type)."""
+
+
+def input_files(content_types: Sequence[str]) -> list[str]:
+    """Files of the input folder with one of ``content_types`` ('audio', 'video', 'image'), sorted."""
+    folder = input_directory()
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    if HOSTED:
+        return sorted(folder_paths.filter_files_content_types(names, list(content_types)))
+    wanted = set().union(*(MEDIA_EXTENSIONS[c] for c in content_types))
+    return [n for n in names if n.rsplit(".", 1)[-1].lower() in wanted]
+
+
+def input_path(name: str) -> Path:
+    """The file an input widget names: ``name`` in the input folder (``"x.wav [output]"``
+    annotations select another ComfyUI folder); an absolute path is used as it is."""
+    if HOSTED:
+        return Path(folder_paths.get_annotated_filepath(name))
+    return input_directory() / name
 
 
 # ---------------------------------------------------------------- devices and precision
@@ -180,16 +230,31 @@ def throw_if_interrupted() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
+PREVIEW_MAX_SIZE = 512  # ComfyUI's default --preview-size
+
+
+def _preview(image: Any) -> Optional[tuple]:
+    """A progress-bar preview (``("JPEG", PIL image, max size)``) from an IMAGE-like tensor."""
+    if not isinstance(image, torch.Tensor):
+        return None
+    from PIL import Image
+
+    img = image[0] if image.dim() == 4 else image
+    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return "JPEG", Image.fromarray(arr), PREVIEW_MAX_SIZE
+
+
 def progress(total: int, node_id: Optional[str] = None) -> ProgressFn:
     """An ``on_step(done, total, **info)`` callback for the library: drives ComfyUI's progress bar
-    of the running node and raises on Cancel. Standalone it logs every 10 %."""
+    of the running node (with ``info["preview"]``, an image [H, W, 3] 0..1, shown on the node)
+    and raises on Cancel. Standalone it logs every 10 %."""
     utils = _comfy("comfy.utils")
     if utils is not None:
         bar = utils.ProgressBar(max(int(total), 1), node_id=node_id)
 
         def on_step(done: int, total_now: int, **info) -> None:
             throw_if_interrupted()
-            bar.update_absolute(int(done), max(int(total_now), 1))
+            bar.update_absolute(int(done), max(int(total_now), 1), _preview(info.get("preview")))
 
         return on_step
     last = [-1]
@@ -202,22 +267,45 @@ def progress(total: int, node_id: Optional[str] = None) -> ProgressFn:
     return log_step
 
 
-def manage_model(model: torch.nn.Module, *, load_device: Optional[torch.device] = None,
-                 offload: Optional[torch.device] = None) -> Any:
-    """Wrap a model so ComfyUI can load/offload/evict it (a ``ModelPatcher``); standalone the
-    model itself is returned."""
+class ModelHolder(torch.nn.Module):
+    """What ComfyUI's ``ModelPatcher`` manages for one of our models: the model as a child and a
+    plain ``device`` attribute (the patcher assigns it when it moves the weights; our models
+    expose ``device`` as a read-only property)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.device = torch.device(device)
+
+
+def manage_model(model: torch.nn.Module) -> Any:
+    """Hand ``model`` (already on its compute device and dtype) to the host's memory management:
+    a ``ModelPatcher`` over a :class:`ModelHolder` inside ComfyUI (it can then offload and evict
+    it), the holder itself standalone. :func:`use_model` gets it back, loaded."""
+    device = next(model.parameters()).device
+    holder = ModelHolder(model, device)
     patcher = _comfy("comfy.model_patcher")
     if patcher is None:
-        return model
-    return patcher.ModelPatcher(model, load_device=load_device or torch_device(),
-                                offload_device=offload or offload_device())
+        return holder
+    return patcher.ModelPatcher(holder, load_device=torch_device(), offload_device=offload_device())
 
 
-def load_models(managed: Sequence[Any]) -> None:
-    """Ask the host to put managed models on the device (evicting others); standalone no-op."""
+def use_model(managed: Any) -> torch.nn.Module:
+    """Load a :func:`manage_model` handle onto the compute device (ComfyUI evicts other models as
+    needed) and return the model inside."""
     mm = _comfy("comfy.model_management")
     if mm is not None:
-        mm.load_models_gpu(list(managed))
+        mm.load_models_gpu([managed])
+        return managed.model.model
+    return managed.model
+
+
+def free_memory() -> None:
+    """Before training: unload every other model from the accelerator and empty its cache."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+        mm.soft_empty_cache()
 
 
 def soft_empty_cache() -> None:
@@ -225,3 +313,35 @@ def soft_empty_cache() -> None:
     mm = _comfy("comfy.model_management")
     if mm is not None:
         mm.soft_empty_cache()
+
+
+# ---------------------------------------------------------------- saving outputs
+
+
+def metadata_enabled() -> bool:
+    """False when ComfyUI runs with ``--disable-metadata`` (then no prompt/workflow is embedded)."""
+    cli = _comfy("comfy.cli_args")
+    return not (cli is not None and getattr(cli.args, "disable_metadata", False))
+
+
+def save_path(prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str, int, str]:
+    """(folder, file stem, counter, subfolder) for a new output file named after ``prefix``
+    (``"video/MimicTalk"``): ComfyUI's ``get_save_image_path`` (``%date%``-style variables,
+    refuses folders outside the output directory); standalone the next free counter."""
+    out = output_directory()
+    if HOSTED:
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(out), width, height)
+        return Path(folder), stem, counter, subfolder
+    subfolder, stem = os.path.split(os.path.normpath(prefix))
+    folder = (out / subfolder).resolve()
+    if os.path.commonpath([out.resolve(), folder]) != str(out.resolve()):
+        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder {out}")
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [int(m) for p in folder.iterdir() if (m := p.name[len(stem) + 1:].split("_")[0]).isdigit()
+             and p.name.startswith(stem + "_")]
+    return folder, stem, max(taken, default=0) + 1, subfolder
+
+
+def video_from_file(path: os.PathLike | str) -> Any:
+    """A core ``VIDEO`` value for a saved file (``InputImpl.VideoFromFile``)."""
+    return InputImpl.VideoFromFile(os.fspath(path))

@@ -60,3 +60,37 @@ def get_temp_directory():
 
 def get_input_directory():
     return os.path.join(base_path, "input")
+
+
+def get_annotated_filepath(name, default_dir=None):
+    for kind, getter in (("input", get_input_directory), ("output", get_output_directory), ("temp", get_temp_directory)):
+        if name.endswith(f" [{kind}]"):
+            return os.path.join(getter(), name[: -len(kind) - 3])
+    return os.path.join(default_dir or get_input_directory(), name)
+
+
+def exists_annotated_filepath(name):
+    return os.path.exists(get_annotated_filepath(name))
+
+
+_CONTENT = {"audio": (".wav", ".mp3", ".flac", ".ogg", ".m4a"), "video": (".mp4", ".webm", ".mov", ".mkv"),
+            "image": (".png", ".jpg", ".jpeg", ".webp")}
+
+
+def filter_files_content_types(files, content_types):
+    exts = tuple(e for c in content_types for e in _CONTENT.get(c, ()))
+    return [f for f in files if f.lower().endswith(exts)]
+
+
+def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
+    """(folder, filename, counter, subfolder, prefix) like ComfyUI: counter = 1 + the highest
+    number already used by ``<filename>_<number>_*`` files of the folder."""
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    filename = os.path.basename(os.path.normpath(filename_prefix))
+    folder = os.path.join(output_dir, subfolder)
+    if os.path.commonpath((output_dir, os.path.abspath(folder))) != output_dir:
+        raise Exception("Saving image outside the output folder is not allowed.")
+    os.makedirs(folder, exist_ok=True)
+    used = [int(f[len(filename) + 1:].split("_")[0]) for f in os.listdir(folder)
+            if f.startswith(filename + "_") and f[len(filename) + 1:].split("_")[0].isdigit()]
+    return folder, filename, max(used, default=0) + 1, subfolder, filename_prefix

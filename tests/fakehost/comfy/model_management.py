@@ -55,3 +55,10 @@ def load_models_gpu(models, memory_required=0, force_full_load=False, **kwargs):
 def soft_empty_cache(force=False):
     global cache_clears
     cache_clears += 1
+
+
+def unload_all_models():
+    unloaded.append(len(loaded_models))
+
+
+unloaded = []  # one entry per unload_all_models call

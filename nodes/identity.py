@@ -1,0 +1,95 @@
+"""Prepare Identity: a talking clip (IMAGE batch + fps, or a VIDEO) or one portrait photo ->
+everything adaptation and rendering need about the person (``mimictalk_lib.identity``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..mimictalk_lib.errors import InputError
+from . import host
+from .types import FaceModel, Identity
+
+io = host.io
+
+LANDMARKER_ASSET, SEGMENTER_ASSET = "mediapipe_face_landmarker", "mediapipe_selfie_multiclass"
+UPSTREAM_FIT_ITERATIONS = 200  # pose and joint stages of upstream's 3DMM fit (the fine stage runs a quarter)
+
+
+class PrepareIdentity(io.ComfyNode):
+    """Frames -> identity (3DMM fit, segmentation, background plate, poses) with a contact sheet."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MimicTalkPrepareIdentity",
+            display_name="MimicTalk Prepare Identity",
+            category="MimicTalk/identity",
+            description=("Analyses a short talking clip (for Train Adapter) or one portrait photo (for one-shot "
+                         "rendering): face crop, MediaPipe landmarks and segmentation, BFM 3DMM fit, head poses, "
+                         "background plate and torso. Connect images (a clip with its fps, or a single photo) or a "
+                         "video. Needs the optional mediapipe package; its two model files download automatically."),
+            inputs=[
+                FaceModel.Input("face_model", tooltip="The BFM face model from Load Face Model."),
+                io.Image.Input("images", optional=True,
+                               tooltip="A clip's frames (a batch, with fps below) or one portrait photo (a batch of 1)."),
+                io.Video.Input("video", optional=True, tooltip="A talking clip (e.g. from Load Video); used instead of images."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.01,
+                               tooltip="Frame rate of the images batch (a video carries its own); clips are resampled to 25 fps."),
+                io.Combo.Input("crop", options=["auto", "none"], default="auto",
+                               tooltip="auto: find the face and cut a square portrait around it; none: the frames "
+                                       "already are square portraits."),
+                io.Combo.Input("missing_faces", options=["drop", "interpolate"], default="drop",
+                               tooltip="Frames where no face is found (at most 25 %): leave them out, or fill their "
+                                       "landmarks in from the neighbours."),
+                io.Int.Input("fit_iterations", default=UPSTREAM_FIT_ITERATIONS, min=1, max=5000,
+                             tooltip="3DMM fitting iterations per stage (upstream: 200). Fewer is faster and less accurate."),
+                io.Boolean.Input("auto_download", default=True,
+                                 tooltip="Download the MediaPipe face landmarker and segmenter models when missing."),
+            ],
+            outputs=[
+                Identity.Output(display_name="identity", tooltip="The prepared identity."),
+                io.Image.Output(display_name="preview", tooltip="Contact sheet: frames with landmarks, plate, torso, head."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, face_model, fps, crop, missing_faces, fit_iterations, auto_download, images=None, video=None):
+        from ..mimictalk_lib.identity import FitSchedule, contact_sheet, prepare_identity, prepare_photo_identity
+
+        if (images is None) == (video is None):
+            raise InputError("Prepare Identity: connect exactly one of 'images' (a clip or one photo) or 'video'")
+        if getattr(face_model, "mp468", None) is None:  # fitting needs the MediaPipe-to-BFM map
+            from ..mimictalk_lib import download
+            from ..mimictalk_lib.face import check_face_model_files
+
+            check_face_model_files(download.asset_dir("bfm2009", host.model_dirs()), need_mp468=True)
+        models = dict(landmarker=_model_file(LANDMARKER_ASSET, auto_download),
+                      segmenter=_model_file(SEGMENTER_ASSET, auto_download))
+        device = host.torch_device()
+        schedule = FitSchedule(pose_iters=fit_iterations, joint_iters=fit_iterations, fine_iters=max(1, fit_iterations // 4))
+        common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, on_step=host.progress(1000), **models)
+        with torch.inference_mode(False):  # the 3DMM fit is an optimisation (ComfyUI runs nodes in inference mode)
+            if images is not None and images.shape[0] == 1:
+                identity = prepare_photo_identity(images, **common)
+            elif images is not None:
+                identity = prepare_identity(images, fps=fps, missing=missing_faces, **common)
+            else:
+                source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+                if isinstance(source, str):  # a file: decoded in two streaming passes
+                    identity = prepare_identity(source, missing=missing_faces, **common)
+                else:
+                    parts = video.get_components()
+                    identity = prepare_identity(parts.images, fps=float(parts.frame_rate), missing=missing_faces, **common)
+        return io.NodeOutput(identity, contact_sheet(identity).to(host.intermediate_device()))
+
+
+def _model_file(asset_id: str, auto_download: bool):
+    """The one file of a manifest asset (verified; downloaded when missing and allowed)."""
+    from ..mimictalk_lib.manifest import load_manifest
+
+    folder = host.ensure_asset(asset_id, allow_download=auto_download)
+    (spec,) = load_manifest().get(asset_id).files
+    return folder / spec.name
+
+
+NODES = [PrepareIdentity]

@@ -1,0 +1,74 @@
+"""Render: renderer + who (identity and/or personalised renderer) + motion -> frames
+(``mimictalk_lib.pipeline.render_talking_head``)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import host
+from .types import FaceModel, Identity, Motion, Renderer
+
+io = host.io
+
+POSE_MODES = ("static", "identity")
+BLINK_MODES = ("period", "none")
+MAX_CHUNK = 64
+
+
+class Render(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MimicTalkRender",
+            display_name="MimicTalk Render",
+            category="MimicTalk/render",
+            description=("Renders the talking head: a personalised renderer (Apply Adapter) needs no identity for a "
+                         "static pose; a base renderer animates the identity's first frame one-shot. Frames are "
+                         "rendered chunk by chunk (progress per chunk; Cancel stops between chunks)."),
+            inputs=[
+                Renderer.Input("renderer", tooltip="A personalised renderer, or a base renderer for one-shot rendering."),
+                FaceModel.Input("face_model", tooltip="The BFM face model (turns motion into SECC maps)."),
+                Motion.Input("motion", tooltip="Expression motion from Audio to Motion."),
+                Identity.Input("identity", optional=True,
+                               tooltip="Who to animate (one-shot), and the head poses for pose=identity."),
+                io.Image.Input("background", optional=True,
+                               tooltip="Replaces the background plate (centre-cropped to a square)."),
+                io.Int.Input("chunk_size", default=4, min=1, max=MAX_CHUNK,
+                             tooltip="Frames rendered at once: more is faster and needs more GPU memory."),
+                io.Combo.Input("pose", options=list(POSE_MODES), default="static",
+                               tooltip="Head pose: static (the source frame's) or identity (the identity clip's head "
+                                       "motion, played forwards and backwards to cover the speech)."),
+                io.Boolean.Input("map_to_init_pose", default=True,
+                                 tooltip="Shift the driving poses so the first frame matches the source pose."),
+                io.Combo.Input("blink", options=list(BLINK_MODES), default="period",
+                               tooltip="period: natural eye blinks every few seconds; none: no blinks."),
+                io.Boolean.Input("deterministic", default=True,
+                                 tooltip="Deterministic ray sampling (the same frames for any chunk size); off draws "
+                                         "jittered samples from the seed like upstream."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Seed of the blink timing and (deterministic off) the ray jitter."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The rendered frames."),
+                io.Mask.Output(display_name="masks", tooltip="Head opacity per frame (1 = head)."),
+                io.Float.Output(display_name="fps", tooltip="Frame rate of the frames (25)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, renderer, face_model, motion, chunk_size, pose, map_to_init_pose, blink, deterministic, seed,
+                identity=None, background=None):
+        from ..mimictalk_lib.pipeline import FPS, render_talking_head
+
+        model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
+        frames = motion.shape[0] if motion.dim() == 2 else motion.shape[-2]
+        head = render_talking_head(
+            renderer.renderer, face_model, identity, motion, chunk_size=chunk_size, deterministic=deterministic,
+            generator=torch.Generator(device=model.device).manual_seed(seed), on_step=host.progress(frames), pose=pose,
+            map_to_init_pose=map_to_init_pose, blink=blink, blink_seed=seed, background=background,
+        )
+        out = host.intermediate_device()
+        return io.NodeOutput(head.images.to(out), head.masks.to(out), float(FPS))
+
+
+NODES = [Render]

@@ -1,0 +1,144 @@
+"""Train Adapter: SD-Hybrid adaptation (tri-plane inversion + LoRA, MimicTalk §3) of the base
+renderer on one prepared identity (``mimictalk_lib.adapt``)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from ..mimictalk_lib.errors import InputError
+from . import host
+from .types import Adapter, FaceModel, Identity, Renderer
+
+io = host.io
+
+LPIPS_ASSET = "lpips_alex"
+CHECKPOINTS_SUBDIR = "checkpoints"
+"""Runs keep a resumable checkpoint and their latest adapter in
+``models/mimictalk/adapters/checkpoints/<run_name>/`` (listed by Load Adapter)."""
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CURVE_HEIGHT, CURVE_WIDTH, CURVE_MARGIN = 256, 512, 16
+
+
+class TrainAdapter(io.ComfyNode):
+    """Personalise the base renderer on an identity clip; returns the adapter and its loss curve."""
+
+    @classmethod
+    def define_schema(cls):
+        from ..mimictalk_lib.adapt.train import AdaptConfig
+        from ..mimictalk_lib.lora.targets import LORA_MODES
+
+        d = AdaptConfig()
+        return io.Schema(
+            node_id="MimicTalkTrainAdapter",
+            display_name="MimicTalk Train Adapter",
+            category="MimicTalk/training",
+            description=("SD-Hybrid adaptation: learns the person's tri-plane and a small LoRA on the base MimicTalk "
+                         "renderer from a prepared clip (about 2000 steps, ~8 GB of GPU memory at batch size 1). Other "
+                         "models are unloaded first. Progress shows preview renders; Cancel keeps what was trained: "
+                         "the run's checkpoint and adapter stay in models/mimictalk/adapters/checkpoints/<run_name>/, "
+                         "and running again with resume on continues from there."),
+            inputs=[
+                Renderer.Input("renderer", tooltip="The base MimicTalk renderer (Load Renderer: mimictalk_base_renderer)."),
+                Identity.Input("identity", tooltip="The person's prepared clip (Prepare Identity); a few seconds to a minute."),
+                FaceModel.Input("face_model", tooltip="The BFM face model (renders the training SECC maps)."),
+                io.Int.Input("steps", default=d.steps, min=1, max=100_000, tooltip="Optimisation steps (upstream README: 2000)."),
+                io.Float.Input("lr", default=d.lr, min=0.0, max=1.0, step=1e-5, round=1e-6, tooltip="LoRA learning rate."),
+                io.Float.Input("lr_triplane", default=d.lr_triplane, min=0.0, max=10.0, step=1e-4, round=1e-5,
+                               tooltip="Tri-plane learning rate (upstream: 0.1 for a video, 0.001 for a single image)."),
+                io.Int.Input("lora_rank", default=d.lora_r, min=1, max=64, tooltip="LoRA rank r (upstream: 2)."),
+                io.Combo.Input("lora_mode", options=list(LORA_MODES), default=d.lora_mode,
+                               tooltip="Which layers get LoRA (upstream: secc2plane_sr); none trains the tri-plane only."),
+                io.Int.Input("batch_size", default=d.batch_size, min=1, max=16,
+                             tooltip="Frames per step: 1 needs about 8 GB of GPU memory, 2 about 15 GB."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed of frame sampling, ray jitter and LoRA initialisation."),
+                io.Boolean.Input("perceptual_loss", default=True,
+                                 tooltip="LPIPS perceptual loss terms (upstream; needs the 250 MB LPIPS/AlexNet weights, "
+                                         "downloaded automatically). Off is faster and lower quality."),
+                io.String.Input("run_name", default="person",
+                                tooltip="Name of this run's checkpoint folder under models/mimictalk/adapters/checkpoints."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from this run's checkpoint when one exists (after a Cancel, or to add "
+                                         "steps); it must have the same renderer, clip and LoRA settings."),
+                io.Boolean.Input("auto_download", default=True, tooltip="Download the LPIPS weights when missing."),
+            ],
+            outputs=[
+                Adapter.Output(display_name="adapter", tooltip="The trained personalisation (save it with Save Adapter)."),
+                io.Image.Output(display_name="loss_curve", tooltip="Total training loss per step (log scale)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, run_name):
+        if not RUN_NAME.fullmatch(run_name or ""):
+            return (f"run_name {run_name!r} must be 1-64 letters, digits, '.', '_' or '-' (a folder name), "
+                    "starting with a letter or digit")
+        return True
+
+    @classmethod
+    def execute(cls, renderer, identity, face_model, steps, lr, lr_triplane, lora_rank, lora_mode, batch_size, seed,
+                perceptual_loss, run_name, resume, auto_download):
+        from ..mimictalk_lib.adapt.data import AdaptationData
+        from ..mimictalk_lib.adapt.train import CHECKPOINT_NAME, AdaptConfig, train_adapter
+
+        if renderer.personalised:
+            raise InputError("Train Adapter needs the base renderer; this one is already personalised (Apply Adapter)")
+        config = AdaptConfig(steps=steps, lr=lr, lr_triplane=lr_triplane, lora_mode=lora_mode, lora_r=lora_rank,
+                             batch_size=batch_size, seed=seed)
+        host.free_memory()
+        model = renderer.module()
+        lpips = _load_lpips(auto_download, model.device) if perceptual_loss else None
+        work = host.adapter_dirs()[0] / CHECKPOINTS_SUBDIR / run_name
+        checkpoint = work / CHECKPOINT_NAME
+        curve: list[float] = []
+        bar = host.progress(steps)
+
+        def on_step(step: int, total: int, losses=None, preview=None, **info) -> None:
+            if losses and "total_loss" in losses:
+                curve.append(float(losses["total_loss"]))
+            bar(step, total, preview=preview)
+
+        with torch.inference_mode(False):
+            data = AdaptationData.from_identity(identity, face_model, model.cfg.secc_resolution)
+            adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
+                                    resume=checkpoint if resume and checkpoint.is_file() else None, on_step=on_step)
+        host.soft_empty_cache()
+        return io.NodeOutput(adapter, loss_curve_image(curve).to(host.intermediate_device()))
+
+
+def _load_lpips(auto_download: bool, device: torch.device):
+    from ..mimictalk_lib.adapt.lpips import load_lpips
+    from ..mimictalk_lib.manifest import load_manifest
+
+    folder = host.ensure_asset(LPIPS_ASSET, allow_download=auto_download, on_step=host.progress(1))
+    alexnet, heads = (folder / f.name for f in load_manifest().get(LPIPS_ASSET).files)
+    return load_lpips(alexnet, heads, device)
+
+
+def loss_curve_image(values: list[float], height: int = CURVE_HEIGHT, width: int = CURVE_WIDTH) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: the loss per step as a dark line on white, log10 scale, min..max
+    filling the plot area (one flat line for a single value; blank for none)."""
+    img = torch.ones(height, width, 3)
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    if finite:
+        y = torch.log10(torch.tensor(finite))
+        lo, hi = float(y.min()), float(y.max())
+        y = (y - lo) / (hi - lo) if hi > lo else torch.full_like(y, 0.5)
+        x = torch.linspace(0, 1, len(finite)) if len(finite) > 1 else torch.full((1,), 0.5)
+        # densely sampled segments between the points: [n-1, k] positions -> pixels
+        t = torch.linspace(0, 1, 64)[None]
+        xs = (x[:-1, None] + (x[1:] - x[:-1])[:, None] * t).flatten() if len(finite) > 1 else x
+        ys = (y[:-1, None] + (y[1:] - y[:-1])[:, None] * t).flatten() if len(finite) > 1 else y
+        cols = (CURVE_MARGIN + xs * (width - 1 - 2 * CURVE_MARGIN)).round().long()
+        rows = (height - 1 - CURVE_MARGIN - ys * (height - 1 - 2 * CURVE_MARGIN)).round().long()
+        for dr in (0, 1):  # a two-pixel line
+            img[(rows + dr).clamp(0, height - 1), cols] = torch.tensor([0.1, 0.2, 0.6])
+    img[height - 1 - CURVE_MARGIN + 2, CURVE_MARGIN:width - CURVE_MARGIN] = 0.5  # x axis
+    img[CURVE_MARGIN:height - CURVE_MARGIN + 2, CURVE_MARGIN - 2] = 0.5  # y axis
+    return img[None]
+
+
+NODES = [TrainAdapter]

@@ -1,1 +1,0 @@
-"""Fake ``comfy_api.latest.ui`` (preview helpers are added when a node needs them)."""
