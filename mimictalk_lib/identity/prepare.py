@@ -174,6 +174,7 @@ def prepare_identity(
     device: torch.device | str = "cpu",
     output: Optional[str | os.PathLike] = None,
     on_step: Optional[ProgressFn] = None,
+    size: int = FRAME_SIZE,
 ) -> Identity:
     """Prepare an identity from a talking-head clip.
 
@@ -185,11 +186,13 @@ def prepare_identity(
     are already square portraits). ``pad``: ``"edge"`` / ``"black"`` where the crop leaves the
     frame. ``missing``: ``"drop"`` or ``"interpolate"`` frames without a usable face (at most 25 %).
     ``device``: where the fit and the plate run. ``output``: save the identity there (atomic).
+    ``size``: side of the prepared frames, the output size of the renderer the identity is for
+    (512 for the official models).
     """
     progress = _Progress(on_step, _STAGES)
     landmarker, segmenter = as_landmarker(landmarker), as_segmenter(segmenter)
     face_model = as_face_model(face_model, device)  # fail early on a missing face model
-    clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad)
+    clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad, size=size)
     progress.done("frames")
     clip = track(clip, landmarker, missing=missing, on_step=progress.stage("landmarks"))
     return _finish(clip, segmenter, face_model, "clip", schedule, device, output, progress)
@@ -224,6 +227,7 @@ def prepare_photo_identity(
     device: torch.device | str = "cpu",
     output: Optional[str | os.PathLike] = None,
     on_step: Optional[ProgressFn] = None,
+    size: int = FRAME_SIZE,
 ) -> Identity:
     """One-frame identity from a portrait photo (single-image 3DMM fit, plate from the photo,
     unsmoothed camera). Arguments as ``prepare_identity``."""
@@ -241,7 +245,7 @@ def prepare_photo_identity(
         box = CropBox(0, 0, h)
     else:
         raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
-    frames = crop_frames(src, box, FRAME_SIZE, pad)
+    frames = crop_frames(src, box, size, pad)
     clip = Clip(frames, np.zeros(1, dtype=int), np.zeros(1, dtype=int), box, (h, w),
                 os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "image")
     progress.done("frames")
