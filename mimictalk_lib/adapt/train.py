@@ -350,9 +350,15 @@ def train_adapter(
 
 
 def _save_on_exit(trainer: Trainer, work: Optional[Path]) -> None:
+    """Save on the way out of a failed / interrupted run; a failure to save is logged, so the
+    original exception is the one that propagates."""
     if work is None or trainer.step == 0:
         return
-    trainer.save(work)
+    try:
+        trainer.save(work)
+    except (OSError, MimicTalkError) as e:
+        logger.error("adaptation stopped at step %d and its state could not be saved in %s: %s", trainer.step, work, e)
+        return
     logger.info("adaptation stopped at step %d; checkpoint and adapter saved in %s", trainer.step, work)
 
 
