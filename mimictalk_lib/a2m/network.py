@@ -48,8 +48,11 @@ class LearnedSinusoidalPosEmb(nn.Module):
         self.weights = randn_parameter(dim // 2)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freqs = t.unsqueeze(-1) * self.weights.unsqueeze(0) * 2 * math.pi  # [B, dim/2]
-        return torch.cat((freqs.sin(), freqs.cos()), dim=-1)
+        # in (at least) fp32 like upstream under autocast, then in the weights' dtype
+        w = self.weights
+        t32 = t.to(torch.promote_types(t.dtype, torch.float32))
+        freqs = t32.unsqueeze(-1) * w.to(t32.dtype).unsqueeze(0) * 2 * math.pi  # [B, dim/2]
+        return torch.cat((freqs.sin(), freqs.cos()), dim=-1).to(w.dtype)
 
 
 class ConvPositionEmbed(nn.Module):
@@ -115,7 +118,7 @@ class InContextTransformer(nn.Module):
         cond = torch.where(drop_cond.view(-1, 1, 1), null, cond)
         h = self.to_embed(torch.cat([x_t, audio_emb, cond], dim=-1))  # [B, T, 192] -> [B, T, D]
         h = self.conv_embed(h) + h
-        time_emb = self.sinu_pos_emb(t.to(h.dtype))  # [B, time_dim]
+        time_emb = self.sinu_pos_emb(t)  # [B, time_dim]
         h = self.transformer(h, time_emb, key_mask)
         return self.to_pred(h)
 

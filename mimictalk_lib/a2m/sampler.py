@@ -130,6 +130,8 @@ def sample_motion(
     check_shape(noise, (t_m, cfg.motion_dim), "noise")
     if blink is not None:
         check_shape(blink, (t_a,), "blink")
+        if not ((blink == 0) | (blink == 1)).all():
+            raise InputError("blink must hold 0 (eyes open) or 1 (blink) per 50 Hz audio frame")
     if not cfg.use_aux_features and (blink is not None or mouth_amp != 1.0):
         logger.warning("this ICS-A2M checkpoint has no auxiliary features: mouth_amp/blink ignored")
 

@@ -92,15 +92,20 @@ def test_sampler_with_closed_form_velocity(model, feats, style, monkeypatch):
 
 # --- the real tiny network ------------------------------------------------------------------------
 
-def test_methods_agree_as_steps_grow(feats, style):
-    """euler / midpoint / rk4 converge to the same motion on the real network path. The fixture's
-    random q/k gammas give attention logits up to 640 cos (8 * 8 * scale 10), nearly an argmax
-    and too rough a field to show convergence orders, so they are softened here."""
-    smooth = tiny_a2m(aux=True, seed=0)
+def softened(seed=0):
+    """The fixture's random q/k gammas (~1) give attention logits up to 16 * 10 cos, nearly an
+    argmax: a rough field that amplifies rounding. Gammas of 0.15 give a smooth one."""
+    model = tiny_a2m(aux=True, seed=seed)
     with torch.no_grad():
-        for name, p in smooth.named_parameters():
+        for name, p in model.named_parameters():
             if name.endswith(("q_norm.gamma", "k_norm.gamma")):
                 p.mul_(0.15)
+    return model
+
+
+def test_methods_agree_as_steps_grow(feats, style):
+    """euler / midpoint / rk4 converge to the same motion on the real network path."""
+    smooth = softened()
 
     def err(method, steps):
         out = sample_motion(smooth, feats, style, steps=steps, method=method, temperature=1.0, generator=seeded(0))
@@ -182,6 +187,20 @@ def test_aux_inputs_change_motion_only_with_aux_features(feats):
         assert bool((blk - base).abs().max() > 1e-4) is changes
 
 
+def test_bf16_network_keeps_an_fp32_ode_state(feats, style):
+    """The half-precision path (GPU in practice; exercised on the CPU here): the network runs in
+    bf16, the ODE state and the output stay fp32, RoPE frequencies stay fp32."""
+    smooth = softened()
+    ref = sample_motion(smooth, feats, style, steps=6, generator=seeded(0))
+    half = smooth.to(torch.bfloat16)
+    assert half.velocity_net.transformer.rotary_emb.inv_freq.dtype == torch.float32
+    out = sample_motion(half, feats, style, steps=6, generator=seeded(0), mouth_amp=0.5,
+                        blink=(torch.arange(96) % 7 == 0).long())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    same = sample_motion(half, feats, style, steps=6, generator=seeded(0))
+    assert (same - ref).abs().max() < 0.03 * ref.abs().max()
+
+
 def test_bad_sampler_arguments(model, feats):
     with pytest.raises(InputError, match="steps"):
         sample_motion(model, feats, steps=1)
@@ -197,6 +216,8 @@ def test_bad_sampler_arguments(model, feats):
         sample_motion(model, feats, window_frames=10, overlap_frames=10)
     with pytest.raises(InputError, match="crossfade"):
         sample_motion(model, feats, overlap_frames=4, crossfade_frames=5)
+    with pytest.raises(InputError, match="blink"):
+        sample_motion(model, feats, blink=torch.full((96,), 2))
 
 
 # --- long audio -----------------------------------------------------------------------------------
