@@ -7,7 +7,7 @@ import torch
 
 from ..mimictalk_lib.errors import InputError
 from . import host
-from .types import FaceModel, Identity
+from .types import FaceModel, Identity, Renderer
 
 io = host.io
 
@@ -45,6 +45,9 @@ class PrepareIdentity(io.ComfyNode):
                              tooltip="3DMM fitting iterations per stage (upstream: 200). Fewer is faster and less accurate."),
                 io.Boolean.Input("auto_download", default=True,
                                  tooltip="Download the MediaPipe face landmarker and segmenter models when missing."),
+                Renderer.Input("renderer", optional=True,
+                               tooltip="The renderer the identity is for: frames are prepared at its output size "
+                                       "(512 for the official models, the default)."),
             ],
             outputs=[
                 Identity.Output(display_name="identity", tooltip="The prepared identity."),
@@ -53,8 +56,11 @@ class PrepareIdentity(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, face_model, fps, crop, missing_faces, fit_iterations, auto_download, images=None, video=None):
+    def execute(cls, face_model, fps, crop, missing_faces, fit_iterations, auto_download, images=None, video=None,
+                renderer=None):
         from ..mimictalk_lib.identity import FitSchedule, contact_sheet, prepare_identity, prepare_photo_identity
+        from ..mimictalk_lib.identity.frames import FRAME_SIZE
+        from ..mimictalk_lib.pipeline import renderer_model
 
         if (images is None) == (video is None):
             raise InputError("Prepare Identity: connect exactly one of 'images' (a clip or one photo) or 'video'")
@@ -67,7 +73,9 @@ class PrepareIdentity(io.ComfyNode):
                       segmenter=_model_file(SEGMENTER_ASSET, auto_download))
         device = host.torch_device()
         schedule = FitSchedule(pose_iters=fit_iterations, joint_iters=fit_iterations, fine_iters=max(1, fit_iterations // 4))
-        common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, on_step=host.progress(1000), **models)
+        size = renderer_model(renderer.renderer).cfg.image_resolution if renderer is not None else FRAME_SIZE
+        common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, size=size,
+                      on_step=host.progress(1000), **models)
         with torch.inference_mode(False):  # the 3DMM fit is an optimisation (ComfyUI runs nodes in inference mode)
             if images is not None and images.shape[0] == 1:
                 identity = prepare_photo_identity(images, **common)
