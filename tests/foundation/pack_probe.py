@@ -98,8 +98,11 @@ def main():
 
         asyncio.run(ext.on_load())
         nodes = asyncio.run(ext.get_node_list())
+        from comfy_api.latest import io
+
         out.update({"is_extension": isinstance(ext, ComfyExtension), "node_list": [n.__name__ for n in nodes],
-                    "node_list_is_list": isinstance(nodes, list)})
+                    "node_list_is_list": isinstance(nodes, list),
+                    "all_comfy_nodes": all(isinstance(n, type) and issubclass(n, io.ComfyNode) for n in nodes)})
     host = sys.modules[sys_module_name + ".nodes.host"]
     if "folder_paths" in sys.modules:
         import folder_paths
