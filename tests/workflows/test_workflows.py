@@ -1,0 +1,165 @@
+"""The shipped workflows: statically valid against the node schemas (types, widget counts with
+control_after_generate and upload values, combo values and ranges, link types, registry ids),
+their API-format twins regenerate from them, and each twin runs on tiny weights to its real
+outputs (an mp4 checked with PyAV, or a saved adapter)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from tests.nodes.harness import (
+    API_TWINS, REPO, WORKFLOWS, load_twin, load_workflow, node_list, run, submodule, video_facts, with_overrides,
+)
+from tests.nodes.tiny_assets import SPEECH_SECONDS, motion_frames
+
+NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+UPLOAD_VALUES = {"image_upload": 1, "video_upload": 1, "audio_upload": 2}  # saved after the widgets by the frontend
+PACK_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def schemas(pack):
+    executor = submodule(pack, "nodes.executor")
+    return executor.schemas(node_list(pack) + executor.CORE_NODES)
+
+
+def test_the_three_workflows_ship_with_their_twins():
+    assert NAMES == ["mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
+    assert sorted(p.stem for p in API_TWINS.glob("*.json")) == NAMES
+
+
+def _widgets(schema):
+    return [i for i in schema.inputs or [] if i.io_type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_is_statically_valid(name, schemas, pack):
+    wf = load_workflow(name)
+    assert wf["version"] == 0.4 and set(wf) >= {"nodes", "links", "last_node_id", "last_link_id", "extra"}
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(link[0] for link in wf["links"])
+    core = {cls.define_schema().node_id for cls in submodule(pack, "nodes.executor").CORE_NODES}
+    for node in wf["nodes"]:
+        assert node["type"] in schemas, f"unknown node type {node['type']}"
+        cls, schema = schemas[node["type"]]
+        props = node["properties"]
+        assert (props["cnr_id"], props["ver"]) == (("comfy-core", "0.3.64") if node["type"] in core else ("mimictalk", PACK_VERSION))
+        assert node.get("mode", 0) == 0
+        widgets = _widgets(schema)
+        # positional widgets_values: one per widget, one more after a control_after_generate INT,
+        # then what the upload widgets save
+        expected = len(widgets) + sum(bool(getattr(i, "control_after_generate", False)) for i in widgets)
+        expected += sum(UPLOAD_VALUES[i.upload.value] for i in widgets if getattr(i, "upload", None) is not None)
+        values = node["widgets_values"]
+        assert len(values) == expected, (name, node["type"], values)
+        taken_over = set(cls.validate_inputs.__code__.co_varnames) if "validate_inputs" in vars(cls) else set()
+        pos = 0
+        for i in widgets:
+            v = values[pos]
+            pos += 2 if getattr(i, "control_after_generate", False) else 1
+            if getattr(i, "control_after_generate", False):
+                assert values[pos - 1] in ("fixed", "increment", "decrement", "randomize")
+            if i.io_type == "COMBO" and i.id not in taken_over:  # as ComfyUI: validate_inputs takes file lists over
+                assert v in i.options, (node["type"], i.id, v)
+            elif i.io_type in ("INT", "FLOAT"):
+                assert isinstance(v, (int, float)) and not isinstance(v, bool) and i.min <= v <= i.max, (node["type"], i.id, v)
+            elif i.io_type == "BOOLEAN":
+                assert isinstance(v, bool)
+            if isinstance(v, str):
+                assert not (v.startswith("/") or re.match(r"[A-Za-z]:\\", v)), f"absolute path in {node['type']}.{i.id}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_links_connect_matching_types(name, schemas):
+    wf = load_workflow(name)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        out_schema = schemas[nodes[src]["type"]][1].outputs[src_slot]
+        assert out_schema.io_type == typ and link_id in nodes[src]["outputs"][src_slot]["links"]
+        slot = nodes[dst]["inputs"][dst_slot]
+        assert slot["link"] == link_id and slot["type"] == typ
+        target = next(i for i in schemas[nodes[dst]["type"]][1].inputs if i.id == slot["name"])
+        assert target.io_type == typ, (name, nodes[dst]["type"], slot["name"])
+    for node in wf["nodes"]:  # every required socket is connected
+        linked = {s["name"] for s in node.get("inputs", []) if s.get("link") is not None}
+        for i in schemas[node["type"]][1].inputs or []:
+            if i not in _widgets(schemas[node["type"]][1]) and not i.optional:
+                assert i.id in linked, (name, node["type"], i.id)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_regenerates_from_the_ui_workflow(name, schemas, pack):
+    convert = submodule(pack, "nodes.workflow").ui_to_api
+    assert convert(load_workflow(name), schemas) == load_twin(name)
+    assert json.loads(json.dumps(load_twin(name))) == load_twin(name)
+
+
+def test_converter_rejects_a_wrong_widget_count(schemas, pack):
+    wf = load_workflow("mimictalk_talk")
+    render = next(n for n in wf["nodes"] if n["type"] == "MimicTalkRender")
+    render["widgets_values"] = render["widgets_values"][:-1]  # e.g. the seed's control value forgotten
+    with pytest.raises(ValueError, match="widgets_values"):
+        submodule(pack, "nodes.workflow").ui_to_api(wf, schemas)
+
+
+def test_executor_rejects_an_invalid_graph(pack):
+    executor = submodule(pack, "nodes.executor")
+    prompt = with_overrides(load_twin("mimictalk_talk"), MimicTalkLoadRenderer={"precision": "fp16"},
+                            MimicTalkRender={"chunk_size": 0})
+    with pytest.raises(executor.PromptError) as e:
+        run(pack, prompt)
+    assert "half precision is not supported" in str(e.value)  # our validate_inputs message
+    assert "chunk_size: value 0 smaller than min of 1" in str(e.value)  # the schema range
+
+
+# --- running the twins on tiny weights ----------------------------------------------------------
+
+EXTRA = {"extra_pnginfo": {"workflow": {"name": "from the test"}}}
+
+
+def _saved_video(result, tiny):
+    (files,) = [u["images"] for u in result.ui.values() if u.get("images")]
+    (f,) = files
+    return tiny["output"] / f["subfolder"] / f["filename"]
+
+
+def _check_talking_video(path, prompt):
+    facts = video_facts(path)
+    frames = motion_frames()
+    assert facts["frames"] == frames and facts["fps"] == 25.0 and facts["codec"] == "h264"
+    assert facts["audio_codec"] == "aac" and abs(facts["audio_seconds"] - frames / 25) < 0.05
+    assert abs(frames / 25 - SPEECH_SECONDS) < 0.05
+    assert json.loads(facts["metadata"]["prompt"]) == prompt and json.loads(facts["metadata"]["workflow"]) == EXTRA["extra_pnginfo"]["workflow"]
+
+
+@pytest.mark.slow  # tiny models, but a full graph: ~10-30 s on 2 cores
+def test_talk_twin_runs_to_an_mp4(pack, tiny):
+    prompt = with_overrides(load_twin("mimictalk_talk"))
+    result = run(pack, prompt, EXTRA)
+    _check_talking_video(_saved_video(result, tiny), prompt)
+
+
+@pytest.mark.slow  # identity preparation (MediaPipe double, 3DMM fit) + one-shot render: ~20-60 s
+def test_one_shot_twin_runs_to_an_mp4(pack, tiny, fake_mediapipe):
+    prompt = with_overrides(load_twin("mimictalk_one_shot"), MimicTalkLoadRenderer={"weights": "tiny/real3d_renderer"})
+    result = run(pack, prompt, EXTRA)
+    _check_talking_video(_saved_video(result, tiny), prompt)
+    assert any("images" in u and not u["images"] for u in result.ui.values())  # the preview node ran (nothing to show)
+
+
+@pytest.mark.slow  # clip preparation + 3 training steps: ~20-60 s
+def test_personalise_twin_trains_and_saves_an_adapter(pack, tiny, fake_mediapipe):
+    from mimictalk_lib.adapt.adapter import load_adapter
+
+    prompt = with_overrides(load_twin("mimictalk_personalise"), MimicTalkTrainAdapter={"run_name": "twin"},
+                            MimicTalkSaveAdapter={"name": "twin_person", "overwrite": True})
+    result = run(pack, prompt, EXTRA)
+    (saved,) = [u["text"][0] for u in result.ui.values() if "text" in u]
+    adapter = load_adapter(tiny["models"] / "adapters" / saved)
+    assert saved == "twin_person.safetensors" and adapter.metadata["training"]["steps_done"] == 3
+    assert adapter.metadata["training"]["num_frames"] == 26 and adapter.identity.bg.shape[-1] == 64
+    assert torch.isfinite(adapter.triplane).all()
