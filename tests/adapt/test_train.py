@@ -16,7 +16,7 @@ from mimictalk_lib.lora.inject import lora_parameters
 from tests.adapt.synthetic import SyntheticSecc, synthetic_identity
 
 # learning rates for a tiny random renderer (the upstream defaults are for the full model)
-TINY = dict(lr=1e-2, lr_triplane=1e-2, preview_every=0)
+TINY = dict(lr=2e-2, lr_triplane=2e-2, preview_every=0)
 
 
 def _eval_l1(trainer: Trainer) -> float:
@@ -28,13 +28,13 @@ def _eval_l1(trainer: Trainer) -> float:
 
 def test_training_lowers_the_loss_and_changes_only_trigrid_and_lora(tiny_base, data):
     base_before = {k: v.clone() for k, v in tiny_base.state_dict().items()}
-    trainer = Trainer(tiny_base, data, None, AdaptConfig(steps=20, batch_size=2, norm_mode="eval", **TINY))
+    trainer = Trainer(tiny_base, data, None, AdaptConfig(steps=10, batch_size=2, norm_mode="eval", **TINY))
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     buffers = {n: b.clone() for n, b in trainer.model.named_buffers()}
     lora0 = [p.detach().clone() for p in lora_parameters(trainer.model)]
     plane0 = trainer.triplane.detach().clone()
     start = _eval_l1(trainer)
-    for _ in range(20):
+    for _ in range(10):
         losses = trainer.train_step()
     end = _eval_l1(trainer)
     assert end < 0.75 * start, (start, end)
@@ -82,10 +82,10 @@ def test_interrupt_keeps_a_usable_adapter_and_a_resumable_checkpoint(tiny_base, 
         if done == 2:
             raise Stop()
 
-    cfg = AdaptConfig(steps=5, norm_mode="eval", checkpoint_every=100, **dict(TINY, preview_every=1))
+    cfg = AdaptConfig(steps=3, norm_mode="eval", checkpoint_every=100, **dict(TINY, preview_every=1))
     with pytest.raises(Stop):
         train_adapter(tiny_base, data, None, cfg, work_dir=tmp_path, on_step=on_step)
-    assert [s[0] for s in seen] == [1, 2] and seen[0][1] == 5
+    assert [s[0] for s in seen] == [1, 2] and seen[0][1] == 3
     assert "total_loss" in seen[0][2]["losses"]
     preview = seen[0][2]["preview"]
     assert preview.shape == (data.resolution, data.resolution, 3) and 0 <= preview.min() <= preview.max() <= 1
@@ -103,7 +103,7 @@ def test_interrupt_keeps_a_usable_adapter_and_a_resumable_checkpoint(tiny_base, 
                                    trainer.kp_s, data.identity.keypoints[[0, 3]], deterministic=True).image
     assert (ours - theirs).abs().max().item() < 1e-5  # adapter file == in-memory personalised renderer
     done = train_adapter(tiny_base, data, None, cfg, work_dir=tmp_path, resume=tmp_path / "checkpoint.safetensors")
-    assert done.metadata["training"]["steps_done"] == 5
+    assert done.metadata["training"]["steps_done"] == 3
 
 
 def test_bad_settings(tiny_base, data):
@@ -128,7 +128,7 @@ def test_face_model_secc_source_trains(tiny_base, tmp_path):
     data = AdaptationData.from_identity(identity, load_face_model(tmp_path), tiny_base.cfg.secc_resolution)
     secc = data.drive_secc(torch.tensor([0, 2]))
     side = tiny_base.cfg.secc_resolution
-    assert secc.shape == (2, 3, side, side) and secc.min() >= -1 and secc.max() <= 1 and (secc > -1).any()
+    assert secc.shape == (2, 3, side, side) and secc.min() >= -1 - 1e-5 and secc.max() <= 1 + 1e-5 and (secc > -0.99).any()
     assert data.secc.blink(secc, torch.tensor([0.0, 1.0])).shape == secc.shape
     trainer = Trainer(tiny_base, data, LPIPS(), AdaptConfig(steps=1, **TINY))  # random AlexNet: exercises the path
     losses = trainer.train_step()
@@ -165,8 +165,8 @@ def test_trains_from_inference_mode_inputs(data):
         ident = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in vars(data.identity).items()}
         frozen = AdaptationData(type(data.identity)(**ident), data.secc)
         assert next(base.parameters()).is_inference() and frozen.identity.keypoints.is_inference()
-        adapter = train_adapter(base, frozen, None, AdaptConfig(steps=2, **TINY))
-    assert adapter.metadata["training"]["steps_done"] == 2 and torch.isfinite(adapter.triplane).all()
+        adapter = train_adapter(base, frozen, None, AdaptConfig(steps=1, **TINY))
+    assert adapter.metadata["training"]["steps_done"] == 1 and torch.isfinite(adapter.triplane).all()
 
 
 def test_image_preset_trains_the_trigrid_alone(tiny_base, data):
