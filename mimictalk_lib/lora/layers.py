@@ -33,6 +33,7 @@ training and when loading (``lora.inject`` does this).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -72,7 +73,10 @@ class _OfficialFormLora(nn.Module, LoraLayer):
         **kwargs: Any,
     ) -> None:
         nn.Module.__init__(self)
-        LoraLayer.__init__(self, base_layer)
+        with warnings.catch_warnings():  # older peft (0.13) warns about every custom base layer type
+            warnings.filterwarnings("ignore", message="Unsupported layer type")
+            LoraLayer.__init__(self, base_layer)
+        self.in_features, self.out_features = self._get_in_out_features(base_layer)
         if config is not None and config.lora_dropout:
             raise InputError(f"LoRA dropout is not supported on the renderer's layers (got {config.lora_dropout}); use 0")
         self._active_adapter = adapter_name
@@ -243,8 +247,8 @@ def register_custom_layers(config: LoraConfig, conv_lora: str = "upstream") -> L
     hook = getattr(config, "_register_custom_module", None)
     if hook is None:  # the private API went away: a peft release this pack does not support
         raise InputError(
-            "the installed peft has no LoraConfig._register_custom_module (custom LoRA layers); "
-            "install a peft version between 0.13 and 0.21 as listed in requirements.txt"
+            "the installed peft has no LoraConfig._register_custom_module (custom LoRA layers), which this pack "
+            "needs; install a peft release it was tested with (0.13.2 to 0.21.2), e.g. pip install 'peft>=0.13,<0.22'"
         )
     mapping: dict[type[nn.Module], type[nn.Module]] = dict(CUSTOM_LAYERS)
     if conv_lora == "upstream":
