@@ -145,9 +145,4 @@ def load_lpips(
     return model.to(device=device, dtype=dtype)
 
 
-def lpips_distance(model: LPIPS, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean LPIPS over the batch (what upstream's ``criterion_lpips(a, b).mean()`` gives)."""
-    return model(x, y).mean()
-
-
-__all__ = ["LPIPS", "load_lpips", "lpips_state_dict", "lpips_distance", "MIN_SIZE"]
+__all__ = ["LPIPS", "load_lpips", "lpips_state_dict", "MIN_SIZE"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Mapping
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -203,11 +203,3 @@ def lora_layers_by_module_name(model: nn.Module) -> dict[str, LoraLayer]:
     """``{actual module path in model: LoRA layer}``, innermost first (safe to unwrap in order)."""
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
     return dict(sorted(found, key=lambda nm: -nm[0].count(".")))
-
-
-def frozen_state_fingerprint(model: nn.Module, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
-    """Clones of ``model``'s parameters and buffers (or of ``names``), to check later that
-    training left them bit-identical."""
-    sd = model.state_dict()
-    keys = sd.keys() if names is None else names
-    return {k: sd[k].detach().clone() for k in keys}

@@ -257,13 +257,6 @@ def register_custom_layers(config: LoraConfig, conv_lora: str = "upstream") -> L
     return config
 
 
-def lora_delta(layer: nn.Module, adapter_name: str) -> torch.Tensor:
-    """dW as applied by the layer's forward, for any LoRA layer this pack creates."""
-    if isinstance(layer, _OfficialFormLora):
-        return layer.delta_weight(adapter_name)
-    return layer.get_delta_weight(adapter_name)  # peft-native Conv2d: dW on the raw weight
-
-
 __all__ = [
     "CONV_LORA_FORMS",
     "CUSTOM_LAYERS",
@@ -273,5 +266,4 @@ __all__ = [
     "LoraSynthesis",
     "LoraToRGB",
     "register_custom_layers",
-    "lora_delta",
 ]

@@ -76,11 +76,6 @@ def part_of(module_path: str) -> str | None:
     return None
 
 
-def is_lora_target(module_path: str, parts: Iterable[str]) -> bool:
-    """True if upstream puts LoRA on ``module_path`` in a mode that adapts ``parts``."""
-    return part_of(module_path) in set(parts)
-
-
 def check_rank(r: int) -> int:
     """Validate a LoRA rank (positive int)."""
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
