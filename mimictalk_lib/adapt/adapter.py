@@ -238,7 +238,8 @@ def personalise(
     if adapter.spec.lora_mode == "none":
         model = share_copy(renderer)
     else:
-        model = inject_lora(renderer, adapter.spec.lora_mode, adapter.spec.r, conv_lora=adapter.spec.conv_lora)
+        model = inject_lora(renderer, adapter.spec.lora_mode, adapter.spec.r, conv_lora=adapter.spec.conv_lora,
+                            trainable=False)
         load_lora_state_dict(model, adapter.lora)
         if merge:
             model = merge_lora(model)

@@ -133,7 +133,7 @@ class Trainer:
         cuda = [device] if device.type == "cuda" else []
         with torch.inference_mode(False), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(config.seed + 3)  # LoRA A init (Kaiming) draws from the global RNG
-            self.model = (share_copy(renderer) if config.lora_mode == "none" else
+            self.model = (share_copy(renderer, trainable=True) if config.lora_mode == "none" else
                           inject_lora(renderer, config.lora_mode, config.lora_r, conv_lora=config.conv_lora))
             self.model.to(device).requires_grad_(False).eval()  # no copy when already there
             for p in lora_parameters(self.model):

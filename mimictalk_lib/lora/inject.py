@@ -68,18 +68,20 @@ def lora_targets(model: nn.Module, lora_mode: str) -> list[str]:
     ]
 
 
-def share_copy(model: nn.Module) -> nn.Module:
+def share_copy(model: nn.Module, *, trainable: bool = False) -> nn.Module:
     """A new module tree whose parameters are new ``nn.Parameter`` objects over the *same*
     storage as ``model``'s (zero-copy) and whose buffers are cloned.
 
-    Parameters created under ``torch.inference_mode`` (a host that loads models in inference
-    mode) cannot take part in autograd, so those are cloned into normal tensors instead.
+    With ``trainable=True``, parameters created under ``torch.inference_mode`` (a host that loads
+    models in inference mode) are cloned into normal tensors: autograd cannot use them otherwise.
     """
     memo: dict[int, object] = {}
     with torch.inference_mode(False):
         for p in model.parameters():
             t = p.detach()
-            memo[id(p)] = nn.Parameter(t.clone() if t.is_inference() else t, requires_grad=p.requires_grad)
+            t = t.clone() if trainable and t.is_inference() else t
+            # an inference tensor cannot require grad outside inference mode (inference-only copy)
+            memo[id(p)] = nn.Parameter(t, requires_grad=p.requires_grad and not t.is_inference())
         for b in model.buffers():
             memo[id(b)] = b.detach().clone()
         return copy.deepcopy(model, memo)
@@ -112,13 +114,15 @@ def inject_lora(
     *,
     conv_lora: str = "upstream",
     init_lora_weights: bool = True,
+    trainable: bool = True,
 ) -> nn.Module:
     """A new personalised renderer: a zero-copy clone of ``renderer`` with LoRA on the layers
     ``lora_mode`` selects. Every base parameter is frozen; only the LoRA matrices train.
-    ``renderer`` itself is not modified. ``init_lora_weights=False`` leaves B random (tests).
+    ``renderer`` itself is not modified. ``init_lora_weights=False`` leaves B random (tests);
+    ``trainable=False`` (inference only) never copies inference-mode base weights.
     """
     spec = LoraSpec(lora_mode, r, conv_lora)
-    model = share_copy(renderer)
+    model = share_copy(renderer, trainable=trainable)
     model.requires_grad_(False)
     targets = lora_targets(model, lora_mode)
     if not targets and lora_mode != "none":

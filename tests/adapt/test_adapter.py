@@ -7,6 +7,7 @@ import torch
 from mimictalk_lib.adapt.adapter import load_adapter, personalise, save_adapter
 from mimictalk_lib.adapt.official_import import import_official_checkpoint
 from mimictalk_lib.errors import CheckpointError
+from mimictalk_lib.lora.inject import lora_targets
 from mimictalk_lib.lora.official import split_official_lora
 from mimictalk_lib.renderer import RendererConfig, load_renderer
 from tests.fixtures.tiny_renderer import random_renderer, renderer_inputs, tiny_checkpoint
@@ -82,3 +83,22 @@ def test_save_load_round_trip_and_base_check(official, tmp_path):
 
         save_safetensors(tmp_path / "x.safetensors", {"a": torch.zeros(1)}, {"format": "other"})
         load_adapter(tmp_path / "x.safetensors")
+
+
+def test_personalise_under_inference_mode_shares_the_base_weights(official):
+    """A host that loads models under torch.inference_mode: applying an adapter copies no base
+    weight (only the LoRA'd layers get new merged tensors) and renders like the plain path."""
+    ckpt, base, _ = official
+    adapter = import_official_checkpoint(ckpt, base)
+    with torch.inference_mode():
+        frozen = load_renderer(split_official_lora(ckpt["state_dict"]["model"], r=2)[0], base_config=RendererConfig.tiny()).model
+        pers = personalise(frozen, adapter)
+    shared = {p.data_ptr() for p in frozen.parameters()}
+    targets = set(lora_targets(frozen, "secc2plane_sr"))
+    for name, p in pers.model.named_parameters():
+        prefix, _, leaf = name.rpartition(".")
+        merged = prefix in targets and leaf == "weight"  # only the LoRA'd weights are new tensors
+        assert (p.data_ptr() in shared) != merged, name
+    inputs = renderer_inputs(base.cfg, frames=1, seed=24)
+    plain = personalise(base, adapter)
+    assert torch.equal(_render(pers.model, inputs, pers.cano_planes), _render(plain.model, inputs, plain.cano_planes))
