@@ -100,10 +100,13 @@ def model_dirs() -> list[Path]:
 
 
 def adapter_dirs() -> list[Path]:
-    """Every folder holding personalised adapters, default first (new adapters are saved there)."""
+    """Every folder holding personalised adapters, default first (new adapters are saved there):
+    the ``mimictalk_adapters`` folders, then ``adapters/`` of every other ``mimictalk`` folder
+    (so an extra_model_paths.yaml ``mimictalk:`` entry brings its adapters along)."""
     if not HOSTED:
         return [d / ADAPTER_SUBDIR for d in download.default_model_dirs()]
-    return _folder_list(ADAPTER_FOLDER)
+    dirs = _folder_list(ADAPTER_FOLDER)
+    return dirs + [d for d in (m / ADAPTER_SUBDIR for m in model_dirs()) if d not in dirs]
 
 
 def ensure_asset(asset_id: str, *, allow_download: bool, on_step: Optional[ProgressFn] = None,

@@ -30,9 +30,6 @@ class PrepareIdentity(io.ComfyNode):
                          "video. Needs the optional mediapipe package; its two model files download automatically."),
             inputs=[
                 FaceModel.Input("face_model", tooltip="The BFM face model from Load Face Model."),
-                io.Image.Input("images", optional=True,
-                               tooltip="A clip's frames (a batch, with fps below) or one portrait photo (a batch of 1)."),
-                io.Video.Input("video", optional=True, tooltip="A talking clip (e.g. from Load Video); used instead of images."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.01,
                                tooltip="Frame rate of the images batch (a video carries its own); clips are resampled to 25 fps."),
                 io.Combo.Input("crop", options=["auto", "none"], default="auto",
@@ -45,6 +42,9 @@ class PrepareIdentity(io.ComfyNode):
                              tooltip="3DMM fitting iterations per stage (upstream: 200). Fewer is faster and less accurate."),
                 io.Boolean.Input("auto_download", default=True,
                                  tooltip="Download the MediaPipe face landmarker and segmenter models when missing."),
+                io.Image.Input("images", optional=True,
+                               tooltip="A clip's frames (a batch, with fps below) or one portrait photo (a batch of 1)."),
+                io.Video.Input("video", optional=True, tooltip="A talking clip (e.g. from Load Video); used instead of images."),
                 Renderer.Input("renderer", optional=True,
                                tooltip="The renderer the identity is for: frames are prepared at its output size "
                                        "(512 for the official models, the default)."),

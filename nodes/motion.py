@@ -29,9 +29,6 @@ class AudioToMotion(io.ComfyNode):
             inputs=[
                 Audio2Motion.Input("a2m", tooltip="The motion model from Load Audio-to-Motion."),
                 io.Audio.Input("audio", tooltip="The speech to lip-sync (any sample rate; resampled to 16 kHz)."),
-                Identity.Input("style", optional=True,
-                               tooltip="Talking-style prompt: a prepared photo, or a prepared clip (also connect its audio)."),
-                io.Audio.Input("style_audio", optional=True, tooltip="The soundtrack of the style clip (needed for a clip style)."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=2, max=200,
                              tooltip="ODE grid points (upstream: 20, i.e. 19 solver steps)."),
                 io.Combo.Input("solver", options=list(SOLVERS), default="midpoint",
@@ -47,6 +44,9 @@ class AudioToMotion(io.ComfyNode):
                 io.Combo.Input("trim", options=list(TRIM_MODES), default="audio",
                                tooltip="Motion length: audio (its duration at 25 fps), upstream (drops the last 4 "
                                        "frames as upstream does) or none (all sampled frames)."),
+                Identity.Input("style", optional=True,
+                               tooltip="Talking-style prompt: a prepared photo, or a prepared clip (also connect its audio)."),
+                io.Audio.Input("style_audio", optional=True, tooltip="The soundtrack of the style clip (needed for a clip style)."),
             ],
             outputs=[Motion.Output(display_name="motion", tooltip="Expression motion [frames, 64] at 25 fps.")],
         )

@@ -63,7 +63,6 @@ class VideoCombine(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="The frames (e.g. from Render)."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.01, tooltip="Frame rate (Render outputs 25)."),
-                io.Audio.Input("audio", optional=True, tooltip="The sound track (e.g. the speech that drove the motion)."),
                 io.String.Input("filename_prefix", default="MimicTalk/talk",
                                 tooltip="Output file name prefix; '/' makes subfolders of the output folder."),
                 io.Int.Input("crf", default=DEFAULT_CRF, min=0, max=51,
@@ -71,6 +70,7 @@ class VideoCombine(io.ComfyNode):
                 io.Combo.Input("audio_fit", options=list(AUDIO_FIT), default="fit",
                                tooltip="fit: trim or pad the audio with silence to the video; trim / pad: only that; "
                                        "keep: write it unchanged."),
+                io.Audio.Input("audio", optional=True, tooltip="The sound track (e.g. the speech that drove the motion)."),
             ],
             outputs=[io.Video.Output(display_name="video", tooltip="The saved video (for core Save Video and other nodes).")],
             is_output_node=True,

@@ -103,3 +103,11 @@ def test_loader_lists_show_converted_models(schemas):
     assert a2m.options == ["ics_a2m", "tiny/ics_a2m"] and hubert.options == ["hubert_large", "tiny/hubert"]
     adapters = schemas["MimicTalkLoadAdapter"][1].inputs[0].options
     assert "person.safetensors" in adapters
+
+
+def test_optional_inputs_come_last(schemas):
+    """ComfyUI serves required inputs before optional ones (input_order); keeping that order in
+    the schema makes widget and slot positions the same in ComfyUI, the converter and the docs."""
+    for node_id, (_, schema) in schemas.items():
+        flags = [i.optional for i in schema.inputs or []]
+        assert flags == sorted(flags), node_id

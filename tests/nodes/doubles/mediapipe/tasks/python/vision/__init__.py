@@ -1,12 +1,19 @@
 """Test double of ``mediapipe.tasks.python.vision``: FaceLandmarker and ImageSegmenter over the
 synthetic clips' flat-coloured faces (``BlobLandmarker`` / ``LandmarkSegmenter``)."""
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from tests.fixtures.synthetic_identity import BlobLandmarker, LandmarkSegmenter
+try:
+    from tests.fixtures.synthetic_identity import BlobLandmarker, LandmarkSegmenter
+except ModuleNotFoundError:  # another project's ``tests`` package shadows ours (ComfyUI's, in the e2e server)
+    import tests
+
+    tests.__path__.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 7, "tests"))
+    from tests.fixtures.synthetic_identity import BlobLandmarker, LandmarkSegmenter
 
 
 class RunningMode:
