@@ -105,6 +105,12 @@ def fingerprint(name: str, assets: Sequence[str]) -> tuple:
     return (name,) + tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
+def precision_and_download() -> list:
+    """The ``precision`` and ``auto_download`` widgets every model loader ends with."""
+    return [io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=PRECISION_TOOLTIP),
+            io.Boolean.Input("auto_download", default=True, tooltip=AUTO_DOWNLOAD_TOOLTIP)]
+
+
 def check_precision(precision: str) -> bool | str:
     if precision not in PRECISIONS:
         return f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
@@ -135,8 +141,7 @@ class LoadRenderer(io.ComfyNode):
                 io.Combo.Input("weights", options=choices, default=choices[0],
                                tooltip="mimictalk_base_renderer / real3dportrait_renderer: the official checkpoints "
                                        "in models/mimictalk (manual download, see README); or a converted model folder."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=PRECISION_TOOLTIP),
-                io.Boolean.Input("auto_download", default=True, tooltip=AUTO_DOWNLOAD_TOOLTIP),
+                *precision_and_download(),
             ],
             outputs=[Renderer.Output(display_name="renderer", tooltip="The loaded renderer.")],
         )
@@ -217,8 +222,7 @@ class LoadAudio2Motion(io.ComfyNode):
                 io.Combo.Input("hubert", options=hubert, default=hubert[0],
                                tooltip="hubert_large: facebook/hubert-large-ls960-ft (downloaded automatically); or "
                                        "a folder holding a Hugging Face HuBERT (config.json + weights)."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=PRECISION_TOOLTIP),
-                io.Boolean.Input("auto_download", default=True, tooltip=AUTO_DOWNLOAD_TOOLTIP),
+                *precision_and_download(),
             ],
             outputs=[Audio2Motion.Output(display_name="a2m", tooltip="The motion model and its audio encoder.")],
         )
