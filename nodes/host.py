@@ -240,7 +240,10 @@ def _preview(image: Any) -> Optional[tuple]:
     """A progress-bar preview (``("JPEG", PIL image, max size)``) from an IMAGE-like tensor."""
     if not isinstance(image, torch.Tensor):
         return None
-    from PIL import Image
+    try:
+        from PIL import Image  # always present in ComfyUI (its own dependency)
+    except ImportError:
+        return None
 
     img = image[0] if image.dim() == 4 else image
     arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
@@ -270,7 +273,7 @@ def progress(total: int, node_id: Optional[str] = None) -> ProgressFn:
     return log_step
 
 
-class ModelHolder(torch.nn.Module):
+class MimicTalkModel(torch.nn.Module):
     """What ComfyUI's ``ModelPatcher`` manages for one of our models: the model as a child and a
     plain ``device`` attribute (the patcher assigns it when it moves the weights; our models
     expose ``device`` as a read-only property)."""
@@ -283,10 +286,10 @@ class ModelHolder(torch.nn.Module):
 
 def manage_model(model: torch.nn.Module) -> Any:
     """Hand ``model`` (already on its compute device and dtype) to the host's memory management:
-    a ``ModelPatcher`` over a :class:`ModelHolder` inside ComfyUI (it can then offload and evict
+    a ``ModelPatcher`` over a :class:`MimicTalkModel` inside ComfyUI (it can then offload and evict
     it), the holder itself standalone. :func:`use_model` gets it back, loaded."""
     device = next(model.parameters()).device
-    holder = ModelHolder(model, device)
+    holder = MimicTalkModel(model, device)
     patcher = _comfy("comfy.model_patcher")
     if patcher is None:
         return holder

@@ -229,3 +229,13 @@ def test_load_adapter_imports_an_official_checkpoint(pack, nodes, tiny):
     assert adapter.metadata["source"] == "official_import" and adapter.spec.r == 2
     (person,) = call(nodes.ApplyAdapter, renderer=base, adapter=adapter, check_base=True)
     assert person.personalised
+
+
+def test_training_previews_reach_the_progress_bar(pack):
+    pytest.importorskip("PIL")
+    on_step = submodule(pack, "nodes.host").progress(10)
+    on_step(3, 10, preview=torch.rand(8, 8, 3))
+    on_step(4, 10)
+    bar = comfy("comfy.utils").bars[-1]
+    assert bar.updates == [(3, 10), (4, 10)]
+    assert bar.previews[0][0] == "JPEG" and bar.previews[0][1].size == (8, 8) and bar.previews[1] is None
