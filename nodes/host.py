@@ -1,11 +1,14 @@
 """The pack's only bridge to its host: the one module that imports ``folder_paths``, ``comfy.*``
 and ``comfy_api`` (comfyui_conventions.md §3, §8.1).
 
-Inside ComfyUI it hands the library the host's model folders, devices, dtype policy, progress bar
-and interrupt flag. Outside ComfyUI (``python -m mimictalk_lib talk``, scripts, tests) every
-function falls back to a standalone equivalent, so node classes and the library never need to
-know where they run. Host modules other than ``folder_paths`` and ``comfy_api.latest`` are
-imported lazily, when first used inside a node's ``execute``.
+Inside ComfyUI it hands the nodes and the library the host's V3 API (``io``, ``ui``,
+``ComfyExtension``, ``InputImpl``), model folders, devices, dtype policy, memory management
+(``manage_model`` / ``use_model`` over a ``ModelPatcher``), progress bar with previews, interrupt
+flag, save paths and metadata switch. Outside ComfyUI (``python -m mimictalk_lib talk``, scripts,
+tests) every service falls back to a standalone equivalent (the V3 API to ``nodes.v3api``), so
+node classes and the library never need to know where they run. Host modules other than
+``folder_paths`` and ``comfy_api.latest`` are imported lazily, when first used inside a node's
+``execute``.
 """
 
 from __future__ import annotations
