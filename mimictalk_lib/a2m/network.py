@@ -201,7 +201,8 @@ def build_a2m(
     dtype: torch.dtype = torch.float32,
 ) -> InContextAudio2MotionModel:
     """Infer the config from `state_dict` (upstream `state_dict['model']` keys), build the model,
-    load strictly, cast and return it in eval mode."""
+    load strictly, cast and return it in eval mode. The model adopts the given tensors (no copy
+    when they already have the target device and dtype)."""
     check_device_dtype(device, dtype)
     cfg = infer_a2m_config(state_dict)
     with torch.device("meta"):  # no random init: every tensor comes from the state dict
