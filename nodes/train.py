@@ -3,7 +3,6 @@ renderer on one prepared identity (``mimictalk_lib.adapt``)."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -19,7 +18,6 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 """Runs keep a resumable checkpoint and their latest adapter in
 ``models/mimictalk/adapters/checkpoints/<run_name>/`` (listed by Load Adapter)."""
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-CURVE_HEIGHT, CURVE_WIDTH, CURVE_MARGIN = 256, 512, 16
 
 
 class TrainAdapter(io.ComfyNode):
@@ -82,6 +80,7 @@ class TrainAdapter(io.ComfyNode):
     def execute(cls, renderer, identity, face_model, steps, lr, lr_triplane, lora_rank, lora_mode, batch_size, seed,
                 perceptual_loss, run_name, resume, auto_download):
         from ..mimictalk_lib.adapt.data import AdaptationData
+        from ..mimictalk_lib.adapt.report import loss_curve_image
         from ..mimictalk_lib.adapt.train import CHECKPOINT_NAME, AdaptConfig, train_adapter
 
         if renderer.personalised:
@@ -116,29 +115,6 @@ def _load_lpips(auto_download: bool, device: torch.device):
     folder = host.ensure_asset(LPIPS_ASSET, allow_download=auto_download, on_step=host.progress(1))
     alexnet, heads = (folder / f.name for f in load_manifest().get(LPIPS_ASSET).files)
     return load_lpips(alexnet, heads, device)
-
-
-def loss_curve_image(values: list[float], height: int = CURVE_HEIGHT, width: int = CURVE_WIDTH) -> torch.Tensor:
-    """IMAGE [1, H, W, 3]: the loss per step as a dark line on white, log10 scale, min..max
-    filling the plot area (one flat line for a single value; blank for none)."""
-    img = torch.ones(height, width, 3)
-    finite = [v for v in values if v > 0 and math.isfinite(v)]
-    if finite:
-        y = torch.log10(torch.tensor(finite))
-        lo, hi = float(y.min()), float(y.max())
-        y = (y - lo) / (hi - lo) if hi > lo else torch.full_like(y, 0.5)
-        x = torch.linspace(0, 1, len(finite)) if len(finite) > 1 else torch.full((1,), 0.5)
-        # densely sampled segments between the points: [n-1, k] positions -> pixels
-        t = torch.linspace(0, 1, 64)[None]
-        xs = (x[:-1, None] + (x[1:] - x[:-1])[:, None] * t).flatten() if len(finite) > 1 else x
-        ys = (y[:-1, None] + (y[1:] - y[:-1])[:, None] * t).flatten() if len(finite) > 1 else y
-        cols = (CURVE_MARGIN + xs * (width - 1 - 2 * CURVE_MARGIN)).round().long()
-        rows = (height - 1 - CURVE_MARGIN - ys * (height - 1 - 2 * CURVE_MARGIN)).round().long()
-        for dr in (0, 1):  # a two-pixel line
-            img[(rows + dr).clamp(0, height - 1), cols] = torch.tensor([0.1, 0.2, 0.6])
-    img[height - 1 - CURVE_MARGIN + 2, CURVE_MARGIN:width - CURVE_MARGIN] = 0.5  # x axis
-    img[CURVE_MARGIN:height - CURVE_MARGIN + 2, CURVE_MARGIN - 2] = 0.5  # y axis
-    return img[None]
 
 
 NODES = [TrainAdapter]
