@@ -194,3 +194,22 @@ def find_latest_checkpoint(folder: PathLike) -> Path:
     if not found:
         raise CheckpointError(f"no model_ckpt_steps_<N>.ckpt in {folder}")
     return max(found, key=checkpoint_steps)
+
+
+def resolve_model_file(path: PathLike) -> Path:
+    """The weights file a model path names: a file as it is; for a folder, its converted
+    ``model.safetensors`` when present, else its latest ``model_ckpt_steps_<N>.ckpt``."""
+    path = Path(path)
+    if path.is_dir():
+        converted = path / "model.safetensors"
+        return converted if converted.is_file() else find_latest_checkpoint(path)
+    return path
+
+
+def load_model_state_dict(path: PathLike, child: str = "model") -> dict[str, torch.Tensor]:
+    """The ``child`` weights of a model path (:func:`resolve_model_file`): all tensors of a
+    converted ``model.safetensors``, or ``state_dict[child]`` of an upstream ``.ckpt``."""
+    path = resolve_model_file(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)[0]
+    return model_state_dict(load_legacy_checkpoint(path), child, source=str(path))

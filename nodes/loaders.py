@@ -241,26 +241,14 @@ class LoadAudio2Motion(io.ComfyNode):
 
     @classmethod
     def execute(cls, a2m, hubert, precision, auto_download):
-        from ..mimictalk_lib.a2m import build_a2m, load_hubert
+        from ..mimictalk_lib.a2m import load_a2m, load_hubert
 
         device = host.torch_device()
         dtype = host.resolve_dtype(precision, device)
-        net = build_a2m(_model_state_dict(resolve(a2m, A2M_ASSETS, auto_download)), device, dtype)
+        net = load_a2m(resolve(a2m, A2M_ASSETS, auto_download), device, dtype)
         encoder = load_hubert(resolve(hubert, HUBERT_ASSETS, auto_download), device, dtype)
         both = nn.ModuleDict({"a2m": net, "hubert": encoder})
         return io.NodeOutput(A2MHandle(host.manage_model(both), a2m))
-
-
-def _model_state_dict(path: Path) -> dict:
-    """The ``model`` weights of an upstream checkpoint (file or folder, latest step) or of a
-    converted ``model.safetensors`` (file or folder)."""
-    from ..mimictalk_lib.checkpoint import find_latest_checkpoint, load_legacy_checkpoint, load_safetensors, model_state_dict
-
-    if path.is_dir():
-        path = path / "model.safetensors" if (path / "model.safetensors").is_file() else find_latest_checkpoint(path)
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)[0]
-    return model_state_dict(load_legacy_checkpoint(path), "model", source=str(path))
 
 
 NODES = [LoadRenderer, LoadFaceModel, LoadAudio2Motion]

@@ -16,6 +16,7 @@ reference motion by `null_cond` (drop_cond=True).
 from __future__ import annotations
 
 import math
+import os
 from typing import Mapping, Optional
 
 import torch
@@ -216,6 +217,18 @@ def build_a2m(
         )
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_a2m(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> InContextAudio2MotionModel:
+    """:func:`build_a2m` from a file or folder: an upstream ``model_ckpt_steps_<N>.ckpt`` (its
+    ``state_dict['model']``; a folder: the latest step) or a converted ``model.safetensors``."""
+    from ..checkpoint import load_model_state_dict
+
+    return build_a2m(load_model_state_dict(path), device, dtype)
 
 
 def _key_diff(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list, list]:

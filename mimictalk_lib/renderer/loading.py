@@ -123,14 +123,9 @@ def _read_source(source: Source) -> dict[str, Any]:
     'head_threshold'}."""
     if isinstance(source, Mapping):
         return _split_dict(source, "state dict")
-    path = Path(source)
-    if path.is_dir():
-        if (path / "model.safetensors").is_file():
-            path = path / "model.safetensors"
-        else:
-            from ..checkpoint import find_latest_checkpoint
+    from ..checkpoint import resolve_model_file
 
-            path = find_latest_checkpoint(path)
+    path = resolve_model_file(source)
     if not path.is_file():
         raise CheckpointError(f"renderer weights not found: {path}")
     if path.suffix == ".safetensors":

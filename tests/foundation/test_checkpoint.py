@@ -13,9 +13,11 @@ from mimictalk_lib.checkpoint import (
     checkpoint_steps,
     find_latest_checkpoint,
     load_legacy_checkpoint,
+    load_model_state_dict,
     load_safetensors,
     model_state_dict,
     read_safetensors_metadata,
+    resolve_model_file,
     save_safetensors,
 )
 from mimictalk_lib.errors import CheckpointError
@@ -126,6 +128,23 @@ def test_latest_checkpoint_is_the_highest_step_number(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no model_ckpt_steps"):
         find_latest_checkpoint(tmp_path / "empty")
+
+
+def test_model_weights_from_a_file_or_folder(tmp_path):
+    """A folder gives its converted model.safetensors when present, else its latest upstream
+    checkpoint; either way the 'model' tensors come back."""
+    ckpt_dir, conv_dir = tmp_path / "upstream", tmp_path / "converted"
+    ckpt_dir.mkdir()
+    for n, value in ((10, 1.0), (200, 2.0)):
+        torch.save({"state_dict": {"model": {"w": torch.full((2,), value)}, "disc": {"x": torch.ones(1)}}},
+                   ckpt_dir / f"model_ckpt_steps_{n}.ckpt")
+    assert resolve_model_file(ckpt_dir).name == "model_ckpt_steps_200.ckpt"
+    assert torch.equal(load_model_state_dict(ckpt_dir)["w"], torch.full((2,), 2.0))
+    assert set(load_model_state_dict(ckpt_dir / "model_ckpt_steps_10.ckpt")) == {"w"}
+    save_safetensors(conv_dir / "model.safetensors", {"w": torch.full((2,), 3.0)})
+    (conv_dir / "model_ckpt_steps_5.ckpt").write_bytes(b"not used")
+    assert resolve_model_file(conv_dir) == conv_dir / "model.safetensors"
+    assert torch.equal(load_model_state_dict(conv_dir)["w"], torch.full((2,), 3.0))
 
 
 def test_safetensors_round_trip_with_metadata_and_aliases(tmp_path):
