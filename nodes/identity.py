@@ -12,7 +12,6 @@ from .types import FaceModel, Identity, Renderer
 io = host.io
 
 LANDMARKER_ASSET, SEGMENTER_ASSET = "mediapipe_face_landmarker", "mediapipe_selfie_multiclass"
-UPSTREAM_FIT_ITERATIONS = 200  # pose and joint stages of upstream's 3DMM fit (the fine stage runs a quarter)
 
 
 class PrepareIdentity(io.ComfyNode):
@@ -20,6 +19,8 @@ class PrepareIdentity(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
+        from ..mimictalk_lib.identity import FitSchedule
+
         return io.Schema(
             node_id="MimicTalkPrepareIdentity",
             display_name="MimicTalk Prepare Identity",
@@ -38,7 +39,7 @@ class PrepareIdentity(io.ComfyNode):
                 io.Combo.Input("missing_faces", options=["drop", "interpolate"], default="drop",
                                tooltip="Frames where no face is found (at most 25 %): leave them out, or fill their "
                                        "landmarks in from the neighbours."),
-                io.Int.Input("fit_iterations", default=UPSTREAM_FIT_ITERATIONS, min=1, max=5000,
+                io.Int.Input("fit_iterations", default=FitSchedule().pose_iters, min=1, max=5000,
                              tooltip="3DMM fitting iterations per stage (upstream: 200). Fewer is faster and less accurate."),
                 io.Boolean.Input("auto_download", default=True,
                                  tooltip="Download the MediaPipe face landmarker and segmenter models when missing."),
@@ -72,7 +73,7 @@ class PrepareIdentity(io.ComfyNode):
         models = dict(landmarker=_model_file(LANDMARKER_ASSET, auto_download),
                       segmenter=_model_file(SEGMENTER_ASSET, auto_download))
         device = host.torch_device()
-        schedule = FitSchedule(pose_iters=fit_iterations, joint_iters=fit_iterations, fine_iters=max(1, fit_iterations // 4))
+        schedule = FitSchedule.with_iterations(fit_iterations)
         size = renderer_model(renderer.renderer).cfg.image_resolution if renderer is not None else FRAME_SIZE
         common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, size=size,
                       on_step=host.progress(1000), **models)

@@ -61,11 +61,10 @@ class Render(io.ComfyNode):
         from ..mimictalk_lib.pipeline import FPS, render_talking_head
 
         model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
-        frames = motion.shape[0] if motion.dim() == 2 else motion.shape[-2]
         head = render_talking_head(
             renderer.renderer, face_model, identity, motion, chunk_size=chunk_size, deterministic=deterministic,
-            generator=torch.Generator(device=model.device).manual_seed(seed), on_step=host.progress(frames), pose=pose,
-            map_to_init_pose=map_to_init_pose, blink=blink, blink_seed=seed, background=background,
+            generator=torch.Generator(device=model.device).manual_seed(seed), on_step=host.progress(motion.shape[-2]),
+            pose=pose, map_to_init_pose=map_to_init_pose, blink=blink, blink_seed=seed, background=background,
         )
         out = host.intermediate_device()
         return io.NodeOutput(head.images.to(out), head.masks.to(out), float(FPS))

@@ -73,6 +73,14 @@ class FitSchedule:
     def total(self) -> int:
         return self.pose_iters + self.joint_iters + self.fine_iters
 
+    @classmethod
+    def with_iterations(cls, iterations: int) -> "FitSchedule":
+        """``iterations`` steps for each of stages 1 and 2 and a quarter of that (at least 1) for
+        stage 3: upstream's 200 / 200 / 50 ratio scaled (Prepare Identity's ``fit_iterations``)."""
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise InputError(f"fit iterations must be a positive integer, got {iterations!r}")
+        return cls(pose_iters=iterations, joint_iters=iterations, fine_iters=max(1, iterations // 4))
+
 
 @dataclass(frozen=True)
 class FitWeights:

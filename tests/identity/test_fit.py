@@ -128,3 +128,10 @@ def test_fit_projection_equals_face_model(face_model):
     prob = _Problem(face_model, torch.zeros(t, 468, 2), VIDEO_WEIGHTS)
     ref = face_model.project_landmarks(id_.expand(t, 80), exp, euler, trans, which="mp468")
     torch.testing.assert_close(prob.project(id_, exp, euler, trans), ref, atol=1e-3, rtol=1e-5)
+
+
+def test_schedule_with_iterations_keeps_upstreams_ratio():
+    assert FitSchedule.with_iterations(200) == FitSchedule()  # upstream 200 / 200 / 50
+    assert FitSchedule.with_iterations(2).fine_iters == 1 and FitSchedule.with_iterations(2).total == 5
+    with pytest.raises(InputError, match="positive integer"):
+        FitSchedule.with_iterations(0)
