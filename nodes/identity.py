@@ -3,8 +3,6 @@ everything adaptation and rendering need about the person (``mimictalk_lib.ident
 
 from __future__ import annotations
 
-import torch
-
 from ..mimictalk_lib.errors import InputError
 from . import host
 from .types import FaceModel, Identity, Renderer
@@ -77,18 +75,17 @@ class PrepareIdentity(io.ComfyNode):
         size = renderer_model(renderer.renderer).cfg.image_resolution if renderer is not None else FRAME_SIZE
         common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, size=size,
                       on_step=host.progress(1000), **models)
-        with torch.inference_mode(False):  # the 3DMM fit is an optimisation (ComfyUI runs nodes in inference mode)
-            if images is not None and images.shape[0] == 1:
-                identity = prepare_photo_identity(images, **common)
-            elif images is not None:
-                identity = prepare_identity(images, fps=fps, missing=missing_faces, **common)
+        if images is not None and images.shape[0] == 1:
+            identity = prepare_photo_identity(images, **common)
+        elif images is not None:
+            identity = prepare_identity(images, fps=fps, missing=missing_faces, **common)
+        else:
+            source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+            if isinstance(source, str):  # a file: decoded in two streaming passes
+                identity = prepare_identity(source, missing=missing_faces, **common)
             else:
-                source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
-                if isinstance(source, str):  # a file: decoded in two streaming passes
-                    identity = prepare_identity(source, missing=missing_faces, **common)
-                else:
-                    parts = video.get_components()
-                    identity = prepare_identity(parts.images, fps=float(parts.frame_rate), missing=missing_faces, **common)
+                parts = video.get_components()
+                identity = prepare_identity(parts.images, fps=float(parts.frame_rate), missing=missing_faces, **common)
         return io.NodeOutput(identity, contact_sheet(identity).to(host.intermediate_device()))
 
 

@@ -100,10 +100,9 @@ class TrainAdapter(io.ComfyNode):
                 curve.append(float(losses["total_loss"]))
             bar(step, total, preview=preview)
 
-        with torch.inference_mode(False):
-            data = AdaptationData.from_identity(identity, face_model, model.cfg.secc_resolution)
-            adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
-                                    resume=checkpoint if resume and checkpoint.is_file() else None, on_step=on_step)
+        data = AdaptationData.from_identity(identity, face_model, model.cfg.secc_resolution)
+        adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
+                                resume=checkpoint if resume and checkpoint.is_file() else None, on_step=on_step)
         host.soft_empty_cache()
         return io.NodeOutput(adapter, loss_curve_image(curve).to(host.intermediate_device()))
 

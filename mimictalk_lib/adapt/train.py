@@ -316,7 +316,9 @@ def train_adapter(
 
     ``lpips`` is the perceptual network (:func:`.lpips.load_lpips`); None drops the LPIPS terms
     (tests). ``resume`` is a checkpoint written by an earlier run with the same settings; with a
-    ``work_dir`` the checkpoint and adapter are also kept up to date there.
+    ``work_dir`` the checkpoint and adapter are also kept up to date there. Callable from inside
+    ``torch.inference_mode`` (a ComfyUI node): training leaves it, and inference-mode weights and
+    identity tensors are cloned where autograd needs them.
     """
     with torch.inference_mode(False), torch.enable_grad():
         trainer = Trainer(renderer, data, lpips, config, device=device)

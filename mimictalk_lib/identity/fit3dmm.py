@@ -242,6 +242,7 @@ def _leaves(targets: torch.Tensor, lead: tuple, t: int) -> list:
     return [targets.new_zeros(*lead, n, d, requires_grad=True) for n, d in ((1, N_ID), (t, N_EXP), (t, 3), (t, 3))]
 
 
+@torch.inference_mode(False)  # an optimisation: callers (ComfyUI nodes) may run in inference mode
 @torch.enable_grad()
 def fit_clip(
     face_model,
@@ -256,7 +257,8 @@ def fit_clip(
 
     ``landmarks``: ``[T, 468 (or 478), 2+]`` pixels of ``image_size``² frames (y down), on the
     device to fit on; ``face_model`` must be on the same device. Returns fp32 coefficients there.
-    """
+    Works from inside ``torch.inference_mode`` (it leaves it for the optimisation; inference-mode
+    landmarks and face models are only read)."""
     lms = _check_landmarks(landmarks, "fit_clip")
     t = lms.shape[0]
     targets = to_fit_space(lms, image_size)[None]  # [1, T, 468, 2]: one problem
@@ -287,6 +289,7 @@ def _batch_starts(t: int, batch: int) -> list[int]:
     return [min(i * batch, t - batch) for i in range(n)]
 
 
+@torch.inference_mode(False)  # an optimisation: callers (ComfyUI nodes) may run in inference mode
 @torch.enable_grad()
 def fit_images(
     face_model,
@@ -299,7 +302,8 @@ def fit_images(
 ) -> FitResult:
     """Single-image fit (upstream ``fit_3dmm_for_a_image``) for ``B`` independent images at once:
     ``landmarks`` ``[B, 468 (or 478), 2+]``; every image gets its own identity (``id`` ``[B, 80]``).
-    Stage 3 runs 50 steps at lr 0.005 on all four coefficient groups of each image."""
+    Stage 3 runs 50 steps at lr 0.005 on all four coefficient groups of each image. Like
+    :func:`fit_clip`, callable from inside ``torch.inference_mode``."""
     lms = _check_landmarks(landmarks, "fit_images")
     n = lms.shape[0]
     targets = to_fit_space(lms, image_size)[:, None]  # [B, 1, 468, 2]: each image a 1-frame problem

@@ -135,3 +135,21 @@ def test_schedule_with_iterations_keeps_upstreams_ratio():
     assert FitSchedule.with_iterations(2).fine_iters == 1 and FitSchedule.with_iterations(2).total == 5
     with pytest.raises(InputError, match="positive integer"):
         FitSchedule.with_iterations(0)
+
+
+def test_fits_run_under_inference_mode(tmp_path):
+    """ComfyUI runs nodes under torch.inference_mode and loads models there: the fits leave it
+    themselves (they optimise with autograd) and give the same result as outside it."""
+    sched = FitSchedule(pose_iters=3, joint_iters=3, fine_iters=2, fine_batch=4)
+    with torch.inference_mode():
+        face = observable_face_model(tmp_path)  # buffers are inference tensors
+        c = synthetic_clip_landmarks(face, 6, noise_px=NOISE_PX, seed=7)
+        assert face.mean_shape.is_inference() and c["landmarks"].is_inference()
+        clip = fit_clip(face, c["landmarks"], 512, schedule=sched)
+        image = fit_images(face, c["landmarks"][:2], 512, schedule=sched)
+        assert torch.is_inference_mode_enabled()  # the caller's mode is restored
+    want_clip = fit_clip(face, c["landmarks"].clone(), 512, schedule=sched)
+    want_image = fit_images(face, c["landmarks"][:2].clone(), 512, schedule=sched)
+    for got, want in ((clip, want_clip), (image, want_image)):
+        for name in ("id", "exp", "euler", "trans", "landmark_error"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0)

@@ -75,6 +75,17 @@ def test_photo_identity(face_model, tmp_path):
                                segmenter=LandmarkSegmenter(), face_model=face_model)
 
 
+def test_clip_identity_under_inference_mode(face_model):
+    """As a ComfyUI node calls it (inference mode on, input frames inference tensors): the same
+    identity as outside inference mode."""
+    frames = draw_clip(25).float() / 255  # the shortest clip accepted: 1 s
+    want = run(frames, face_model)
+    with torch.inference_mode():
+        got = run(frames.clone(), face_model)
+    for name in ("frames", "segmaps", "id", "exp", "euler", "trans", "cameras", "keypoints", "plate", "torso_ref"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
 def tracked(frames, missing="drop", **kw):
     """The frame and landmark stages only (no segmentation, fit or plate)."""
     lm = BlobLandmarker()
