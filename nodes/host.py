@@ -221,7 +221,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         if mm.should_use_bf16(device):
             return torch.bfloat16
         return torch.float16 if mm.should_use_fp16(device) else torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    backend = torch.get_device_module(device.type)  # standalone on an accelerator: bf16 where it has it
+    if getattr(backend, "is_bf16_supported", None) is not None and backend.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 

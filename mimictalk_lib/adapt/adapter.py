@@ -181,7 +181,7 @@ _HALF_FIELDS = ("src_frame", "bg", "torso_ref")  # images in [-1, 1]: fp16 error
 def _pack(name: str, t: torch.Tensor) -> torch.Tensor:
     if name == "segmap":
         return t.to(torch.uint8)  # one-hot
-    return t.half() if name in _HALF_FIELDS else t.float()
+    return t.to(torch.float16) if name in _HALF_FIELDS else t.float()  # storage format only
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:

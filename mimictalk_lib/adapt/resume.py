@@ -110,17 +110,24 @@ def load_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
 # --- the global RNG streams (dropout, drop-path) a run owns -------------------------------------
 
 
+def forked_rng(device: torch.device):
+    """``torch.random.fork_rng`` over the CPU generator and, on an accelerator (CUDA, XPU, MPS,
+    ...), ``device``'s own: the process' streams are restored on exit."""
+    return torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type)
+
+
 def global_rng_states(device: torch.device) -> dict[str, torch.Tensor]:
-    """The process' global RNG states: CPU, and the CUDA device when training there."""
+    """The process' global RNG states: CPU, and the accelerator when training on one (keyed by
+    its ``device.type``)."""
     states = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type != "cpu":
+        states[device.type] = torch.get_device_module(device.type).get_rng_state(device)
     return states
 
 
 def seeded_global_rng(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The global RNG states ``torch.manual_seed(seed)`` gives, without touching the process' own."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.manual_seed(seed)
         return global_rng_states(device)
 
@@ -130,10 +137,10 @@ def own_global_rng(trainer: "Trainer") -> Iterator[None]:
     """Run a step on the trainer's own global RNG stream (``trainer.global_rng``, saved in
     checkpoints), restoring the process' RNG afterwards."""
     device = trainer.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.set_rng_state(trainer.global_rng["cpu"])
-        if "cuda" in trainer.global_rng:
-            torch.cuda.set_rng_state(trainer.global_rng["cuda"], device)
+        if device.type in trainer.global_rng and device.type != "cpu":
+            torch.get_device_module(device.type).set_rng_state(trainer.global_rng[device.type], device)
         try:
             yield
         finally:

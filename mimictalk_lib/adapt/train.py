@@ -54,7 +54,7 @@ from .losses import (
 )
 from .lpips import LPIPS
 from .lpips import MIN_SIZE as LPIPS_MIN_SIZE
-from .resume import own_global_rng, seeded_global_rng
+from .resume import forked_rng, own_global_rng, seeded_global_rng
 
 ADAM_BETAS = (0.9, 0.98)
 ADAMW_WEIGHT_DECAY = 0.01  # upstream, tri-grid only (no LoRA)
@@ -130,8 +130,7 @@ class Trainer:
                 f"{renderer.cfg.image_resolution}x{renderer.cfg.image_resolution}; prepare the identity at that size"
             )
         self.config, self.data, self.lpips, self.device = config, data, lpips, device
-        cuda = [device] if device.type == "cuda" else []
-        with torch.inference_mode(False), torch.random.fork_rng(devices=cuda):
+        with torch.inference_mode(False), forked_rng(device):
             torch.manual_seed(config.seed + 3)  # LoRA A init (Kaiming) draws from the global RNG
             self.model = (share_copy(renderer, trainable=True) if config.lora_mode == "none" else
                           inject_lora(renderer, config.lora_mode, config.lora_r, conv_lora=config.conv_lora))

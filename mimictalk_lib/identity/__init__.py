@@ -3,9 +3,10 @@
 
 Typical use::
 
+    device = torch.device("cpu")                          # or the accelerator to fit on
     identity = prepare_identity("me.mp4", landmarker="face_landmarker.task",
                                 segmenter="selfie_multiclass_256x256.tflite", face_model="BFM/",
-                                device="cuda", output="me.identity.safetensors")
+                                device=device, output="me.identity.safetensors")
     identity = Identity.load("me.identity.safetensors")
     sheet = contact_sheet(identity)                       # [1, 512, 1024, 3] float preview
     photo = prepare_photo_identity("portrait.png", landmarker=..., segmenter=..., face_model=...)

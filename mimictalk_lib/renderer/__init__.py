@@ -4,7 +4,7 @@ Public API (imported lazily, so ``import mimictalk_lib.renderer`` is cheap)::
 
     from mimictalk_lib.renderer import load_renderer, RendererConfig, Renderer
 
-    loaded = load_renderer("model_ckpt_steps_10000.ckpt", device="cuda", dtype=torch.bfloat16)
+    loaded = load_renderer("model_ckpt_steps_10000.ckpt", device=device, dtype=torch.bfloat16)  # a GPU device
     planes = loaded.cano_planes                      # personalised tri-grid, or
     planes = loaded.model.cano_planes(ref_image)     # one-shot (Real3D-Portrait) from an image
     out = loaded.model.render_frames(planes, cano_secc, src_secc, drv_secc, camera,

@@ -106,3 +106,16 @@ def test_host_module_is_the_only_comfyui_importer_in_the_pack(repo_root):
 def test_no_import_time_side_effect_code_in_the_pack_entry(repo_root, needle):
     for path in [repo_root / "__init__.py", repo_root / "nodes" / "__init__.py", repo_root / "nodes" / "host.py"]:
         assert needle not in path.read_text(encoding="utf-8"), f"{needle!r} in {path.name}"
+
+
+DEVICE_LITERAL = re.compile(r"""["']cuda(:[0-9])?["']|\.cuda\(\)|\.half\(\)""")
+
+
+def test_devices_and_dtypes_are_arguments_in_shipped_code(repo_root):
+    """DESIGN.md: no hard-coded "cuda", .cuda() or .half() in the pack and the library (tests and
+    bench scripts may name devices)."""
+    files = [repo_root / "__init__.py", *sorted((repo_root / "nodes").rglob("*.py")),
+             *sorted((repo_root / "mimictalk_lib").rglob("*.py"))]
+    offenders = [f"{p.relative_to(repo_root)}:{n}" for p in files
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if DEVICE_LITERAL.search(line)]
+    assert offenders == []
