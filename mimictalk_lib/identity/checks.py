@@ -14,7 +14,7 @@ import torch
 
 from ..errors import InputError
 from ..utils import logger
-from .frames import TARGET_FPS, CropBox, face_boxes
+from .frames import FACE_HEIGHT_FRACTION, FRAME_SIZE, TARGET_FPS, CropBox, face_boxes
 
 MAX_BAD_FRACTION = 0.25
 """Largest share of frames without a usable face that is repaired instead of refused."""
@@ -42,8 +42,8 @@ def check_face_size(box_heights: torch.Tensor, what: str) -> None:
         )
     if h < SMALL_FACE_PX:
         logger.warning(
-            "%s: the face is %.0f px tall; the 512x512 portrait is upscaled %.1fx, expect a blurry identity",
-            what, h, 512 * 0.52 / h,
+            "%s: the face is %.0f px tall; the %dx%d portrait is upscaled %.1fx, expect a blurry identity",
+            what, h, FRAME_SIZE, FRAME_SIZE, FRAME_SIZE * FACE_HEIGHT_FRACTION / h,
         )
 
 

@@ -13,7 +13,7 @@ tomllib = pytest.importorskip("tomllib")
 FORBIDDEN = {"torch", "torchvision", "torchaudio", "torchsde"}  # ComfyUI provides them; Manager skips them
 NEEDS_COMPILER_OR_NATIVE = {"pytorch3d", "mmcv", "mmcv-full", "dlib", "insightface", "onnxruntime-gpu", "mediapipe"}
 OPENCV = {"opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"}
-CORE = {"safetensors", "peft", "librosa", "numpy", "kornia", "huggingface-hub", "einops", "transformers", "av"}
+CORE = {"safetensors", "peft", "librosa", "numpy", "huggingface-hub", "einops", "transformers", "av"}
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<spec>.*)$")
 LOWER_BOUND = re.compile(r"^>=\s*\d+(\.\d+)*$")
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")

@@ -151,3 +151,20 @@ def test_decode_probe_and_resample_a_file(tmp_path):
 def test_missing_video_file(tmp_path):
     with pytest.raises(AssetMissingError, match="not found"):
         probe_video(tmp_path / "nope.mp4")
+
+
+def test_face_size_check_refuses_tiny_faces_and_warns_with_the_upscale(caplog):
+    import logging
+
+    from mimictalk_lib.identity.checks import MIN_FACE_PX, SMALL_FACE_PX, check_face_size
+    from mimictalk_lib.identity.frames import FACE_HEIGHT_FRACTION, FRAME_SIZE
+
+    with pytest.raises(InputError, match=f"only {MIN_FACE_PX - 10} px tall"):
+        check_face_size(torch.full((5,), MIN_FACE_PX - 10.0), "clip")
+    with caplog.at_level(logging.WARNING):
+        check_face_size(torch.full((5,), 100.0), "clip")
+    assert f"{FRAME_SIZE}x{FRAME_SIZE} portrait is upscaled {FRAME_SIZE * FACE_HEIGHT_FRACTION / 100:.1f}x" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_face_size(torch.full((5,), float(SMALL_FACE_PX)), "clip")
+    assert "upscaled" not in caplog.text
