@@ -25,3 +25,26 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real media folder {SHARED_DATA} is absent (only on developer machines)")
     return SHARED_DATA
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+# Test folders whose tests run many small tensor ops (tiny a2m transformers, landmark fits on a few
+# dozen frames, 512² masks). There torch's intra-op threading costs more than it gives: on the
+# shared 2-core test machine the identity tests took 66 s with one thread and 266 s with two, the
+# a2m sampler tests ~10x longer. Results do not depend on the thread count.
+ONE_THREAD_FOLDERS = {"a2m", "identity"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread_for_small_ops(request):
+    path = pathlib.Path(str(request.path))
+    if path.parent.name not in ONE_THREAD_FOLDERS:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
