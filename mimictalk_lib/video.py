@@ -11,6 +11,10 @@ does both:
   there, written with ``movflags=use_metadata_tags`` as core ``SaveVideo`` does).
 * :func:`read_video` -- frames (uint8), fps, per-frame timestamps and the audio track.
   :func:`read_audio` -- only the audio track (``None`` when the file has none).
+* :func:`iter_video` / :func:`iter_frames` -- the one decoder of video (and image) files, frame by
+  frame or in chunks, with timestamps; :func:`probe` -- rate, reported length and size without
+  decoding. The identity preparation decodes its clips and photos through these too, so every
+  file error (missing, unreadable, no video stream) is the same :class:`InputError`.
 
 Audio is an :class:`Audio`: float32 waveform ``[C, N]`` in about -1..1 and a sample rate.
 :func:`as_audio` accepts that, a ComfyUI AUDIO dict (``{"waveform": [1, C, N], "sample_rate"}``), or
@@ -137,8 +141,12 @@ def _aac_rate(rate: int) -> int:
 # --- frames --------------------------------------------------------------------------------------
 
 
-def to_uint8_frames(frames: Frames) -> np.ndarray:
-    """[T, H, W, 3] or [H, W, 3] uint8 (0..255) or float (0..1, clamped) -> uint8 numpy [T, H, W, 3]."""
+def to_uint8_array(frames: Frames) -> np.ndarray:
+    """Frames to encode: [T, H, W, 3] or [H, W, 3], uint8 (0..255) or float (0..1; values outside
+    are clamped, as renders may overshoot slightly) -> uint8 numpy [T, H, W, 3].
+
+    The float -> uint8 rounding here is the one every frame conversion uses; input images that
+    need checking (range, grayscale, alpha) go through ``identity.frames.to_uint8_frames`` first."""
     if isinstance(frames, torch.Tensor):
         t = frames.detach()
         if t.is_floating_point():
@@ -280,7 +288,7 @@ class VideoWriter:
 
     def write(self, frames: Frames) -> None:
         """Append frames: [T, H, W, 3] or one [H, W, 3], uint8 0..255 or float 0..1."""
-        arr = to_uint8_frames(frames)
+        arr = to_uint8_array(frames)
         if self._video is None:
             self._open_video(arr.shape[1], arr.shape[2])
         if arr.shape[1:3] != self._size:
@@ -383,15 +391,52 @@ class VideoClip:
     metadata: dict  # container metadata (strings)
 
 
-def _open(path: Union[str, os.PathLike]):
-    av = _import_av()
+def require_file(path: Union[str, os.PathLike], what: str = "video") -> str:
+    """``path`` as a string, or InputError naming it when there is no such file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"video file not found: '{path}'")
+        raise InputError(f"{what} file not found: '{path}'. Check the path or upload the file.")
+    return path
+
+
+def _open(path: Union[str, os.PathLike], what: str = "video"):
+    av = _import_av()
+    path = require_file(path, what)
     try:
         return av.open(path)
     except av.error.FFmpegError as e:
         raise InputError(f"cannot open '{path}' as a media file: {e}") from e
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a file's container says about its first video stream, without decoding it."""
+
+    fps: float  # average frame rate (guessed when the container has none; DEFAULT_FPS last)
+    num_frames: int  # frame count the container reports, 0 when unknown (never trust it as exact)
+    width: int
+    height: int
+    metadata: dict  # container metadata (strings)
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        raise InputError(f"'{path}' has no video stream; expected a video or image file")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+
+
+def probe(path: Union[str, os.PathLike]) -> StreamInfo:
+    """Frame rate, reported length, size and metadata of a video (or image) file."""
+    with _open(path) as container:
+        stream = _video_stream(container, os.fspath(path))
+        return StreamInfo(
+            fps=_stream_fps(stream), num_frames=int(stream.frames or 0), width=stream.codec_context.width,
+            height=stream.codec_context.height, metadata=dict(container.metadata),
+        )
 
 
 def _decode_audio(container) -> Optional[Audio]:
@@ -414,28 +459,36 @@ def _decode_audio(container) -> Optional[Audio]:
 
 def read_audio(path: Union[str, os.PathLike]) -> Optional[Audio]:
     """The first audio track of a video or audio file as an :class:`Audio`, or ``None``."""
-    with _open(path) as container:
+    with _open(path, "audio") as container:
         return _decode_audio(container)
 
 
-def iter_frames(path: Union[str, os.PathLike], chunk_size: int = 16) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Decode the first video stream in chunks: yields (uint8 [n, H, W, 3], float64 [n] seconds)."""
+def iter_video(path: Union[str, os.PathLike]) -> Iterator[tuple[np.ndarray, float]]:
+    """Decode the first video stream frame by frame: yields (uint8 numpy [H, W, 3] RGB, seconds).
+
+    Frames without a presentation time get the previous time plus one frame at the stream rate
+    (the first one 0.0), so the timestamps are always numbers."""
     with _open(path) as container:
-        if not container.streams.video:
-            raise InputError(f"'{os.fspath(path)}' has no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, os.fspath(path))
         stream.thread_type = "AUTO"
-        fallback = 1.0 / float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
-        imgs, times, last = [], [], -fallback
+        step = 1.0 / _stream_fps(stream)
+        last = -step
         for frame in container.decode(stream):
-            last = frame.time if frame.time is not None else last + fallback
-            imgs.append(frame.to_ndarray(format="rgb24"))
-            times.append(last)
-            if len(imgs) == chunk_size:
-                yield torch.from_numpy(np.stack(imgs)), torch.tensor(times, dtype=torch.float64)
-                imgs, times = [], []
-        if imgs:
+            last = frame.time if frame.time is not None else last + step
+            yield frame.to_ndarray(format="rgb24"), last
+
+
+def iter_frames(path: Union[str, os.PathLike], chunk_size: int = 16) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`iter_video` in chunks: yields (uint8 [n, H, W, 3], float64 [n] seconds)."""
+    imgs, times = [], []
+    for img, t in iter_video(path):
+        imgs.append(img)
+        times.append(t)
+        if len(imgs) == chunk_size:
             yield torch.from_numpy(np.stack(imgs)), torch.tensor(times, dtype=torch.float64)
+            imgs, times = [], []
+    if imgs:
+        yield torch.from_numpy(np.stack(imgs)), torch.tensor(times, dtype=torch.float64)
 
 
 def read_video(path: Union[str, os.PathLike], *, with_audio: bool = True, max_frames: Optional[int] = None) -> VideoClip:
@@ -450,12 +503,9 @@ def read_video(path: Union[str, os.PathLike], *, with_audio: bool = True, max_fr
             break
     if not frames:
         raise InputError(f"'{os.fspath(path)}' has no decodable video frames")
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
-        metadata = dict(container.metadata)
-        audio = _decode_audio(container) if with_audio else None
+    info = probe(path)
+    audio = read_audio(path) if with_audio else None
     out_frames, out_times = torch.cat(frames), torch.cat(times)
     if max_frames is not None:
         out_frames, out_times = out_frames[:max_frames], out_times[:max_frames]
-    return VideoClip(frames=out_frames, fps=fps, timestamps=out_times, audio=audio, metadata=metadata)
+    return VideoClip(frames=out_frames, fps=info.fps, timestamps=out_times, audio=audio, metadata=info.metadata)

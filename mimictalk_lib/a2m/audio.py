@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..video import as_audio, read_audio
+from ..video import as_audio, read_audio, require_file
 
 SAMPLE_RATE = 16_000  # HuBERT-large (facebook/hubert-large-ls960-ft) input rate
 MIN_SAMPLES = 400  # one HuBERT frame: the CNN front end's receptive field (25 ms)
@@ -78,9 +78,7 @@ def load_audio(source: Any, sample_rate: int | None = None) -> torch.Tensor:
     Raises InputError for a missing/unreadable file, a bad sample rate, non-finite samples,
     empty or silent audio, and audio shorter than one HuBERT frame (400 samples = 25 ms)."""
     if isinstance(source, (str, os.PathLike)):
-        what = os.fspath(source)
-        if not os.path.isfile(what):
-            raise InputError(f"audio file not found: '{what}'. Check the path or upload the file.")
+        what = require_file(source, "audio")
         wave, rate = _decode_file(what)
     else:
         what = "audio input"

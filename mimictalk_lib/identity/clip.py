@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..utils import ProgressFn, logger
+from ..video import iter_video
 from .checks import bad_frame_policy, check_face_size, check_length, cut_off_frames, interpolate_missing
 from .frames import (
     FRAME_SIZE,
@@ -25,12 +26,12 @@ from .frames import (
     crop_frames,
     face_boxes,
     is_variable_rate,
-    iter_video,
     probe_video,
     resample_indices,
     shrink_to,
     timestamps_from,
     to_uint8_frames,
+    whole_frame_crop,
 )
 from .landmarks import Landmarker, warn_multiple_faces
 
@@ -91,15 +92,6 @@ def find_crop(
     return choose_crop(boxes), several
 
 
-def _square_crop(h: int, w: int, what: str) -> CropBox:
-    if h != w:
-        raise InputError(
-            f"{what}: crop='none' keeps frames as given, but they are {w}x{h}, not square. Use "
-            "crop='auto' (finds the face and cuts a square portrait) or crop the clip to a square first."
-        )
-    return CropBox(0, 0, h)
-
-
 def load_clip(
     source,
     *,
@@ -134,7 +126,7 @@ def load_clip(
 
     several = False
     if crop == "none":
-        box = _square_crop(h, w, what)
+        box = whole_frame_crop(h, w, what)
     elif is_file:
         keys = sorted(info.samples)
         samples = torch.from_numpy(np.stack([info.samples[k] for k in keys]))

@@ -15,14 +15,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import AssetMissingError, InputError
+from ..errors import InputError
 from ..utils import logger
+from ..video import iter_video, probe, to_uint8_array
 
 TARGET_FPS = 25.0
 """Frame rate of every identity clip (upstream ``ffmpeg -vf fps=25``; MimicTalk issue #22)."""
@@ -67,7 +68,9 @@ def to_uint8_frames(frames: torch.Tensor | np.ndarray, name: str = "frames") -> 
 
     Accepts ComfyUI IMAGE batches (float ``[B, H, W, C]`` in 0..1), uint8 batches, a single
     ``[H, W, C]`` image, and grayscale (``C == 1`` or ``[B, H, W]``) or RGBA (``C == 4``) input:
-    grayscale is replicated to RGB and alpha is dropped (both are logged).
+    grayscale is replicated to RGB and alpha is dropped (both are logged). Unlike the video
+    writer's ``video.to_uint8_array`` (which it uses for the conversion) it checks its input:
+    float pixels outside 0..1 and images under 16 px are refused.
     """
     t = torch.as_tensor(frames).detach().cpu()
     if t.dim() == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] > 4:
@@ -87,16 +90,14 @@ def to_uint8_frames(frames: torch.Tensor | np.ndarray, name: str = "frames") -> 
     elif t.shape[-1] == 4:
         logger.info("%s: RGBA input, dropping the alpha channel", name)
         t = t[..., :3]
-    if t.dtype == torch.uint8:
-        return t.contiguous()
-    if not t.is_floating_point():
+    if not (t.dtype == torch.uint8 or t.is_floating_point()):
         raise InputError(f"{name}: expected uint8 or float pixels, got {t.dtype}")
-    if float(t.min()) < -1e-3 or float(t.max()) > 1.0 + 1e-3:
+    if t.is_floating_point() and (float(t.min()) < -1e-3 or float(t.max()) > 1.0 + 1e-3):
         raise InputError(
             f"{name}: float pixels must be in 0..1 (ComfyUI IMAGE), got range "
             f"[{float(t.min()):.3f}, {float(t.max()):.3f}]"
         )
-    return (t.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(to_uint8_array(t)))
 
 
 # --------------------------------------------------------------------------- resampling
@@ -168,58 +169,13 @@ class VideoInfo:
     samples: dict  # decoded index -> uint8 [h, w, 3] (downscaled) frame for face search
 
 
-def _open_video(path: str | os.PathLike):
-    try:
-        import av  # PyAV is a core dependency; imported here so decoding stays optional at import
-    except ImportError as e:  # pragma: no cover - av is in requirements
-        from ..errors import DependencyMissingError
-
-        raise DependencyMissingError("PyAV is needed to decode videos: pip install av") from e
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AssetMissingError(f"video file not found: {path}")
-    try:
-        container = av.open(path)
-    except av.error.FFmpegError as e:
-        raise InputError(f"cannot open {path} as a video: {e}") from e
-    if not container.streams.video:
-        container.close()
-        raise InputError(f"{path} has no video stream")
-    return container
-
-
-def iter_video(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, Optional[float]]]:
-    """Yield ``(rgb uint8 [H, W, 3], timestamp seconds or None)`` for every decoded frame."""
-    container = _open_video(path)
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24"), frame.time
-    finally:
-        container.close()
-
-
-def _fill_timestamps(raw: list[Optional[float]], fps_hint: float) -> np.ndarray:
-    """Replace missing timestamps by extrapolating at the stream rate."""
-    ts = np.empty(len(raw))
-    for i, t in enumerate(raw):
-        ts[i] = t if t is not None else (ts[i - 1] + 1.0 / fps_hint if i else 0.0)
-    return ts
-
-
 def probe_video(path: str | os.PathLike, max_samples: int = 24, sample_side: int = 960) -> VideoInfo:
     """Pass one: timestamps of every frame plus up to ``max_samples`` evenly spaced frames,
-    downscaled so the long side is at most ``sample_side``, for the face search."""
-    container = _open_video(path)
-    try:
-        stream = container.streams.video[0]
-        n_est = stream.frames or 0
-        fps_hint = float(stream.average_rate or stream.guessed_rate or TARGET_FPS)
-    finally:
-        container.close()
+    downscaled so the long side is at most ``sample_side``, for the face search. Decoding (and
+    the InputError for a missing or unreadable file) is ``video.iter_video``'s."""
+    n_est = probe(path).num_frames
     stride = max(1, n_est // max_samples) if n_est else 1
-    raw_ts: list[Optional[float]] = []
+    raw_ts: list[float] = []
     samples: dict = {}
     h = w = 0
     for i, (img, t) in enumerate(iter_video(path)):
@@ -233,7 +189,7 @@ def probe_video(path: str | os.PathLike, max_samples: int = 24, sample_side: int
         keep = np.linspace(0, len(samples) - 1, max_samples).round().astype(int)
         keys = sorted(samples)
         samples = {keys[k]: samples[keys[k]] for k in keep}
-    return VideoInfo(_fill_timestamps(raw_ts, fps_hint), h, w, samples)
+    return VideoInfo(np.asarray(raw_ts, dtype=np.float64), h, w, samples)
 
 
 def shrink_to(frames: torch.Tensor, max_side: int) -> tuple[torch.Tensor, float]:
@@ -326,12 +282,17 @@ def resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Ten
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def resize_square(frames: torch.Tensor, size: int = FRAME_SIZE, name: str = "frames") -> torch.Tensor:
-    """Frames that are already portrait crops: check they are square, resize to ``size``²."""
-    _, h, w, _ = frames.shape
+def whole_frame_crop(h: int, w: int, name: str = "frames") -> CropBox:
+    """The crop of ``crop='none'``: the whole frame, which must already be a square portrait."""
     if h != w:
         raise InputError(
             f"{name}: crop='none' keeps frames as given, but they are {w}x{h}, not square. Use "
-            "crop='auto' (finds the face and cuts a square portrait) or crop the clip to a square first."
+            "crop='auto' (finds the face and cuts a square portrait) or crop the input to a square first."
         )
-    return crop_frames(frames, CropBox(0, 0, h), size=size)
+    return CropBox(0, 0, h)
+
+
+def resize_square(frames: torch.Tensor, size: int = FRAME_SIZE, name: str = "frames") -> torch.Tensor:
+    """Frames that are already portrait crops: check they are square, resize to ``size``²."""
+    _, h, w, _ = frames.shape
+    return crop_frames(frames, whole_frame_crop(h, w, name), size=size)

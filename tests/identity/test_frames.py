@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mimictalk_lib.errors import AssetMissingError, InputError
+from mimictalk_lib.errors import InputError
 from mimictalk_lib.identity.frames import (
     FACE_CENTRE_Y_FRACTION,
     FACE_HEIGHT_FRACTION,
@@ -18,7 +18,9 @@ from mimictalk_lib.identity.frames import (
     resize_square,
     timestamps_from,
     to_uint8_frames,
+    whole_frame_crop,
 )
+from mimictalk_lib.video import to_uint8_array
 
 
 def test_resample_same_rate_is_identity():
@@ -79,6 +81,17 @@ def test_to_uint8_converts_float_gray_alpha():
         to_uint8_frames(torch.full((1, 20, 20, 3), 2.0))
     with pytest.raises(InputError, match="B, H, W, C"):
         to_uint8_frames(torch.zeros(1, 20, 20, 5))
+    with pytest.raises(InputError, match="int32"):
+        to_uint8_frames(torch.zeros(1, 20, 20, 3, dtype=torch.int32))
+
+
+def test_to_uint8_frames_rounds_like_the_video_writer():
+    f = torch.rand(3, 20, 24, 3)
+    f[0, 0, 0] = torch.tensor([0.0, 1.0, 1.0005])  # the edges and the tolerated overshoot
+    out = to_uint8_frames(f)
+    assert isinstance(out, torch.Tensor) and torch.equal(out, torch.from_numpy(to_uint8_array(f)))
+    u8 = torch.randint(0, 256, (2, 20, 20, 3), dtype=torch.uint8)
+    assert torch.equal(to_uint8_frames(u8), u8) and to_uint8_frames(u8[0]).shape == (1, 20, 20, 3)
 
 
 def test_choose_crop_reproduces_portrait_framing():
@@ -116,6 +129,9 @@ def test_crop_frames_padding_and_resize():
 def test_resize_square_refuses_non_square():
     with pytest.raises(InputError, match="not square"):
         resize_square(torch.zeros(1, 30, 40, 3, dtype=torch.uint8))
+    with pytest.raises(InputError, match="photo: crop='none' keeps frames as given, but they are 40x30"):
+        whole_frame_crop(30, 40, "photo")
+    assert whole_frame_crop(30, 30) == CropBox(0, 0, 30)
     assert resize_square(torch.zeros(1, 30, 30, 3, dtype=torch.uint8), size=64).shape == (1, 64, 64, 3)
 
 
@@ -148,9 +164,13 @@ def test_decode_probe_and_resample_a_file(tmp_path):
     assert levels == list(range(36))
 
 
-def test_missing_video_file(tmp_path):
-    with pytest.raises(AssetMissingError, match="not found"):
+def test_missing_or_unreadable_video_file(tmp_path):
+    with pytest.raises(InputError, match="video file not found"):
         probe_video(tmp_path / "nope.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(InputError, match="cannot open"):
+        probe_video(bad)
 
 
 def test_face_size_check_refuses_tiny_faces_and_warns_with_the_upscale(caplog):
