@@ -11,7 +11,7 @@ import torch
 from ..utils import ProgressFn, check_shape, report
 from .audio import load_audio
 from .hubert import CLIP_FRAMES, HubertEncoder, num_hubert_frames, pad_to_multiple
-from .pitch import CHUNK_FRAMES, extract_f0, num_f0_frames
+from .pitch import PitchTracker, extract_f0, num_f0_frames, num_f0_steps, resolve_pitch_tracker
 
 
 @dataclass(frozen=True)
@@ -57,17 +57,20 @@ def extract_audio_features(
     *,
     sample_rate: int | None = None,
     with_f0: bool = True,
+    pitch_tracker: PitchTracker = "auto",
     on_step: ProgressFn | None = None,
 ) -> AudioFeatures:
     """Load `audio` (path, ComfyUI AUDIO dict, or waveform + sample_rate; see `load_audio`) and
     compute HuBERT features padded to a multiple of 8 and the f0 track aligned to them.
 
     with_f0=False skips pitch tracking (f0 = 0): enough for checkpoints without auxiliary
-    features, whose motion does not depend on f0. on_step(done, total, stage=...) is called
-    after each HuBERT clip and f0 chunk."""
+    features, whose motion does not depend on f0. pitch_tracker picks the f0 tracker ("auto",
+    "praat" = upstream's exact f0 if praat-parselmouth is installed, "pyin"; see `extract_f0`).
+    on_step(done, total, stage=...) is called after each HuBERT clip and f0 chunk."""
     wav = load_audio(audio, sample_rate)
+    tracker = resolve_pitch_tracker(pitch_tracker) if with_f0 else None  # fail before HuBERT
     n_clips = -(-num_hubert_frames(len(wav)) // CLIP_FRAMES)
-    n_f0 = -(-num_f0_frames(len(wav)) // CHUNK_FRAMES) if with_f0 else 0
+    n_f0 = num_f0_steps(len(wav), tracker) if with_f0 else 0
     total = n_clips + n_f0
 
     def step(offset):
@@ -75,7 +78,7 @@ def extract_audio_features(
 
     feats = pad_to_multiple(hubert(wav, on_step=step(0)))  # [T_a, hidden]
     if with_f0:
-        f0 = extract_f0(wav, feats.shape[0], on_step=step(n_clips))
+        f0 = extract_f0(wav, feats.shape[0], tracker=tracker, on_step=step(n_clips))
     else:
         f0 = torch.zeros(feats.shape[0])
     return AudioFeatures(hubert=feats, f0=f0, num_samples=len(wav))

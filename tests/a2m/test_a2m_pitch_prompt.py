@@ -1,4 +1,4 @@
-"""f0 tracking at the HuBERT rate and style prompts (clip crop, usable frames, image prompt)."""
+"""pYIN f0 tracking at the HuBERT rate; style prompts (clip crop, usable frames, image prompt)."""
 
 import math
 
@@ -18,7 +18,7 @@ def tone_then_silence(freq=220.0, start=0.5, stop=1.3, total=1.8, rate=16_000):
 @pytest.fixture(scope="module")
 def tone_f0():
     wav = tone_then_silence()
-    return wav, extract_f0(wav, num_frames=96)  # 89 frames of audio, zero-padded to 96
+    return wav, extract_f0(wav, num_frames=96, tracker="pyin")  # 89 frames of audio, zero-padded to 96
 
 
 def test_f0_of_a_tone_and_of_silence(tone_f0):
@@ -36,7 +36,7 @@ def test_f0_of_a_tone_and_of_silence(tone_f0):
 
 def test_chunked_tracking_matches_one_pass(tone_f0):
     wav, f0 = tone_f0
-    chunked = extract_f0(wav, num_frames=96, chunk_frames=30)
+    chunked = extract_f0(wav, num_frames=96, tracker="pyin", chunk_frames=30)
     same = (chunked > 0) == (f0 > 0)
     assert same.float().mean() > 0.95
     both = (chunked > 0) & (f0 > 0)
