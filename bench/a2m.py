@@ -1,8 +1,9 @@
 """Audio -> motion speed and peak memory at the full sizes (HuBERT-large + ICS-A2M).
 
-    python bench/a2m.py                                  # CPU fp32 + CUDA fp32/bf16 when available
-    python bench/a2m.py --device cpu --seconds 10,60
-    python bench/a2m.py --device cuda --dtypes fp32,bf16 --seconds 10,60,600
+    python -m bench.a2m                                  # CPU fp32 + CUDA fp32/bf16 when available
+    python -m bench.a2m --device cpu --seconds 10,60
+    python -m bench.a2m --device cuda --dtypes fp32,bf16 --seconds 10,60,600
+    python -m bench.a2m --tiny --device cpu              # smoke test: tiny HuBERT + ICS-A2M, 2 s
 
 Random weights (speed does not depend on the values): HuBERT-large from its config
 (facebook/hubert-large-ls960-ft sizes), ICS-A2M with auxiliary features (35 M parameters).
@@ -17,23 +18,20 @@ own: CUDA = torch.cuda.max_memory_allocated per stage, CPU = the process's peak 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-STYLE_FRAMES = 125  # 5 s style prompt
+import torch
+
+from bench import _common as common
+
+FULL_SECONDS, TINY_SECONDS = "10,60", "2"
+SAMPLE_RATE = 16_000  # HuBERT input rate
+STYLE_FRAMES = 125  # 5 s style prompt at 25 fps
+STEPS, CFG_SCALE = 20, 1.5  # upstream sampling defaults (20 grid points, midpoint)
 
 
-def speech_like(seconds: float, rate: int = 16_000):
+def speech_like(seconds: float, rate: int = SAMPLE_RATE) -> torch.Tensor:
     """A voiced-sounding test signal: a 110-230 Hz glide with harmonics, syllable-rate envelope."""
-    import torch
-
     t = torch.arange(int(seconds * rate)) / rate
     f = 170 + 60 * torch.sin(2 * math.pi * 0.3 * t)
     phase = 2 * math.pi * torch.cumsum(f, 0) / rate
@@ -43,100 +41,74 @@ def speech_like(seconds: float, rate: int = 16_000):
             + 0.01 * torch.randn(t.shape, generator=gen)).float()
 
 
-def _worker(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(ROOT))
-    import resource
+def _models(tiny: bool, device: torch.device, dtype: torch.dtype):
+    """HuBERT encoder and ICS-A2M (with auxiliary features), random weights, full or tiny."""
+    from mimictalk_lib.a2m import A2MConfig, HubertEncoder, InContextAudio2MotionModel, hubert_large_config
 
-    import torch
-
-    from mimictalk_lib.a2m import (
-        A2MConfig, AudioFeatures, HubertEncoder, InContextAudio2MotionModel, StylePrompt,
-        extract_audio_features, extract_f0, hubert_large_config, sample_motion,
-    )
-
-    device, dtype = torch.device(args.device), getattr(torch, DTYPES[args.dtype])
     torch.manual_seed(0)
-    hubert = HubertEncoder.from_config(hubert_large_config(), device, dtype)
-    a2m = InContextAudio2MotionModel(A2MConfig.full(use_aux_features=True)).to(device=device, dtype=dtype).eval()
+    if tiny:
+        from tests.fixtures.tiny_a2m import tiny_hubert_config
+
+        hubert_cfg, a2m_cfg = tiny_hubert_config(), A2MConfig.tiny(use_aux_features=True)
+    else:
+        hubert_cfg, a2m_cfg = hubert_large_config(), A2MConfig.full(use_aux_features=True)
+    hubert = HubertEncoder.from_config(hubert_cfg, device, dtype)
+    a2m = InContextAudio2MotionModel(a2m_cfg).to(device=device, dtype=dtype).eval()
+    return hubert, a2m
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from mimictalk_lib.a2m import AudioFeatures, StylePrompt, extract_audio_features, extract_f0, sample_motion
+
+    device, dtype, seconds = torch.device(args.device), common.DTYPES[args.dtypes], float(args.seconds)
+    hubert, a2m = _models(args.tiny, device, dtype)
     gen = torch.Generator().manual_seed(0)
-    style = StylePrompt(torch.randn(STYLE_FRAMES, 64, generator=gen) * 0.3,
-                        torch.randn(2 * STYLE_FRAMES, 1024, generator=gen) * 0.5,
+    style = StylePrompt(torch.randn(STYLE_FRAMES, a2m.cfg.motion_dim, generator=gen) * 0.3,
+                        torch.randn(2 * STYLE_FRAMES, hubert.hidden_size, generator=gen) * 0.5,
                         torch.full((2 * STYLE_FRAMES,), 150.0))
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def peak_mb() -> float:
-        if device.type == "cuda":
-            return torch.cuda.max_memory_allocated(device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    warm = extract_audio_features(speech_like(1.0), hubert, sample_rate=16_000)
+    warm = extract_audio_features(speech_like(1.0), hubert, sample_rate=SAMPLE_RATE)
     sample_motion(a2m, warm, style, steps=3, generator=gen)
-    sync()
+    common.sync(device)
 
-    wav = speech_like(args.seconds)
-    out = {"device": args.device, "dtype": args.dtype, "seconds": args.seconds}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    feats = extract_audio_features(wav, hubert, sample_rate=16_000, with_f0=False)
-    sync()
-    out["hubert_s"], out["hubert_mb"] = time.perf_counter() - t0, peak_mb()
-    t0 = time.perf_counter()
-    f0 = extract_f0(wav, feats.num_frames)
-    out["f0_s"] = time.perf_counter() - t0
+    wav = speech_like(seconds)
+    out = {"seconds": seconds}
+    common.reset_peak(device)
+    feats, out["hubert_s"] = common.timed(
+        lambda: extract_audio_features(wav, hubert, sample_rate=SAMPLE_RATE, with_f0=False), device)
+    out["hubert_bytes"] = common.peak_bytes(device)
+    f0, out["f0_s"] = common.timed(lambda: extract_f0(wav, feats.num_frames), torch.device("cpu"))
     feats = AudioFeatures(feats.hubert, f0, feats.num_samples)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    motion = sample_motion(a2m, feats, style, steps=20, cfg_scale=1.5, method="midpoint", generator=gen)
-    sync()
-    out["sample_s"], out["sample_mb"] = time.perf_counter() - t0, peak_mb()
+    common.reset_peak(device)
+    motion, out["sample_s"] = common.timed(
+        lambda: sample_motion(a2m, feats, style, steps=STEPS, cfg_scale=CFG_SCALE, method="midpoint", generator=gen),
+        device)
+    out["sample_bytes"] = common.peak_bytes(device)
     out["frames"] = motion.shape[0]
-    print("RESULT " + json.dumps(out), flush=True)
+    common.emit(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda if available)")
-    parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (bf16 only on cuda)")
-    parser.add_argument("--seconds", default="10,60", help="comma list of audio lengths in seconds")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args, _ = parser.parse_known_args()
+    ap = common.parser(__doc__)
+    common.add_common_args(ap)
+    ap.add_argument("--seconds", default=None,
+                    help=f"comma list of audio lengths in seconds (default {FULL_SECONDS}; --tiny: {TINY_SECONDS})")
+    args = ap.parse_args()
+    args.seconds = common.tiny_default(args.seconds, FULL_SECONDS, TINY_SECONDS, args.tiny)
     if args.worker:
-        args.seconds = float(args.seconds)
-        args.dtype = args.dtypes
         return _worker(args)
 
-    import torch
-
-    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
-    for device in devices:
-        dtypes = args.dtypes.split(",") if args.dtypes else (["fp32", "bf16"] if device == "cuda" else ["fp32"])
-        for dtype in dtypes:
-            if device == "cpu" and dtype != "fp32":
-                continue  # half precision is refused on the CPU
-            for sec in args.seconds.split(","):
-                cmd = [sys.executable, __file__, "--worker", "--device", device, "--dtypes", dtype, "--seconds", sec]
-                res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-                line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-                if not line:
-                    print(res.stdout[-2000:], res.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"worker failed: {' '.join(cmd)}")
-                rows.append(json.loads(line[0][7:]))
-                print(f"  done {device} {dtype} {sec}s", file=sys.stderr, flush=True)
-
-    print("| device | dtype | audio s | motion frames | HuBERT s | f0 s | sampling s | total s "
-          "| x realtime | peak MB (features) | peak MB (sampling) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    configs = common.plan(ap, args)
+    rows, failed = common.sweep("a2m", args, configs, "--seconds", common.comma_list(args.seconds))
+    table = []
     for r in rows:
         total = r["hubert_s"] + r["f0_s"] + r["sample_s"]
-        print(f"| {r['device']} | {r['dtype']} | {r['seconds']:.0f} | {r['frames']} | {r['hubert_s']:.2f} "
-              f"| {r['f0_s']:.2f} | {r['sample_s']:.2f} | {total:.2f} | {r['seconds'] / total:.2f} "
-              f"| {r['hubert_mb']:.0f} | {r['sample_mb']:.0f} |")
+        table.append([r["device"], r["dtype"], f"{r['seconds']:.0f}", r["frames"], f"{r['hubert_s']:.2f}",
+                      f"{r['f0_s']:.2f}", f"{r['sample_s']:.2f}", f"{total:.2f}", f"{r['seconds'] / total:.2f}",
+                      f"{r['hubert_bytes'] / 2**20:.0f}", f"{r['sample_bytes'] / 2**20:.0f}"])
+    common.print_table(["device", "dtype", "audio s", "motion frames", "HuBERT s", "f0 s", "sampling s", "total s",
+                        "x realtime", "peak MB (features)", "peak MB (sampling)"], table)
+    common.finish(failed)
 
 
 if __name__ == "__main__":

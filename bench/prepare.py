@@ -1,9 +1,12 @@
 """Identity preparation speed: seconds of preparation per second of video, per stage.
 
-    python -m bench.prepare [--video German_20s.mp4] [--seconds 20] [--landmarker face_landmarker.task]
-                            [--segmenter selfie_multiclass_256x256.tflite] [--bfm BFM/] [--devices cpu cuda]
+    python -m bench.prepare                              # German_20s.mp4, CPU (+ CUDA fit/plate rows)
+    python -m bench.prepare --device cpu --video clip.mp4 --seconds 20 [--bfm BFM/]
+                            [--landmarker face_landmarker.task] [--segmenter selfie_multiclass_256x256.tflite]
+    python -m bench.prepare --tiny --device cpu          # smoke test: 1.2 s of video, 8 + 8 + 2 fit steps
 
-Stages (the steps of ``prepare_identity``):
+Needs the real media (by default /work/shared/data: German_20s.mp4 and face_landmarker.task) and
+MediaPipe; without them it prints a skip message. Stages (the steps of ``prepare_identity``):
 
 * frames: decode, 25 fps resampling, face search on 24 sampled frames, crop + resize to 512²;
 * landmarks: MediaPipe FaceLandmarker, IMAGE + VIDEO mode over every frame (CPU only);
@@ -13,32 +16,27 @@ Stages (the steps of ``prepare_identity``):
 * plate: background plate, torso inpainting, cameras, keypoints, lip crops.
 
 Landmarks, segmentation and frames run on the CPU whatever the device (MediaPipe and PyAV);
-the fit and the plate run on each requested device. Without ``--bfm`` the synthetic face model
+the fit and the plate run on each requested device, in fp32 (the landmark fit and the camera
+maths stay fp32, so ``--dtypes`` accepts fp32 only). Without ``--bfm`` the synthetic face model
 of the tests is used: the fit only touches the 468 landmark vertices, so its cost is the same.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from bench import _common as common
 
-
-def _timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t
+DATA = common.ROOT.parent / "shared" / "data"  # the project's real media (not in the repository)
+FPS = 25.0  # prepare_identity resamples to 25 fps
+FRAME_SIZE = 512
+TINY_SECONDS = 1.2  # 29 frames: clips shorter than 1 s are refused
+TINY_FIT_ITERATIONS = 8  # FitSchedule.with_iterations: 8 + 8 + 2 steps
 
 
 def _trim(video: Path, seconds: float, folder: str) -> Path:
@@ -59,7 +57,18 @@ def _trim(video: Path, seconds: float, folder: str) -> Path:
     return out_path
 
 
-def run(args) -> None:
+def _missing(args) -> str:
+    """Why the benchmark cannot run here ('' when it can)."""
+    for what, path in (("video", args.video), ("landmarker", args.landmarker)):
+        if not os.path.isfile(path):
+            return f"--{what} {path} not found (real media; default folder {DATA})"
+    if importlib.util.find_spec("mediapipe") is None:
+        return "mediapipe is not installed"
+    return ""
+
+
+def _stages(args, configs, tmp: str):
+    """Time every stage; returns (video name, frame count, rows of (stage, device, seconds))."""
     from mimictalk_lib.face import load_face_model
     from mimictalk_lib.face.camera import camera_sequence
     from mimictalk_lib.face.keypoints import landmarks_2d, torso_keypoints
@@ -68,7 +77,6 @@ def run(args) -> None:
     from mimictalk_lib.identity.fit3dmm import FitSchedule, fit_clip
     from mimictalk_lib.identity.prepare import lip_rects
 
-    tmp = tempfile.mkdtemp()
     video = Path(args.video)
     if args.seconds:
         video = _trim(video, args.seconds, tmp)
@@ -84,55 +92,64 @@ def run(args) -> None:
     else:
         from tests.fixtures.synthetic_bfm import write_synthetic_face_model
 
-        face_model, bfm_note = load_face_model(write_synthetic_face_model(Path(tmp) / "bfm"), need_mp468=True), "synthetic"
+        folder, bfm_note = write_synthetic_face_model(Path(tmp) / "bfm"), "synthetic"
+        face_model = load_face_model(folder, need_mp468=True)
+    schedule = FitSchedule.with_iterations(TINY_FIT_ITERATIONS) if args.tiny else FitSchedule()
 
     cpu = torch.device("cpu")
-    clip, t_frames = _timed(lambda: load_clip(video, landmarker=landmarker), cpu)
-    seconds = clip.frames.shape[0] / 25.0
-    clip, t_lm = _timed(lambda: track(clip, landmarker), cpu)
-    seg, t_seg = _timed(lambda: segmenter.segment(clip.frames, landmarks=clip.landmarks), cpu)
+    clip, t_frames = common.timed(lambda: load_clip(video, landmarker=landmarker), cpu)
+    clip, t_lm = common.timed(lambda: track(clip, landmarker), cpu)
+    seg, t_seg = common.timed(lambda: segmenter.segment(clip.frames, landmarks=clip.landmarks), cpu)
     rows = [("frames (decode, resample, crop)", "cpu", t_frames), ("landmarks (MediaPipe)", "cpu", t_lm),
             (f"segmentation ({seg_note})", "cpu", t_seg)]
-    devices = [d for d in args.devices if d != "cuda" or torch.cuda.is_available()]
-    for name in devices:
+    for name, _ in configs:
         dev = torch.device(name)
         fm = face_model.to(dev)
-        fit, t_fit = _timed(lambda: fit_clip(fm, clip.landmarks.to(dev), 512, schedule=FitSchedule()), dev)
+        fit, t_fit = common.timed(lambda: fit_clip(fm, clip.landmarks.to(dev), FRAME_SIZE, schedule=schedule), dev)
 
         def plate():
             t = fit.exp.shape[0]
             id_t = fit.id.expand(t, -1)
             camera_sequence(fit.euler, fit.trans)
             torso_keypoints(fm, id_t, fit.exp, fit.euler, fit.trans, clamp=False)
-            lip_rects(landmarks_2d(fm, id_t, fit.exp, fit.euler, fit.trans).cpu() * 512)
+            lip_rects(landmarks_2d(fm, id_t, fit.exp, fit.euler, fit.trans).cpu() * FRAME_SIZE)
             inpaint_torso(clip.frames[:1], seg[:1])
             return background_plate(clip.frames, seg, device=dev)
 
-        _, t_plate = _timed(plate, dev)
-        rows += [(f"fit (3DMM, {bfm_note} face model)", name, t_fit), ("plate + torso + cameras", name, t_plate)]
-
-    print(f"\nIdentity preparation: {video.name}, {clip.frames.shape[0]} frames = {seconds:.1f} s of video at 25 fps")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}"
-          + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"\n| {'stage':<42} | {'device':<6} | {'seconds':>8} | {'s per s of video':>16} |")
-    print(f"|{'-' * 44}|{'-' * 8}|{'-' * 10}|{'-' * 18}|")
-    for stage, dev, t in rows:
-        print(f"| {stage:<42} | {dev:<6} | {t:8.2f} | {t / seconds:16.3f} |")
-    for name in devices:
-        total = sum(t for *_, t in rows[:3]) + sum(t for s, d, t in rows[3:] if d == name)
-        print(f"| {'total (' + name + ')':<42} | {name:<6} | {total:8.2f} | {total / seconds:16.3f} |")
+        _, t_plate = common.timed(plate, dev)
+        rows += [(f"fit (3DMM, {bfm_note} face model, {schedule.total} steps)", name, t_fit),
+                 ("plate + torso + cameras", name, t_plate)]
+    return video.name, clip.frames.shape[0], rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--video", default=str(DATA / "German_20s.mp4"))
-    p.add_argument("--seconds", type=float, default=0.0, help="use only the first N seconds (0 = all)")
-    p.add_argument("--landmarker", default=str(DATA / "face_landmarker.task"))
-    p.add_argument("--segmenter", default="", help="selfie_multiclass_256x256.tflite (synthetic if absent)")
-    p.add_argument("--bfm", default="", help="BFM folder (synthetic face model if absent)")
-    p.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
-    run(p.parse_args())
+    ap = common.parser(__doc__)
+    common.add_common_args(ap, dtypes=("fp32",), workers=False)
+    ap.add_argument("--video", default=str(DATA / "German_20s.mp4"), help="talking-head video (default: %(default)s)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help=f"use only the first N seconds (default 0 = all; --tiny: {TINY_SECONDS})")
+    ap.add_argument("--landmarker", default=str(DATA / "face_landmarker.task"),
+                    help="MediaPipe face_landmarker.task (default: %(default)s)")
+    ap.add_argument("--segmenter", default="", help="selfie_multiclass_256x256.tflite (synthetic if absent)")
+    ap.add_argument("--bfm", default="", help="BFM folder (synthetic face model if absent)")
+    args = ap.parse_args()
+    args.seconds = common.tiny_default(args.seconds, 0.0, TINY_SECONDS, args.tiny)
+    configs = common.plan(ap, args, allowed=("fp32",))
+    why = _missing(args)
+    if why:
+        print(f"# bench.prepare skipped: {why}")
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        name, frames, rows = _stages(args, configs, tmp)
+    seconds = frames / FPS
+    print(f"# identity preparation: {name}, {frames} frames = {seconds:.1f} s of video at {FPS:g} fps")
+    common.print_machines(device for device, _ in configs)
+    table = [(stage, dev, f"{t:.2f}", f"{t / seconds:.3f}") for stage, dev, t in rows]
+    for device, _ in configs:
+        total = sum(t for *_, t in rows[:3]) + sum(t for _, d, t in rows[3:] if d == device)
+        table.append((f"total ({device})", device, f"{total:.2f}", f"{total / seconds:.3f}"))
+    common.print_table(["stage", "device", "seconds", "s per s of video"], table)
 
 
 if __name__ == "__main__":
