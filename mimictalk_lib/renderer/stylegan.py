@@ -260,6 +260,13 @@ def _check_delta(delta: Optional[torch.Tensor], weight: torch.Tensor, layer: str
         raise ValueError(f"{layer}: delta_weight must have the weight's shape {list(weight.shape)}, got {list(delta.shape)}")
 
 
+def _check_input(layer: nn.Module, x: torch.Tensor) -> None:
+    """``x`` must be ``[B, in_channels, R/up, R/up]`` for a layer or block of output size R."""
+    in_res = layer.resolution // layer.up
+    if x.shape[1:] != (layer.in_channels, in_res, in_res):
+        raise ValueError(f"{type(layer).__name__}: expected x [B, {layer.in_channels}, {in_res}, {in_res}], got {list(x.shape)}")
+
+
 # --------------------------------------------------------------------------------------------
 # Layers.
 # --------------------------------------------------------------------------------------------
@@ -436,9 +443,7 @@ class SynthesisLayer(_ConvBase):
         ``noise_strength``."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"SynthesisLayer: noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        in_res = self.resolution // self.up
-        if x.shape[1:] != (self.in_channels, in_res, in_res):
-            raise ValueError(f"SynthesisLayer: expected x [B, {self.in_channels}, {in_res}, {in_res}], got {list(x.shape)}")
+        _check_input(self, x)
         _check_delta(delta_weight, self.weight, "SynthesisLayer")
         styles = self.affine(w)  # [B, I]
         noise = None
@@ -563,9 +568,7 @@ class SynthesisBlock(nn.Module):
         n_ws = self.num_conv + self.num_torgb
         if ws.dim() != 3 or ws.shape[1] != n_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"{type(self).__name__}: expected ws [B, {n_ws}, {self.w_dim}], got {list(ws.shape)}")
-        in_res = self.resolution // self.up
-        if x.shape[1:] != (self.in_channels, in_res, in_res):
-            raise ValueError(f"{type(self).__name__}: expected x [B, {self.in_channels}, {in_res}, {in_res}], got {list(x.shape)}")
+        _check_input(self, x)
         if fused_modconv is None:
             fused_modconv = not self.training
         w0, w1, *w_rgb = ws.unbind(dim=1)
