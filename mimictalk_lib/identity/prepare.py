@@ -24,10 +24,11 @@ from ..face import FaceModel, load_face_model
 from ..face.camera import camera_sequence, eg3d_camera
 from ..face.keypoints import landmarks_2d, torso_keypoints
 from ..utils import ProgressFn, logger, report
+from ..video import iter_video
 from .background import background_plate
 from .clip import Clip, find_crop, load_clip, track
 from .fit3dmm import FitResult, FitSchedule, fit_clip, fit_images
-from .frames import FRAME_SIZE, CropBox, crop_frames, iter_video, to_uint8_frames
+from .frames import FRAME_SIZE, crop_frames, to_uint8_frames, whole_frame_crop
 from .identity import Identity
 from .landmarks import Landmarker, MediaPipeLandmarker, warn_multiple_faces
 from .segmentation import NUM_CLASSES, MediaPipeSegmenter, Segmenter
@@ -87,6 +88,12 @@ def as_face_model(face_model, device) -> FaceModel:
     ):
         return face_model
     return copy.deepcopy(face_model).to(device=device, dtype=torch.float32)
+
+
+def _backends(landmarker, segmenter, face_model, device) -> tuple[Landmarker, Segmenter, FaceModel]:
+    """The three backends of a preparation from objects or paths; the face model is loaded first
+    thing so a missing one fails before any decoding."""
+    return as_landmarker(landmarker), as_segmenter(segmenter), as_face_model(face_model, device)
 
 
 def lip_rects(lm68_px: torch.Tensor, size: int = FRAME_SIZE) -> torch.Tensor:
@@ -190,8 +197,7 @@ def prepare_identity(
     (512 for the official models).
     """
     progress = _Progress(on_step, _STAGES)
-    landmarker, segmenter = as_landmarker(landmarker), as_segmenter(segmenter)
-    face_model = as_face_model(face_model, device)  # fail early on a missing face model
+    landmarker, segmenter, face_model = _backends(landmarker, segmenter, face_model, device)
     clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad, size=size)
     progress.done("frames")
     clip = track(clip, landmarker, missing=missing, on_step=progress.stage("landmarks"))
@@ -232,17 +238,14 @@ def prepare_photo_identity(
     """One-frame identity from a portrait photo (single-image 3DMM fit, plate from the photo,
     unsmoothed camera). Arguments as ``prepare_identity``."""
     progress = _Progress(on_step, _STAGES)
-    landmarker, segmenter = as_landmarker(landmarker), as_segmenter(segmenter)
-    face_model = as_face_model(face_model, device)
+    landmarker, segmenter, face_model = _backends(landmarker, segmenter, face_model, device)
     src = load_photo(image)
     _, h, w, _ = src.shape
     several = False
     if crop == "auto":
         box, several = find_crop(src, landmarker, "photo")
     elif crop == "none":
-        if h != w:
-            raise InputError(f"photo: crop='none' needs a square image, got {w}x{h}; use crop='auto'")
-        box = CropBox(0, 0, h)
+        box = whole_frame_crop(h, w, "photo")
     else:
         raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
     frames = crop_frames(src, box, size, pad)
