@@ -1,0 +1,106 @@
+"""Smoke tests of the bench/ scripts: each runs as ``python -m bench.<name> --tiny --device cpu``
+from the repository root and prints its markdown table; and the shared (device, dtype) plan
+refuses half precision on the CPU. The figures themselves are not checked (bench, not tests)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import _common as common
+
+HEADERS = {
+    "render": "| device | dtype | chunk | frames | s/frame (wall) | frames/s | CPU s/frame | peak memory (GiB) |",
+    "a2m": "| device | dtype | audio s | motion frames | HuBERT s | f0 s | sampling s | total s | x realtime "
+           "| peak MB (features) | peak MB (sampling) |",
+    "adapt": "| device | dtype | batch | s/step (wall) | CPU s/step | peak memory | 1000 steps | 2000 steps |",
+    "secc": "| device | dtype | work | maps/s | ms/map | CUDA peak MiB |",
+    "prepare": "| stage | device | seconds | s per s of video |",
+}
+
+
+def run_bench(repo_root, name: str, *options: str) -> list[dict]:
+    """Run the script with ``--tiny --device cpu``; its table as one dict per row."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny ops: one thread is much faster on 2 cores
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", "--tiny", "--device", "cpu", *options],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert HEADERS[name] in lines, done.stdout
+    start = lines.index(HEADERS[name])
+    assert lines[start + 1] == "|" + "---|" * HEADERS[name].count(" | ") + "---|"
+    keys = [c.strip() for c in HEADERS[name].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(keys), line
+        rows.append(dict(zip(keys, cells)))
+    return rows
+
+
+@pytest.mark.parametrize("name, options, n_rows, positive", [
+    ("render", ("--frames", "1", "--chunks", "1"), 1, ("s/frame (wall)", "peak memory (GiB)")),
+    ("a2m", ("--seconds", "1"), 1, ("sampling s", "peak MB (sampling)")),
+    ("adapt", (), 1, ("s/step (wall)", "CPU s/step")),
+    ("secc", ("--batches", "1"), 2, ("maps/s", "ms/map")),
+])
+def test_tiny_run_prints_table(repo_root, name, options, n_rows, positive):
+    rows = run_bench(repo_root, name, *options)
+    assert len(rows) == n_rows
+    for row in rows:
+        assert (row["device"], row["dtype"]) == ("cpu", "fp32")
+        assert all(float(row[k].split()[0]) > 0 for k in positive), row
+
+
+@pytest.mark.slow  # ~12 s: MediaPipe on a real 1.2 s clip, a short 3DMM fit, the plate
+def test_tiny_prepare_prints_table(repo_root, shared_data):
+    if importlib.util.find_spec("mediapipe") is None:
+        pytest.skip("mediapipe is not installed")
+    rows = run_bench(repo_root, "prepare")
+    assert [r["stage"].split(" ")[0] for r in rows] == ["frames", "landmarks", "segmentation", "fit", "plate", "total"]
+    assert all(r["device"] == "cpu" and float(r["seconds"]) > 0 for r in rows)
+    assert float(rows[-1]["seconds"]) == pytest.approx(sum(float(r["seconds"]) for r in rows[:-1]), abs=0.03)
+
+
+# --- the shared (device, dtype) plan ------------------------------------------------------------
+
+
+def plan(argv: list[str], allowed=("fp32", "bf16")):
+    ap = argparse.ArgumentParser()
+    common.add_common_args(ap, dtypes=allowed)
+    return common.plan(ap, ap.parse_args(argv), allowed=allowed)
+
+
+def test_plan_defaults_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert plan([]) == [("cpu", ["fp32"])]
+    assert plan(["--device", "cpu", "--dtypes", "fp32"]) == [("cpu", ["fp32"])]
+
+
+def test_plan_skips_half_precision_on_default_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert plan(["--dtypes", "fp32,bf16"]) == [("cpu", ["fp32"]), ("cuda", ["fp32", "bf16"])]
+    assert "cpu: bf16 skipped" in capsys.readouterr().err
+    assert plan([]) == [("cpu", ["fp32"]), ("cuda", ["fp32", "bf16"])]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cpu", "--dtypes", "bf16"], "half precision is only supported on a GPU"),
+    (["--device", "cpu", "--dtypes", "fp32,fp16"], "unknown or unsupported dtype 'fp16'"),
+    (["--dtypes", "float32"], "unknown or unsupported dtype 'float32'"),
+    (["--device", "cuda"], "torch sees no CUDA device"),
+])
+def test_plan_refuses_clearly(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        plan(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
