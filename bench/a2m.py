@@ -59,6 +59,7 @@ def _models(tiny: bool, device: torch.device, dtype: torch.dtype):
 
 def _worker(args: argparse.Namespace) -> None:
     from mimictalk_lib.a2m import AudioFeatures, StylePrompt, extract_audio_features, extract_f0, sample_motion
+    from mimictalk_lib.a2m.pitch import resolve_pitch_tracker
 
     device, dtype, seconds = torch.device(args.device), common.DTYPES[args.dtypes], float(args.seconds)
     hubert, a2m = _models(args.tiny, device, dtype)
@@ -77,7 +78,9 @@ def _worker(args: argparse.Namespace) -> None:
     feats, out["hubert_s"] = common.timed(
         lambda: extract_audio_features(wav, hubert, sample_rate=SAMPLE_RATE, with_f0=False), device)
     out["hubert_bytes"] = common.peak_bytes(device)
-    f0, out["f0_s"] = common.timed(lambda: extract_f0(wav, feats.num_frames), torch.device("cpu"))
+    out["tracker"] = resolve_pitch_tracker(args.pitch_tracker)
+    f0, out["f0_s"] = common.timed(lambda: extract_f0(wav, feats.num_frames, tracker=out["tracker"]),
+                                   torch.device("cpu"))
     feats = AudioFeatures(feats.hubert, f0, feats.num_samples)
     common.reset_peak(device)
     motion, out["sample_s"] = common.timed(
@@ -93,20 +96,23 @@ def main() -> None:
     common.add_common_args(ap)
     ap.add_argument("--seconds", default=None,
                     help=f"comma list of audio lengths in seconds (default {FULL_SECONDS}; --tiny: {TINY_SECONDS})")
+    ap.add_argument("--pitch-tracker", default="auto", choices=["auto", "praat", "pyin"],
+                    help="f0 tracker (auto: Praat when praat-parselmouth is installed, else pYIN)")
     args = ap.parse_args()
     args.seconds = common.tiny_default(args.seconds, FULL_SECONDS, TINY_SECONDS, args.tiny)
     if args.worker:
         return _worker(args)
 
     configs = common.plan(ap, args)
-    rows, failed = common.sweep("a2m", args, configs, "--seconds", common.comma_list(args.seconds))
+    rows, failed = common.sweep("a2m", args, configs, "--seconds", common.comma_list(args.seconds),
+                                extra=["--pitch-tracker", args.pitch_tracker])
     table = []
     for r in rows:
         total = r["hubert_s"] + r["f0_s"] + r["sample_s"]
         table.append([r["device"], r["dtype"], f"{r['seconds']:.0f}", r["frames"], f"{r['hubert_s']:.2f}",
-                      f"{r['f0_s']:.2f}", f"{r['sample_s']:.2f}", f"{total:.2f}", f"{r['seconds'] / total:.2f}",
+                      f"{r['f0_s']:.2f}", r["tracker"], f"{r['sample_s']:.2f}", f"{total:.2f}", f"{r['seconds'] / total:.2f}",
                       f"{r['hubert_bytes'] / 2**20:.0f}", f"{r['sample_bytes'] / 2**20:.0f}"])
-    common.print_table(["device", "dtype", "audio s", "motion frames", "HuBERT s", "f0 s", "sampling s", "total s",
+    common.print_table(["device", "dtype", "audio s", "motion frames", "HuBERT s", "f0 s", "f0 tracker", "sampling s", "total s",
                         "x realtime", "peak MB (features)", "peak MB (sampling)"], table)
     common.finish(failed)
 

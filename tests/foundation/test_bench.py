@@ -17,7 +17,7 @@ from bench import _common as common
 
 HEADERS = {
     "render": "| device | dtype | chunk | frames | s/frame (wall) | frames/s | CPU s/frame | peak memory (GiB) |",
-    "a2m": "| device | dtype | audio s | motion frames | HuBERT s | f0 s | sampling s | total s | x realtime "
+    "a2m": "| device | dtype | audio s | motion frames | HuBERT s | f0 s | f0 tracker | sampling s | total s | x realtime "
            "| peak MB (features) | peak MB (sampling) |",
     "adapt": "| device | dtype | batch | s/step (wall) | CPU s/step | peak memory | 1000 steps | 2000 steps |",
     "secc": "| device | dtype | work | maps/s | ms/map | CUDA peak MiB |",
