@@ -133,6 +133,9 @@ def talk(argv: Optional[Sequence[str]] = None) -> int:
             result = executor.run_prompt(prompt, nodes.NODE_LIST, extra_data={"extra_pnginfo": {"workflow": ui_graph}})
         except (errors.MimicTalkError, executor.PromptError) as e:
             print(str(e), file=sys.stderr)
+            if isinstance(e, errors.AssetMissingError):  # the run stops at the first missing file: list them all
+                print(f"\nEvery model file and whether it is present: python -m mimictalk_lib.download status "
+                      f"--models-dir {os.environ.get('MIMICTALK_MODELS_DIR', 'models/mimictalk')}", file=sys.stderr)
             return 1
         saved = [f for u in result.ui.values() for f in u.get("images", []) if str(f.get("filename", "")).endswith(".mp4")]
         if len(saved) != 1:

@@ -60,6 +60,7 @@ def test_talk_command_offline_fails_with_the_downloader_message(tiny, tmp_path):
     assert r.returncode == 1 and not out.exists()
     assert "could not obtain" in r.stderr and "hubert" in r.stderr.lower()
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in r.stderr and "Traceback" not in r.stderr
+    assert "python -m mimictalk_lib.download status --models-dir" in r.stderr  # lists every missing file
 
 
 def test_talk_command_usage_errors(tiny, tmp_path):
