@@ -1,4 +1,4 @@
-"""pYIN f0 tracking at the HuBERT rate; style prompts (clip crop, usable frames, image prompt)."""
+"""pYIN f0 tracking at the HuBERT rate (with Praat's silence rule); style prompts (clip crop, usable frames, image prompt)."""
 
 import math
 
@@ -41,6 +41,37 @@ def test_chunked_tracking_matches_one_pass(tone_f0):
     assert same.float().mean() > 0.95
     both = (chunked > 0) & (f0 > 0)
     assert ((chunked[both] - f0[both]).abs() <= f0[both] * 0.01).all()
+
+
+def loud_then_quiet(quiet_ratio, freq=150.0, loud_until=0.5, total=3.0, rate=16_000):
+    """A 0.4-amplitude tone for loud_until seconds, then the same tone at quiet_ratio of it."""
+    t = torch.arange(int(total * rate)) / rate
+    amp = torch.where(t < loud_until, 0.4, 0.4 * quiet_ratio)
+    return amp * torch.sin(2 * math.pi * freq * t)
+
+
+@pytest.mark.parametrize("quiet_ratio, quiet_voiced", [(0.02, False), (0.045, True)])
+def test_pyin_applies_praats_silence_threshold(quiet_ratio, quiet_voiced):
+    # Praat calls a frame silent when its local peak is below 0.03 of the global peak; pYIN
+    # alone is scale-invariant and would call the quiet tone voiced at any level.
+    wav = loud_then_quiet(quiet_ratio)
+    f0 = extract_f0(wav, num_frames=149, tracker="pyin")  # frame i centred on 20 ms * (i + 1)
+    assert ((f0[:22] - 150).abs() < 3).all()  # loud part (frames centred before 0.5 s)
+    quiet = f0[28:]
+    if quiet_voiced:
+        assert ((quiet - 150).abs() < 3).all()
+    else:
+        assert (quiet == 0).all()
+
+
+def test_silence_rule_uses_the_global_peak_in_every_chunk():
+    # with 40-frame chunks (+ 1 s margins) the chunks from frame 80 on see only the quiet tone;
+    # a per-chunk peak would call it voiced there
+    wav = loud_then_quiet(0.02)
+    whole = extract_f0(wav, num_frames=149, tracker="pyin")
+    chunked = extract_f0(wav, num_frames=149, tracker="pyin", chunk_frames=40)
+    assert torch.equal(chunked > 0, whole > 0)
+    assert (chunked[28:] == 0).all() and ((chunked[:22] - whole[:22]).abs() <= whole[:22] * 0.01).all()
 
 
 def clip_features(num_frames=64, num_samples=None):
