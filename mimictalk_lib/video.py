@@ -417,6 +417,7 @@ class StreamInfo:
     width: int
     height: int
     metadata: dict  # container metadata (strings)
+    duration: float = 0.0  # seconds the stream (or else the container) states, 0 when unknown; may lie
 
 
 def _video_stream(container, path: str):
@@ -429,6 +430,13 @@ def _stream_fps(stream) -> float:
     return float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
 
 
+def _stated_duration(container, stream) -> float:
+    """Seconds the stream (else the container) states; 0 when neither does. Untrusted: files may lie."""
+    if stream.duration is not None and stream.time_base:
+        return max(0.0, float(stream.duration * stream.time_base))
+    return max(0.0, (container.duration or 0) / 1_000_000)  # AV_TIME_BASE
+
+
 def probe(path: Union[str, os.PathLike]) -> StreamInfo:
     """Frame rate, reported length, size and metadata of a video (or image) file."""
     with _open(path) as container:
@@ -436,6 +444,7 @@ def probe(path: Union[str, os.PathLike]) -> StreamInfo:
         return StreamInfo(
             fps=_stream_fps(stream), num_frames=int(stream.frames or 0), width=stream.codec_context.width,
             height=stream.codec_context.height, metadata=dict(container.metadata),
+            duration=_stated_duration(container, stream),
         )
 
 

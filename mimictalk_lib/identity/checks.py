@@ -10,11 +10,13 @@ Policy for frames where no face was found or the face is cut off by the frame ed
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..errors import InputError
 from ..utils import logger
-from .frames import FACE_HEIGHT_FRACTION, FRAME_SIZE, TARGET_FPS, CropBox, face_boxes
+from .frames import FACE_HEIGHT_FRACTION, FRAME_SIZE, TARGET_FPS, CropBox, clip_too_long, face_boxes, max_clip_seconds
 
 MAX_BAD_FRACTION = 0.25
 """Largest share of frames without a usable face that is repaired instead of refused."""
@@ -56,6 +58,14 @@ def cut_off_frames(points: torch.Tensor, detected: torch.Tensor, crop: CropBox, 
     h, w = source_hw
     out = (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol) | (boxes[:, 2] > w + tol) | (boxes[:, 3] > h + tol)
     return out & detected
+
+
+def check_max_length(num_frames: int, what: str, max_seconds: Optional[float] = None) -> None:
+    """Refuse ``num_frames`` at 25 fps beyond the clip limit (``frames.max_clip_seconds``); load_clip
+    calls it before allocating the frame buffer."""
+    limit = max_clip_seconds(max_seconds)
+    if num_frames > limit * TARGET_FPS + 1:
+        raise clip_too_long(what, num_frames / TARGET_FPS, limit, "")
 
 
 def check_length(num_frames: int, what: str, note: str = "") -> None:

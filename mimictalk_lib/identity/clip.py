@@ -18,12 +18,13 @@ import torch
 from ..errors import InputError
 from ..utils import ProgressFn, logger
 from ..video import iter_video
-from .checks import bad_frame_policy, check_face_size, check_length, cut_off_frames, interpolate_missing
+from .checks import bad_frame_policy, check_face_size, check_length, check_max_length, cut_off_frames, interpolate_missing
 from .frames import (
     FRAME_SIZE,
     CropBox,
     choose_crop,
     crop_frames,
+    check_timeline,
     face_boxes,
     is_variable_rate,
     probe_video,
@@ -102,14 +103,20 @@ def load_clip(
     pad: str = "edge",
     size: int = FRAME_SIZE,
     what: str = "identity clip",
+    max_seconds: Optional[float] = None,
 ) -> Clip:
     """25 fps ``size``² frames of ``source``: a video file path, or frames (ComfyUI IMAGE batch
-    ``[B, H, W, C]`` float 0..1 or uint8) with ``fps`` or per-frame ``timestamps`` (seconds)."""
+    ``[B, H, W, C]`` float 0..1 or uint8) with ``fps`` or per-frame ``timestamps`` (seconds).
+
+    Clips longer than ``max_seconds`` (default: ``frames.max_clip_seconds()``, 10 min unless the
+    environment variable ``MIMICTALK_MAX_CLIP_SECONDS`` says otherwise) and clips with a gap of more
+    than ``MAX_FRAME_GAP_SECONDS`` between two frames are refused before any frame buffer is
+    allocated."""
     if crop not in ("auto", "none"):
         raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
     is_file = isinstance(source, (str, os.PathLike))
     if is_file:
-        info = probe_video(source)
+        info = probe_video(source, max_seconds=max_seconds, what=what)
         ts, (h, w) = info.timestamps, (info.height, info.width)
         name = os.path.basename(os.fspath(source))
         frames_src = None
@@ -118,10 +125,12 @@ def load_clip(
         _, h, w, _ = frames_src.shape
         ts = timestamps_from(frames_src.shape[0], fps, timestamps)
         name = "frames"
+    check_timeline(ts, what, max_seconds)
     vfr = is_variable_rate(ts)
     if vfr:
         logger.info("%s: variable frame rate detected; resampling to 25 fps by timestamps", what)
     idx = resample_indices(ts)
+    check_max_length(len(idx), what, max_seconds)  # before the frame buffer below
     check_length(len(idx), what)
 
     several = False

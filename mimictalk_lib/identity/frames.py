@@ -46,6 +46,65 @@ CROP_MARGIN = 1.05
 VFR_TOLERANCE = 0.1
 """Frame intervals deviating from the median by more than this fraction mark a variable rate."""
 
+DEFAULT_MAX_CLIP_SECONDS = 600.0
+"""Longest clip prepared by default (10 min: 15000 frames, 11.8 GB of 512² uint8 frames in memory);
+raise it with the environment variable ``MIMICTALK_MAX_CLIP_SECONDS`` or ``max_seconds=``."""
+MAX_CLIP_SECONDS_ENV = "MIMICTALK_MAX_CLIP_SECONDS"
+MAX_FRAME_GAP_SECONDS = 10.0
+"""Two consecutive frames further apart than this mean broken timestamps (a stalled or spliced
+recording is not filled with minutes of repeated frames)."""
+MAX_SOURCE_FPS = 240.0
+"""Frames per second of clip decoded at most in pass one (bounds the decoding work of a file that
+packs millions of frames into the allowed duration)."""
+
+
+def max_clip_seconds(max_seconds: Optional[float] = None) -> float:
+    """The clip length limit in seconds: ``max_seconds`` if given, else the environment variable
+    ``MIMICTALK_MAX_CLIP_SECONDS``, else ``DEFAULT_MAX_CLIP_SECONDS``."""
+    source = "max_seconds"
+    if max_seconds is None:
+        env = os.environ.get(MAX_CLIP_SECONDS_ENV, "").strip()
+        if not env:
+            return DEFAULT_MAX_CLIP_SECONDS
+        source, max_seconds = f"environment variable {MAX_CLIP_SECONDS_ENV}", env
+    try:
+        value = float(max_seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{source} must be a positive number of seconds, got {max_seconds!r}")
+    return value
+
+
+def clip_too_long(what: str, seconds: float, limit: float, how: str) -> InputError:
+    return InputError(
+        f"{what}: the clip is {how + ' ' if how else ''}{seconds:.0f} s long; identity and style clips are limited to "
+        f"{limit:g} s ({limit / 60:.1f} min) so that their frames fit in memory. Trim the clip, or raise the "
+        f"limit with the environment variable {MAX_CLIP_SECONDS_ENV}=<seconds> (from Python: max_seconds=...)."
+    )
+
+
+def check_timeline(timestamps: Sequence[float] | np.ndarray, what: str, max_seconds: Optional[float] = None,
+                   start: int = 0) -> None:
+    """Refuse timestamps spanning more than the clip limit or with a gap over
+    ``MAX_FRAME_GAP_SECONDS`` between two frames (broken file). ``start``: index of ``timestamps[0]``
+    in the clip (for the message)."""
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+    if ts.size < 2 or not np.all(np.isfinite(ts)):
+        return  # resample_indices names non-finite timestamps
+    limit = max_clip_seconds(max_seconds)
+    gaps = np.diff(ts)
+    k = int(np.argmax(gaps))
+    if gaps[k] > MAX_FRAME_GAP_SECONDS:
+        raise InputError(
+            f"{what}: frames {start + k} and {start + k + 1} are {gaps[k]:.0f} s apart (at {ts[k]:.2f} s and "
+            f"{ts[k + 1]:.2f} s); a gap of more than {MAX_FRAME_GAP_SECONDS:.0f} s between two frames means the "
+            "file's timestamps are broken. Re-encode the clip at a constant frame rate (e.g. ffmpeg -i in.mp4 "
+            "-vf fps=25 out.mp4) or use another recording."
+        )
+    if ts[-1] - ts[0] > limit:
+        raise clip_too_long(what, float(ts[-1] - ts[0]), limit, "at least")
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -169,16 +228,35 @@ class VideoInfo:
     samples: dict  # decoded index -> uint8 [h, w, 3] (downscaled) frame for face search
 
 
-def probe_video(path: str | os.PathLike, max_samples: int = 24, sample_side: int = 960) -> VideoInfo:
+def probe_video(path: str | os.PathLike, max_samples: int = 24, sample_side: int = 960, *,
+                max_seconds: Optional[float] = None, what: str = "identity clip") -> VideoInfo:
     """Pass one: timestamps of every frame plus up to ``max_samples`` evenly spaced frames,
     downscaled so the long side is at most ``sample_side``, for the face search. Decoding (and
-    the InputError for a missing or unreadable file) is ``video.iter_video``'s."""
-    n_est = probe(path).num_frames
+    the InputError for a missing or unreadable file) is ``video.iter_video``'s.
+
+    The clip limit (``max_clip_seconds(max_seconds)``) is checked against the length the file
+    states before decoding, and against the frames' timestamps (span, gaps between frames, count)
+    while decoding, so a file that lies stops at the first frame past the limit."""
+    limit = max_clip_seconds(max_seconds)
+    stated = probe(path)
+    if stated.duration > limit + 1.0:  # a second of slack for containers that round up
+        raise clip_too_long(what, stated.duration, limit, "stated to be")
+    n_est = stated.num_frames if 0 < stated.num_frames <= limit * MAX_SOURCE_FPS else 0
     stride = max(1, n_est // max_samples) if n_est else 1
+    max_count = int(limit * MAX_SOURCE_FPS) + 1
     raw_ts: list[float] = []
     samples: dict = {}
     h = w = 0
     for i, (img, t) in enumerate(iter_video(path)):
+        if raw_ts:  # the whole-clip check on the last two frames and the span so far (O(1) per frame)
+            check_timeline([raw_ts[-1], t], what, limit, start=i - 1)
+            if t - raw_ts[0] > limit:
+                raise clip_too_long(what, t - raw_ts[0], limit, "at least")
+        if i >= max_count:
+            raise InputError(
+                f"{what}: more than {max_count} frames within {limit:.0f} s (over {MAX_SOURCE_FPS:.0f} frames per "
+                "second); the file's timestamps are broken. Re-encode it at a constant frame rate."
+            )
         raw_ts.append(t)
         h, w = img.shape[:2]
         if i % stride == 0:
