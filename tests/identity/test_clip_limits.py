@@ -9,9 +9,6 @@ the pack takes ~0.75 GB of it), as the issue's "done when" asks: the pack's own 
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-import numpy as np
 import pytest
 import torch
 
@@ -19,24 +16,8 @@ from mimictalk_lib.errors import InputError
 from mimictalk_lib.identity.clip import load_clip
 from mimictalk_lib.identity.frames import MAX_CLIP_SECONDS_ENV, probe_video
 from tests.fixtures.limits import run_limited
+from tests.fixtures.media import write_stamped_video
 from tests.fixtures.synthetic_identity import BlobLandmarker
-
-def write_stamped_video(path, seconds: list[float], size: int = 64, fps: int = 25) -> None:
-    """An H.264 mp4 with one frame at each of ``seconds`` (the presentation times are set directly)."""
-    import av
-
-    with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        for k, t in enumerate(seconds):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 10 * k % 256, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = round(t * fps), Fraction(1, fps)
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
 
 def test_frame_stamped_ten_hours_in_is_refused_under_3gb(tmp_path):
     path = tmp_path / "ten_hours.mp4"

@@ -21,6 +21,7 @@ from mimictalk_lib.identity.frames import (
     whole_frame_crop,
 )
 from mimictalk_lib.video import to_uint8_array
+from tests.fixtures.media import write_stamped_video
 
 
 def test_resample_same_rate_is_identity():
@@ -135,25 +136,9 @@ def test_resize_square_refuses_non_square():
     assert resize_square(torch.zeros(1, 30, 30, 3, dtype=torch.uint8), size=64).shape == (1, 64, 64, 3)
 
 
-def write_counter_video(path, n, fps, size=(48, 64)):
-    """A clip whose frame k is filled with grey level 5*k (exactly decodable back)."""
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264rgb" if "libx264rgb" in av.codecs_available else "png", rate=fps)
-        s.width, s.height = size[1], size[0]
-        s.pix_fmt = "rgb24"
-        for k in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), 5 * k, np.uint8), format="rgb24")
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-
-
 def test_decode_probe_and_resample_a_file(tmp_path):
     path = tmp_path / "counter.mkv"
-    write_counter_video(path, 36, 30)  # 1.2 s at 30 fps
+    write_stamped_video(path, [k / 30 for k in range(36)], fps=30, size=(48, 64), exact=True)  # 1.2 s at 30 fps
     info = probe_video(path, max_samples=5)
     assert len(info.timestamps) == 36 and (info.height, info.width) == (48, 64)
     assert info.timestamps[1] - info.timestamps[0] == pytest.approx(1 / 30, abs=1e-3)
