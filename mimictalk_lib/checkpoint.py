@@ -87,6 +87,33 @@ def read_safetensors_metadata(path: PathLike) -> dict:
         raise CheckpointError(f"{path}: corrupt MimicTalk metadata ({e})") from e
 
 
+def read_safetensors_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a safetensors header, without reading any tensor data: what a
+    loader checks against the claims of the file's metadata before it allocates anything."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(int(n) for n in f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""First bytes of a legacy torch pickle (protocol 2, then torch's magic number): upstream .ckpt files."""
+
+
+def looks_like_torch_checkpoint(path: PathLike) -> bool:
+    """True when ``path`` starts like a torch checkpoint (legacy pickle, or torch's zip format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_TORCH_MAGIC))
+    except OSError:
+        return False
+    return head == LEGACY_TORCH_MAGIC or head.startswith(b"PK\x03\x04")
+
+
 def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a safetensors file."""
     from safetensors.torch import load_file
@@ -101,52 +128,111 @@ def load_safetensors(path: PathLike, device: Union[str, torch.device] = "cpu") -
 # ---------------------------------------------------------------- legacy upstream pickles
 
 
-def _numpy_data_globals() -> list:
-    """numpy globals that only rebuild plain numbers/arrays (no code): allowed inside upstream
-    pickles, e.g. a numpy float in ``checkpoint_callback_best``. Old pickles name them under
-    ``numpy.core``, numpy 2 under ``numpy._core``, so both spellings are registered."""
-    import numpy as np
+class _RefusedPickle(CheckpointError):
+    """Raised from inside the restricted unpickler by our numpy stand-ins (carries the reason)."""
 
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    allowed: list = [np.ndarray, np.dtype]
-    for name in ("scalar", "_reconstruct"):
-        fn = getattr(multiarray, name)
-        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
-    allowed += [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]  # numpy 2 dtype classes
-    return allowed
+
+_NUMPY_CODES = {"b1": "?", "i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I",
+                "i8": "q", "u8": "Q", "f2": "e", "f4": "f", "f8": "d", "c8": "F", "c16": "D"}
+"""Standard numeric numpy dtype codes (as numpy pickles them) -> struct-style type characters.
+Nothing else (object, void/structured, string, datetime, platform long double) is accepted."""
+
+
+class _NumpyScalarType:
+    """Stand-in registered under numpy's global name ``numpy.dtype`` for the restricted unpickler.
+
+    A pickled numpy scalar is ``scalar(dtype(code, False, True) + BUILD state, data bytes)``. This
+    class takes the place of ``numpy.dtype``: it accepts only a standard numeric code and the plain
+    state numpy writes for such a dtype (version 3, a byte order, no sub-array / names / fields,
+    no flags) and keeps them as plain values; no numpy object is built from the file's data, so a
+    crafted dtype state (object flags, odd sizes) never reaches numpy."""
+
+    __slots__ = ("code", "order", "built")
+
+    def __new__(cls, code: Any = None, align: Any = False, copy: Any = True):
+        if not isinstance(code, str) or code not in _NUMPY_CODES or align not in (False, 0) or copy not in (True, 1):
+            raise _RefusedPickle(f"it builds a numpy dtype {code!r} (only plain numeric numbers are expected)")
+        inst = super().__new__(cls)
+        inst.code, inst.order, inst.built = code, "=", False
+        return inst
+
+    def __setstate__(self, state: Any) -> None:
+        if getattr(self, "built", True) or not isinstance(state, tuple) or len(state) != 8:
+            raise _RefusedPickle("it holds a malformed numpy dtype state")
+        version, order, subarray, names, fields, elsize, alignment, flags = state
+        if (type(version) is not int or version != 3 or order not in ("<", ">", "|", "=")
+                or (subarray, names, fields) != (None, None, None)
+                or any(type(v) is not int for v in (elsize, alignment, flags))
+                or (elsize, alignment, flags) != (-1, -1, 0)):
+            raise _RefusedPickle(f"it holds a numpy dtype state numpy never writes for a number ({state!r:.80})")
+        self.order, self.built = order, True
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Union[bool, int, float, complex]:
+    """Stand-in registered under ``numpy[._]core.multiarray.scalar``: a plain Python number from a
+    numeric code and exactly that many bytes; anything else is refused."""
+    import struct
+
+    if type(dtype) is not _NumpyScalarType or type(data) is not bytes:
+        raise _RefusedPickle(f"it rebuilds a numpy scalar from a {type(dtype).__name__} and a {type(data).__name__}")
+    char = _NUMPY_CODES[dtype.code]
+    fmt = (">" if dtype.order == ">" else "<") + char
+    if struct.calcsize(fmt) != len(data):
+        raise _RefusedPickle(f"a numpy {dtype.code} scalar has {len(data)} bytes instead of {struct.calcsize(fmt)}")
+    if char in "FD":  # complex: two floats
+        real, imag = struct.unpack(fmt[0] + ("ff" if char == "F" else "dd"), data)
+        return complex(real, imag)
+    value = struct.unpack(fmt, data)[0]
+    return bool(value) if char == "?" else value
+
+
+def _numpy_stand_ins() -> list:
+    """What the restricted unpickler may meet of numpy in an upstream checkpoint: plain scalars
+    (a numpy float in ``checkpoint_callback_best``), rebuilt by our own stand-ins as Python numbers.
+    numpy's own ``ndarray``, ``_reconstruct`` and ``dtype.__setstate__`` never see the file's data.
+    Old pickles name ``numpy.core``, numpy 2 ``numpy._core``: both spellings are registered."""
+    return [(_NumpyScalarType, "numpy.dtype"),
+            (_numpy_scalar, "numpy.core.multiarray.scalar"), (_numpy_scalar, "numpy._core.multiarray.scalar")]
 
 
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
+def not_a_checkpoint(path: PathLike, detail: str) -> CheckpointError:
+    """The refusal for a file that is not an upstream checkpoint (or is damaged)."""
+    return CheckpointError(
+        f"{path} is not an upstream MimicTalk/Real3D-Portrait checkpoint, or it is damaged ({detail}). "
+        "Upstream checkpoints hold only tensors, dicts, lists, strings and numbers, and MimicTalk never "
+        "unpickles anything else: download the official file again, or check that you picked the right file."
+    )
+
+
 def load_legacy_checkpoint(path: PathLike) -> dict:
     """Load an upstream ``.ckpt`` with ``torch.load(weights_only=True, map_location="cpu")``.
 
-    Raises ``CheckpointError`` when the restricted unpickler refuses the file (it holds a class
-    other than tensors, containers, plain scalars and numpy numbers: not an upstream checkpoint,
-    or a tampered one), when it is truncated/corrupt, or when it is not a dict.
+    Raises ``CheckpointError`` (the file is not an upstream checkpoint, or it is damaged) when the
+    restricted unpickler refuses the file (it holds a class other than tensors, containers, plain
+    scalars and numpy numbers), when it is truncated/corrupt, or when it is not a dict. Every
+    failure inside the unpickler ends here: a hostile file cannot leave a half-built numpy object
+    or a raw Python error behind.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_data_globals()):
+        with torch.serialization.safe_globals(_numpy_stand_ins()):
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except _RefusedPickle as e:
+        raise not_a_checkpoint(path, str(e)) from None
     except pickle.UnpicklingError as e:
         found = _UNSUPPORTED.search(str(e))
-        raise CheckpointError(
-            f"{path} was refused by the safe loader (torch.load weights_only=True): "
-            + (f"it contains `{found.group(1)}`" if found else str(e).splitlines()[0])
-            + ". Upstream MimicTalk/Real3D-Portrait "
-            "checkpoints contain only tensors, dicts, lists, strings and numbers, so this file is of "
-            "another kind or has been modified. MimicTalk never unpickles arbitrary objects; use the "
-            "official checkpoint files."
-        ) from e
+        detail = (f"it contains `{found.group(1)}`" if found else "its contents are not a valid checkpoint pickle")
+        raise not_a_checkpoint(path, detail) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path} could not be read as a torch checkpoint ({type(e).__name__}: {e}); the file is "
-            "probably truncated or corrupt: download it again."
-        ) from e
+        raise not_a_checkpoint(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'unreadable'}; "
+                               "it is probably truncated or corrupt") from None
+    except Exception as e:  # noqa: BLE001 - anything else a crafted pickle provokes is a bad file too
+        raise not_a_checkpoint(path, f"{type(e).__name__} while reading it") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
     return ckpt

@@ -33,7 +33,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import load_safetensors, save_safetensors
+from ..checkpoint import (
+    load_safetensors,
+    looks_like_torch_checkpoint,
+    read_safetensors_metadata,
+    read_safetensors_shapes,
+    save_safetensors,
+)
 from ..errors import CheckpointError
 from ..lora.inject import LoraSpec, inject_lora, load_lora_state_dict, merge_lora, share_copy
 from ..utils import logger
@@ -184,18 +190,110 @@ def _pack(name: str, t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float16) if name in _HALF_FIELDS else t.float()  # storage format only
 
 
-def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an adapter file written by :func:`save_adapter` (CPU tensors)."""
-    tensors, meta = load_safetensors(path)
+IDENTITY_SHAPES = {"id": (1, 80), "src_kp": (68, 3), "src_exp": (1, 64), "src_euler": (1, 3), "src_trans": (1, 3)}
+"""Fixed shapes of the identity fields; the images (``src_frame``, ``bg``, ``torso_ref``: [1, 3, S, S],
+``segmap``: [1, 6, S, S]) have the renderer's SECC size S."""
+MAX_KERNEL = 7  # loralib conv LoRA stores rank x kernel rows; kernels in the renderer are 1 or 3
+
+
+def _metadata_error(path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged adapter metadata ({what}); the file is not a usable MimicTalk adapter. "
+                           "Save or import the adapter again.")
+
+
+def _checked_metadata(meta: Any, path) -> tuple[dict, LoraSpec]:
+    """The adapter metadata with every field :func:`load_adapter` uses checked for type and range."""
+    from ..lora.layers import CONV_LORA_FORMS
+    from ..lora.targets import LORA_MODES
+
+    if not isinstance(meta, dict):
+        raise _metadata_error(path, f"a {type(meta).__name__} instead of a JSON object")
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(
-            f"{path} is not a MimicTalk adapter (metadata format {meta.get('format')!r}); for an upstream "
-            "personalised checkpoint (model_ckpt_steps_N.ckpt) use import_official_checkpoint"
+            f"{path} is not a MimicTalk adapter (metadata format {meta.get('format')!r}); an upstream personalised "
+            "checkpoint (model_ckpt_steps_N.ckpt) is imported with import_official_checkpoint"
         )
-    if int(meta.get("version", 0)) > ADAPTER_VERSION:
-        raise CheckpointError(f"{path} has adapter format version {meta['version']}; this pack reads up to {ADAPTER_VERSION}: update it")
-    if "triplane" not in tensors:
+    version = meta.get("version")
+    if type(version) is not int or version < 1:
+        raise _metadata_error(path, f"'version' is {version!r}, expected a positive integer")
+    if version > ADAPTER_VERSION:
+        raise CheckpointError(f"{path} has adapter format version {version}; this pack reads up to {ADAPTER_VERSION}: update it")
+    lora = meta.get("lora")
+    if not isinstance(lora, dict):
+        raise _metadata_error(path, "no 'lora' settings" if lora is None else f"'lora' is a {type(lora).__name__}, expected an object")
+    mode, rank, conv = lora.get("lora_mode"), lora.get("r"), lora.get("conv_lora", "upstream")
+    if not isinstance(mode, str) or mode not in LORA_MODES:
+        raise _metadata_error(path, f"lora.lora_mode is {mode!r}, expected one of {', '.join(LORA_MODES)}")
+    if type(rank) is not int or rank < 1:
+        raise _metadata_error(path, f"lora.r is {rank!r}, expected a positive integer")
+    if not isinstance(conv, str) or conv not in CONV_LORA_FORMS:
+        raise _metadata_error(path, f"lora.conv_lora is {conv!r}, expected one of {', '.join(CONV_LORA_FORMS)}")
+    for key, kind in (("video_id", str), ("triplane_dtype", str), ("base", dict), ("training", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise _metadata_error(path, f"'{key}' is a {type(meta[key]).__name__}, expected a {kind.__name__}")
+    sha = meta.get("base", {}).get("structure_sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise _metadata_error(path, f"base.structure_sha256 is a {type(sha).__name__}, expected a string")
+    return meta, LoraSpec(mode, rank, conv)
+
+
+def _check_shapes(shapes: dict[str, tuple[int, ...]], spec: LoraSpec, path) -> None:
+    """Every shape the metadata implies, checked against the file's header before any tensor is
+    read or any LoRA layer is allocated (a claimed rank of 10^7 must not reach peft)."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; the adapter file is damaged or was edited. Save or import it again.")
+
+    tri = shapes.get("triplane")
+    if tri is None:
         raise CheckpointError(f"{path} has no 'triplane' tensor; the file is incomplete")
+    if len(tri) != 5 or tri[:2] != (1, 3) or tri[3] != tri[4] or min(tri) < 1:
+        raise bad(f"'triplane' has shape {list(tri)}, expected [1, 3, C·D, P, P]")
+    lora = {k[len("lora."):]: v for k, v in shapes.items() if k.startswith("lora.")}
+    if spec.lora_mode == "none":
+        if lora:
+            raise bad(f"lora_mode is 'none' but the file holds {len(lora)} LoRA tensors")
+    else:
+        paths = {k.rsplit(".", 1)[0] for k in lora}
+        if not paths:
+            raise bad(f"lora_mode is {spec.lora_mode!r} but the file holds no LoRA tensors")
+        for p in sorted(paths):
+            a, b = lora.get(f"{p}.lora_A"), lora.get(f"{p}.lora_B")
+            if a is None or b is None or len(a) not in (2, 4) or len(b) != len(a):
+                raise bad(f"LoRA layer {p} lacks a 2-D or 4-D lora_A / lora_B pair")
+            inner = a[0]
+            if inner != b[1] or inner % spec.r or inner // spec.r > MAX_KERNEL or min(a + b) < 1:
+                raise bad(f"LoRA layer {p} has rank dimension {inner} (lora_A {list(a)}, lora_B {list(b)}), "
+                          f"which does not fit the declared rank r={spec.r}")
+    for name, want in IDENTITY_SHAPES.items():
+        got = shapes.get(f"identity.{name}")
+        if got is not None and tuple(got) != want:
+            raise bad(f"identity.{name} has shape {list(got)}, expected {list(want)}")
+    for name, channels in (("src_frame", 3), ("bg", 3), ("torso_ref", 3), ("segmap", 6)):
+        got = shapes.get(f"identity.{name}")
+        if got is not None and (len(got) != 4 or got[:2] != (1, channels) or got[2] != got[3]):
+            raise bad(f"identity.{name} has shape {list(got)}, expected [1, {channels}, S, S]")
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter file written by :func:`save_adapter` (CPU tensors).
+
+    The metadata and the tensor shapes in the header are checked first (types, ranges, the LoRA
+    rank against the stored matrices), so a damaged or edited file ends in CheckpointError before
+    anything is allocated. An upstream ``.ckpt`` is recognised and pointed to
+    :func:`~mimictalk_lib.adapt.official_import.import_official_checkpoint`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"adapter file not found: {path}")
+    if looks_like_torch_checkpoint(path):
+        raise CheckpointError(
+            f"{path} looks like an upstream MimicTalk checkpoint (a torch .ckpt such as model_ckpt_steps_N.ckpt), "
+            "not an adapter file. Import it with mimictalk_lib.adapt.official_import.import_official_checkpoint(path, "
+            "base_renderer) and save the result with save_adapter; in ComfyUI, pick the .ckpt in Load Adapter, which "
+            "imports it."
+        )
+    meta, spec = _checked_metadata(read_safetensors_metadata(path), path)
+    _check_shapes(read_safetensors_shapes(path), spec, path)
+    tensors, _ = load_safetensors(path)
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -204,7 +302,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     identity = AdapterIdentity(**{k: ident.get(k) for k in IDENTITY_FIELDS}, video_id=str(meta.get("video_id", "")))
     return Adapter(
         lora=group("lora."),
-        spec=LoraSpec.from_dict(meta["lora"]),
+        spec=spec,
         triplane=tensors["triplane"].float(),
         identity=identity,
         norm_state=group("norm."),

@@ -79,9 +79,9 @@ def test_custom_class_is_refused_clearly(tmp_path, legacy):
     ckpt["extra"] = PlainRecord()
     path = tmp_path / "custom.ckpt"
     torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
-    with pytest.raises(CheckpointError, match=r"weights_only=True\): it contains `[\w.]*PlainRecord`") as err:
+    with pytest.raises(CheckpointError, match=r"not an upstream .*checkpoint, or it is damaged \(it contains `[\w.]*PlainRecord`") as err:
         load_legacy_checkpoint(path)
-    assert "never unpickles arbitrary objects" in str(err.value)
+    assert "never unpickles anything else" in str(err.value) and "weights_only" not in str(err.value)
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy-pickle", "zip"])
@@ -91,7 +91,7 @@ def test_code_in_a_pickle_never_runs(tmp_path, legacy):
     ckpt["extra"] = Sneaky(marker)
     path = tmp_path / "evil.ckpt"
     torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
-    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+    with pytest.raises(CheckpointError, match="not an upstream .*checkpoint, or it is damaged"):
         load_legacy_checkpoint(path)
     assert not marker.exists()
 
@@ -169,3 +169,180 @@ def test_foreign_safetensors_metadata_is_returned_raw(tmp_path):
     (tmp_path / "g.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         read_safetensors_metadata(tmp_path / "g.safetensors")
+
+
+# --- hand-crafted hostile pickles (issue 21 item 1) -------------------------------------------------
+#
+# Each is written opcode by opcode as a complete legacy torch file (magic number, protocol, sys
+# info, the object, no storages) whose object is an upstream-looking dict with the payload under
+# 'checkpoint_callback_best'. Loading runs in a child process: a crafted numpy object can corrupt
+# the interpreter (seen: SystemError, "import of builtins halted", a segfault), which a refusal
+# inside this test process would not reveal.
+
+import pickle  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return pickle.BINUNICODE + struct.pack("<I", len(b)) + b
+
+
+def _bytes(b: bytes) -> bytes:
+    """bytes as protocol 2 spells them (torch's restricted unpickler has no BINBYTES opcode):
+    _codecs.encode(latin-1 text, 'latin1')."""
+    return _global("_codecs", "encode") + _tuple(_str(b.decode("latin1")), _str("latin1")) + pickle.REDUCE
+
+
+def _int(i: int) -> bytes:
+    return pickle.BININT + struct.pack("<i", i)
+
+
+def _global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _tuple(*items: bytes) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _dtype(code: str, state: bytes) -> bytes:
+    """numpy.dtype(code, False, True) then BUILD with ``state`` (opcodes of a tuple)."""
+    return (_global("numpy", "dtype") + _tuple(_str(code), pickle.NEWFALSE, pickle.NEWTRUE) + pickle.REDUCE
+            + state + pickle.BUILD)
+
+
+def _plain_state(order: str = "<", flags: int = 0) -> bytes:
+    return _tuple(_int(3), _str(order), pickle.NONE, pickle.NONE, pickle.NONE, _int(-1), _int(-1), _int(flags))
+
+
+def _ndarray(dtype: bytes, shape: tuple, data: bytes) -> bytes:
+    """numpy's own array pickle: _reconstruct(ndarray, (0,), b'b') then BUILD (1, shape, dtype, False, data)."""
+    return (_global("numpy._core.multiarray", "_reconstruct")
+            + _tuple(_global("numpy", "ndarray"), _tuple(_int(0)), _bytes(b"b")) + pickle.REDUCE
+            + _tuple(_int(1), _tuple(*(_int(n) for n in shape)) if all(n < 2**31 for n in shape)
+                     else _tuple(*(pickle.LONG1 + bytes([8]) + n.to_bytes(8, "little", signed=True) for n in shape)),
+                     dtype, pickle.NEWFALSE, data)
+            + pickle.BUILD)
+
+
+def _scalar(dtype: bytes, data: bytes, module: str = "numpy._core.multiarray") -> bytes:
+    return _global(module, "scalar") + _tuple(dtype, _bytes(data)) + pickle.REDUCE
+
+
+def legacy_file(payload: bytes) -> bytes:
+    """A complete legacy torch file holding {'global_step': 1, 'checkpoint_callback_best': payload,
+    'state_dict': {}}."""
+    import torch.serialization as ts
+
+    header = b"".join(pickle.dumps(x, protocol=2) for x in (
+        ts.MAGIC_NUMBER, ts.PROTOCOL_VERSION,
+        {"protocol_version": ts.PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    obj = (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + _str("global_step") + _int(1)
+           + _str("checkpoint_callback_best") + payload + _str("state_dict") + pickle.EMPTY_DICT
+           + pickle.SETITEMS + pickle.STOP)
+    return header + obj + pickle.dumps([], protocol=2)
+
+
+OBJECT_FLAGS = 0x3F  # NPY_ITEM_REFCOUNT | NPY_ITEM_HASOBJECT | NPY_LIST_PICKLE | ...: "this dtype holds pointers"
+HOSTILE = {
+    # a one-byte numeric dtype told it holds object pointers, then an array of it from a list
+    "object_flag_dtype_array_from_list": _ndarray(_dtype("u1", _plain_state("|", OBJECT_FLAGS)), (3,),
+                                                   pickle.EMPTY_LIST + pickle.MARK + _str("a") + _str("b") + _str("c") + pickle.APPENDS),
+    "object_flag_dtype_scalar": _scalar(_dtype("u1", _plain_state("|", OBJECT_FLAGS)), b"\x07"),
+    "ndarray_from_list": _ndarray(_dtype("f8", _plain_state()), (2,),
+                                  pickle.EMPTY_LIST + pickle.MARK + _str("x") + _int(1) + pickle.APPENDS),
+    "huge_shape": _ndarray(_dtype("f8", _plain_state()), (2**40, 2**40), _bytes(b"\0" * 8)),
+    "overflowing_shape": _ndarray(_dtype("f8", _plain_state()), (2**62, 4), _bytes(b"\0" * 8)),
+    "malformed_dtype_state_short": _scalar(_dtype("f8", _tuple(_int(3), _str("<"))), b"\0" * 8),
+    "malformed_dtype_state_not_tuple": _scalar(_dtype("f8", _str("garbage")), b"\0" * 8),
+    "malformed_dtype_state_fields": _scalar(_dtype("f8", _tuple(_int(3), _str("<"), pickle.NONE, _tuple(_str("a")),
+                                                                  pickle.EMPTY_DICT, _int(8), _int(1), _int(0))), b"\0" * 8),
+    "object_dtype_scalar": _scalar(_dtype("O8", _plain_state("|", OBJECT_FLAGS)), b"\0" * 8),
+    "structured_dtype_code": _scalar(_dtype("V8", _plain_state("|")), b"\0" * 8),
+    "scalar_with_wrong_byte_count": _scalar(_dtype("f8", _plain_state()), b"\0" * 3),
+    "scalar_from_a_list": _global("numpy._core.multiarray", "scalar") + _tuple(
+        _dtype("f8", _plain_state()), pickle.EMPTY_LIST) + pickle.REDUCE,
+    "dtype_built_twice": _scalar(_dtype("f8", _plain_state()) + _plain_state() + pickle.BUILD, b"\0" * 8),
+    "random_bytes_in_pickle": bytes(range(40, 90)),
+}
+
+CHILD = textwrap.dedent("""
+    import gc, sys
+    from mimictalk_lib.checkpoint import load_legacy_checkpoint
+    from mimictalk_lib.errors import CheckpointError
+    for path in sys.argv[1:]:
+        try:
+            got = load_legacy_checkpoint(path)
+        except CheckpointError as e:
+            msg = str(e)
+            assert "not an upstream" in msg and "damaged" in msg and "weights_only" not in msg, msg
+            print("REFUSED", path)
+        except BaseException as e:
+            print("RAW", path, type(e).__name__, str(e)[:200])
+        else:
+            print("LOADED", path, type(got.get("checkpoint_callback_best")).__name__)
+    gc.collect()
+    import json, decimal, fractions  # the interpreter still imports and runs normally
+    print("CHILD-OK", json.dumps(sorted({str(k): k for k in range(50)})[:3]), decimal.Decimal(1) / 4)
+""")
+
+
+def _run_child(paths) -> list[str]:
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, paths)], capture_output=True, text=True,
+                          timeout=300, cwd=str(pathlib.Path(__file__).resolve().parents[2]),
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    lines = proc.stdout.splitlines()
+    assert lines and lines[-1].startswith("CHILD-OK"), proc.stdout + proc.stderr
+    return lines[:-1]
+
+
+def test_hostile_numpy_pickles_are_refused_and_the_process_survives(tmp_path):
+    paths = []
+    for name, payload in HOSTILE.items():
+        path = tmp_path / f"{name}.ckpt"
+        path.write_bytes(legacy_file(payload))
+        paths.append(path)
+    for name, path in zip(HOSTILE, paths):  # one child per file: a corrupted interpreter cannot hide a later case
+        assert _run_child([path]) == [f"REFUSED {path}"], name
+
+
+def test_hand_written_plain_numpy_scalars_still_load(tmp_path):
+    """The layout upstream writes (checked against numpy's own pickle of np.float64 above): plain
+    numbers of each numeric kind come back as Python numbers, in both numpy module spellings."""
+    cases = {"f8": (b"\0\0\0\0\0\0\xd0?", 0.25), "f4": (b"\0\0\xc0?", 1.5), "i8": ((3).to_bytes(8, "little"), 3),
+             "f2": (b"\0<", 1.0), "b1": (b"\x01", True), "u2": (b"\x01\x02", 513)}
+    for code, (data, want) in cases.items():
+        for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+            path = tmp_path / f"{code}_{module}.ckpt"
+            order = "|" if code in ("b1",) else "<"
+            path.write_bytes(legacy_file(_scalar(_dtype(code, _plain_state(order)), data, module)))
+            got = load_legacy_checkpoint(path)["checkpoint_callback_best"]
+            assert got == want and type(got) is type(want), (code, module, got)
+    big = tmp_path / "big_endian.ckpt"
+    big.write_bytes(legacy_file(_scalar(_dtype("f8", _plain_state(">")), struct.pack(">d", -2.5))))
+    assert load_legacy_checkpoint(big)["checkpoint_callback_best"] == -2.5
+
+
+def test_numpy_written_checkpoint_loads_in_a_child_with_plain_numbers(tmp_path):
+    """What upstream's trainer writes (numpy's own pickle of np.float64 in checkpoint_callback_best,
+    pytorch-lightning style keys) loads, and the scalar comes back as a Python float."""
+    path = tmp_path / "model_ckpt_steps_100000.ckpt"
+    torch.save(upstream_like({"w": torch.ones(2)}), path, _use_new_zipfile_serialization=False)
+    assert _run_child([path]) == [f"LOADED {path} float"]
+
+
+def test_random_bytes_say_not_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        path = tmp_path / f"r{i}.ckpt"
+        path.write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+        with pytest.raises(CheckpointError, match="is not an upstream .*checkpoint, or it is damaged") as err:
+            load_legacy_checkpoint(path)
+        assert "weights_only" not in str(err.value)
