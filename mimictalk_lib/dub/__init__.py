@@ -4,6 +4,7 @@
 output frames to source frames and motion; :mod:`.source` streams source frames; :mod:`.dub`
 runs the whole job (:func:`dub_video`)."""
 
+from .dub import DubReport, DubResult, dub_video
 from .pasteback import CropTransform, blend_mask, colour_match, paste_back, to_crop, warp_to_source
 
-__all__ = ["CropTransform", "blend_mask", "colour_match", "paste_back", "to_crop", "warp_to_source"]
+__all__ = ["DubReport", "DubResult", "dub_video", "CropTransform", "blend_mask", "colour_match", "paste_back", "to_crop", "warp_to_source"]

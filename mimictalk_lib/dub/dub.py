@@ -1,0 +1,279 @@
+"""Dub a video: the user's own video, at its own size and frame rate, with the face saying new speech.
+
+Inputs: the source (a video file, or an IMAGE batch + fps, or one photo), the new speech, a
+renderer (personalised adapter, or a base renderer used one-shot from the identity), the identity
+prepared from that same source (its crop, per-frame head poses, face segmentation and which
+frames had no face), and either ready 25 fps motion or ICS-A2M + HuBERT (the source clip and its
+soundtrack are the style prompt).
+
+Per output frame ``k`` (at the source's fps, as many as the audio lasts): the source frame
+``timeline.source_indices`` picks (loop / ping-pong / trim), the head pose fitted on that frame,
+the expression of the 25 fps motion at time ``k / fps`` (linear), rendered in chunks and pasted
+back into the full-resolution source frame (``pasteback``). Frames whose source frame has no face
+are written untouched and counted. The output is written progressively (PyAV) or, without a path,
+collected as a uint8 batch; only one chunk of full-resolution frames and a bounded window of
+decoded source frames are in memory at a time, so memory does not grow with the length.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..utils import ProgressFn, logger, report
+from .pasteback import COLOUR_MODES, DEFAULT_FEATHER, CropTransform, blend_mask, paste_back
+from .source import open_source
+from .timeline import LENGTH_MODES, SourceTrack, output_frames, resample_motion, source_indices, track_from_identity
+
+POSE_MODES = ("source", "static")
+"""Head pose of the rendered face: 'source' follows the source frame's fitted pose (the render lines
+up with the head it replaces); 'static' keeps the first frame's pose (ICS-A2M predicts expression
+only, so there is no pose from the motion model)."""
+FACE_SKIN = 3  # identity segmentation class of face skin (identity.segmentation.FACE_SKIN)
+
+
+@dataclass
+class DubReport:
+    """What a dub did."""
+
+    frames: int  # output frames
+    fps: float  # output frame rate (= the source's)
+    width: int
+    height: int
+    audio_seconds: float
+    source_frames: int  # source frames the dub draws from
+    no_face_frames: int  # output frames kept untouched because their source frame has no face
+    length_mode: str
+    passes: float  # how many times the source was played (output frames / source frames)
+    variable_frame_rate: bool = False
+    path: Optional[str] = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps
+
+    def summary(self) -> str:
+        text = (f"dubbed {self.frames} frames ({self.duration:.2f} s) at {self.fps:g} fps, {self.width}x{self.height}; "
+                f"source {self.source_frames} frames played {self.passes:.2f}x ({self.length_mode}); "
+                f"{self.no_face_frames} frames without a face kept untouched")
+        return text + "".join(f"; {w}" for w in self.warnings)
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"duration": self.duration}
+
+
+@dataclass
+class DubResult:
+    report: DubReport
+    frames: Optional[torch.Tensor] = None  # uint8 [T, H, W, 3] when no output path was given
+    audio: Any = None  # the speech as written (an Audio), for the caller's own writer
+
+
+def _as_audio(audio):
+    from ..video import Audio, as_audio, read_audio
+
+    if isinstance(audio, (str, os.PathLike)):
+        got = read_audio(audio)
+        if got is None:
+            raise InputError(f"audio: '{os.fspath(audio)}' has no audio track")
+        return got
+    got = as_audio(audio)
+    if not isinstance(got, Audio):
+        raise InputError("audio: the speech to dub is missing")
+    return got
+
+
+def _style_audio(source, style_audio):
+    """The source's soundtrack (ICS-A2M's style prompt pairs it with the clip's expressions)."""
+    if style_audio is not None:
+        return style_audio
+    if isinstance(source, (str, os.PathLike)):
+        from ..video import read_audio
+
+        return read_audio(source)
+    return None
+
+
+def _motion(motion, a2m, hubert, audio, identity, source, style_audio, generator, motion_options) -> torch.Tensor:
+    if motion is not None:
+        motion = torch.as_tensor(motion).detach().float().cpu()
+        return motion[0] if motion.dim() == 3 and motion.shape[0] == 1 else motion
+    if a2m is None or hubert is None:
+        raise InputError("dub_video: give either motion (25 fps expressions [T, 64]) or the a2m and hubert models")
+    from ..pipeline import audio_to_motion
+
+    style: Any = identity
+    s_audio = _style_audio(source, style_audio)
+    if not identity.is_photo and s_audio is None:
+        logger.info("the source has no soundtrack for the ICS-A2M style prompt; using its first expression as the prompt")
+        style = identity.exp[0]
+    return audio_to_motion(a2m, hubert, audio.to_comfy(), style=style, style_audio=s_audio, generator=generator,
+                           **motion_options)
+
+
+def _check_source_matches(identity, src) -> None:
+    hw = identity.meta.get("source_size")
+    if hw is not None and (int(hw[0]), int(hw[1])) != (src.height, src.width):
+        raise InputError(
+            f"the identity was prepared from a {hw[1]}x{hw[0]} source but this video is {src.width}x{src.height}; "
+            "prepare the identity from the video being dubbed."
+        )
+
+
+def _face_masks(identity, frames: torch.Tensor, size: int) -> torch.Tensor:
+    """bool [n, R, R]: face skin of identity frames ``frames``, at the render side."""
+    seg = identity.segmaps[frames] == FACE_SKIN
+    if seg.shape[-1] != size:
+        seg = torch.nn.functional.interpolate(seg[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+    return seg
+
+
+def dub_video(
+    source: Any,
+    audio: Any,
+    *,
+    renderer: Any,
+    face_model: Any,
+    identity: Any,
+    motion: Optional[torch.Tensor] = None,
+    a2m: Any = None,
+    hubert: Any = None,
+    fps: Optional[float] = None,
+    output: Optional[Union[str, os.PathLike]] = None,
+    length: str = "pingpong",
+    pose: str = "source",
+    colour: str = "mean_std",
+    feather: float = DEFAULT_FEATHER,
+    blink: str = "none",
+    chunk_size: int = 4,
+    seed: int = 0,
+    style_audio: Any = None,
+    crf: float = 19,
+    motion_options: Optional[dict] = None,
+    on_step: Optional[ProgressFn] = None,
+) -> DubResult:
+    """Dub ``source`` with ``audio``; see the module docstring.
+
+    ``source``: a video/image file path, or frames (IMAGE batch ``[N, H, W, C]``) with ``fps``.
+    ``identity``: prepared from this source (``prepare_identity`` / ``prepare_photo_identity``).
+    ``renderer``: a personalised renderer (adapter applied) or a base renderer (one-shot from the
+    identity's first frame). ``length``: 'pingpong' | 'loop' | 'trim' when the audio outlasts the
+    source. ``pose``: 'source' | 'static'. ``colour``: 'mean_std' | 'none'. ``blink``: 'none'
+    (the eyes follow the motion) | 'period'. ``output``: an mp4 path written progressively (the
+    speech muxed in; an existing file there is replaced only once the new one is complete);
+    without it the frames are returned (short clips only). ``motion_options`` go to
+    ``pipeline.audio_to_motion`` (``steps``, ``cfg_scale``, ``temperature``...).
+    ``on_step(done, total)`` after every chunk may raise to cancel."""
+    from ..pipeline import build_session, iter_talking_head, renderer_model
+
+    for name, value, modes in (("length", length, LENGTH_MODES), ("pose", pose, POSE_MODES), ("colour", colour, COLOUR_MODES)):
+        if value not in modes:
+            raise InputError(f"dub_video: {name} must be one of {modes}, got {value!r}")
+    if not hasattr(identity, "meta") or not hasattr(identity, "segmaps"):
+        raise InputError("dub_video: identity must be a prepared identity of the source (prepare_identity)")
+    speech = _as_audio(audio)
+    src = open_source(source, fps)
+    try:
+        _check_source_matches(identity, src)
+        vfr = bool(identity.meta.get("variable_frame_rate"))
+        warnings = []
+        if vfr:
+            warnings.append(f"variable frame rate source: written at a constant {src.fps:g} fps, frames in decode order")
+            logger.warning("%s: %s", src.name, warnings[-1])
+        n_src = getattr(src, "num_frames", None)
+        track = track_from_identity(identity, src.fps, n_src)
+        if n_src is not None and track.num_frames > n_src:
+            raise InputError(f"the identity covers {track.num_frames} source frames but the batch has {n_src}")
+        n_out = output_frames(speech.duration, src.fps)
+        idx = source_indices(n_out, track.num_frames, length)
+        n_out = len(idx)
+        generator = torch.Generator().manual_seed(int(seed))
+        motion25 = _motion(motion, a2m, hubert, speech, identity, source, style_audio, generator, motion_options or {})
+        motion_out = resample_motion(motion25, n_out, src.fps)  # [n_out, 64] at the source rate
+        has_face = track.has_face[torch.from_numpy(idx)]
+        face_out = torch.nonzero(has_face).flatten()  # output frames that are rendered
+        report_ = DubReport(
+            frames=n_out, fps=src.fps, width=src.width, height=src.height, audio_seconds=speech.duration,
+            source_frames=track.num_frames, no_face_frames=int((~has_face).sum()), length_mode=length,
+            passes=n_out / track.num_frames, variable_frame_rate=vfr, warnings=warnings,
+        )
+        logger.info("dub plan: %s", report_.summary())
+        model = renderer_model(renderer)
+        frames_iter = _dub_frames(
+            src, identity, track, idx, face_out, motion_out, renderer, face_model, model, pose, colour, feather, blink,
+            chunk_size, generator, on_step, build_session, iter_talking_head,
+        )
+        if output is None:
+            frames = torch.cat(list(frames_iter)) if n_out else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
+            return DubResult(report_, frames=frames, audio=speech)
+        report_.path = str(_write(output, frames_iter, src.fps, speech, length, crf, source))
+        return DubResult(report_, audio=speech)
+    finally:
+        src.close()
+
+
+def _write(output, frames_iter, fps: float, speech, length: str, crf: float, source) -> Path:
+    """Write to a temporary name next to ``output`` and move it into place when complete."""
+    from ..video import VideoWriter
+
+    out = Path(output)
+    if isinstance(source, (str, os.PathLike)) and out.exists() and os.path.samefile(out, source):
+        raise InputError(f"dub_video: the output '{out}' is the source video; choose another output path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix or '.mp4'}")
+    with VideoWriter(tmp, fps, audio=speech, audio_mode="trim" if length == "trim" else "fit", crf=crf) as writer:
+        for chunk in frames_iter:
+            writer.write(chunk)
+    os.replace(tmp, out)
+    return out
+
+
+def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, renderer, face_model, model, pose, colour,
+                feather, blink, chunk_size, generator, on_step, build_session, iter_talking_head):
+    """Yield uint8 [n, H, W, 3] output chunks in order."""
+    n_out = len(idx)
+    idx_t = torch.from_numpy(np.asarray(idx)).long()
+    size = None
+    step = max(1, int(chunk_size))
+    next_out = 0
+
+    def untouched(stop: int):
+        nonlocal next_out
+        while next_out < stop:  # frames without a face: the source as it is, in chunk-sized pieces
+            part = idx_t[next_out: min(stop, next_out + step)]
+            yield src.read(part.numpy())
+            next_out += part.numel()
+            report(on_step, next_out, n_out)
+
+    if face_out.numel():
+        src_of = idx_t[face_out]
+        if pose == "source":
+            euler, trans = track.euler[src_of], track.trans[src_of]
+        else:
+            euler, trans = track.euler[src_of[:1]].expand(len(src_of), 3), track.trans[src_of[:1]].expand(len(src_of), 3)
+        session = build_session(renderer, face_model, identity, motion_out[face_out], pose=(euler, trans),
+                                map_to_init_pose=False, blink=blink, blink_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        for chunk in iter_talking_head(session, chunk_size=step, output_dtype=torch.float32):
+            n = chunk.images.shape[0]
+            outs = face_out[chunk.start: chunk.start + n]
+            size = chunk.images.shape[1]
+            id_frames = track.identity_frame[idx_t[outs]]
+            masks = blend_mask(chunk.masks, _face_masks(identity, id_frames, size), feather=feather)
+            tfs = [CropTransform.from_meta(identity.meta, size, int(f)) for f in id_frames]
+            yield from untouched(int(outs[0]))
+            pasted = paste_back(src.read(idx_t[outs].numpy()), chunk.images.permute(0, 3, 1, 2), masks, tfs, colour=colour)
+            # runs of consecutive output frames; the no-face frames between runs go out untouched
+            breaks = (torch.nonzero(outs.diff() > 1).flatten() + 1).tolist()
+            for a, b in zip([0] + breaks, breaks + [n]):
+                yield from untouched(int(outs[a]))
+                yield pasted[a:b]
+                next_out = int(outs[b - 1]) + 1
+            report(on_step, next_out, n_out)
+    yield from untouched(n_out)

@@ -1,0 +1,139 @@
+"""dub_video end to end on the tiny renderer: the output has the source's size, rate and the audio's
+length, only the face box changes, frames without a face are untouched, and it streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mimictalk_lib.dub import dub_video
+from mimictalk_lib.dub.pasteback import CropTransform
+from mimictalk_lib.dub.source import VideoFileFrames
+from mimictalk_lib.dub.timeline import source_indices
+from mimictalk_lib.errors import InputError
+from mimictalk_lib.video import Audio, read_video, write_video
+from tests.dub.conftest import BOX, RENDER, SOURCE_HW, identity_for, motion, source_frames
+
+FPS = 30.0
+
+
+def speech(seconds: float, rate: int = 16000) -> Audio:
+    t = torch.arange(int(seconds * rate)) / rate
+    return Audio((0.3 * torch.sin(2 * np.pi * 220 * t))[None].float(), rate)
+
+
+def outside_box(hw=SOURCE_HW) -> torch.Tensor:
+    x0, y0, x1, y1 = CropTransform(BOX.x0, BOX.y0, BOX.side, RENDER, hw).region()
+    m = torch.ones(hw, dtype=torch.bool)
+    m[y0:y1, x0:x1] = False
+    return m
+
+
+@pytest.fixture(scope="module")
+def clip(face_model):
+    frames = source_frames(12)
+    return frames, identity_for(face_model, frames, FPS, dropped=(4,))
+
+
+def test_dub_frames_keep_size_rate_length_and_background(clip, renderer, face_model):
+    frames, ident = clip
+    audio = speech(0.6)  # 18 frames at 30 fps > 12 source frames: ping-pong
+    res = dub_video(frames, audio, fps=FPS, renderer=renderer, face_model=face_model, identity=ident,
+                    motion=motion(15), chunk_size=3)
+    out, rep = res.frames, res.report
+    assert out.shape == (18, *SOURCE_HW, 3) and out.dtype == torch.uint8
+    assert (rep.frames, rep.fps, rep.width, rep.height, rep.source_frames) == (18, FPS, 160, 96, 12)
+    idx = source_indices(18, 12, "pingpong")
+    outside = outside_box()
+    assert torch.equal(out[:, outside], frames[torch.from_numpy(idx)][:, outside])  # background/body untouched
+    # 25 fps position 4 was dropped: source frame 5 (0.167 s) has no face and is written as it is
+    no_face = [k for k, s in enumerate(idx) if s == 5]
+    assert rep.no_face_frames == len(no_face) == 2
+    for k in no_face:
+        assert torch.equal(out[k], frames[5])
+    rendered = [k for k in range(18) if k not in no_face]
+    changed = (out[rendered].int() - frames[torch.from_numpy(idx[rendered])].int()).abs().flatten(1).amax(1)
+    assert (changed > 10).all()  # every other frame got a (random-weight) face pasted in
+    assert "2 frames without a face" in rep.summary()
+
+
+def test_dub_is_the_same_for_any_chunk_size(clip, renderer, face_model):
+    frames, ident = clip
+    kw = dict(fps=FPS, renderer=renderer, face_model=face_model, identity=ident, motion=motion(10))
+    a = dub_video(frames, speech(0.2), chunk_size=2, **kw).frames
+    b = dub_video(frames, speech(0.2), chunk_size=5, **kw).frames
+    assert torch.equal(a, b)
+
+
+def test_trim_and_loop(clip, renderer, face_model):
+    frames = source_frames(4)
+    ident = identity_for(face_model, frames, FPS)
+    kw = dict(fps=FPS, renderer=renderer, face_model=face_model, identity=ident, motion=motion(10), chunk_size=6)
+    trimmed = dub_video(frames, speech(0.3), length="trim", **kw)
+    assert trimmed.report.frames == 4
+    looped = dub_video(frames, speech(0.2), length="loop", **kw)
+    assert looped.report.frames == 6
+    assert torch.equal(looped.frames[4][outside_box()], frames[0][outside_box()])
+
+
+def test_dub_writes_an_mp4_at_the_source_rate_with_the_audio(tmp_path, clip, renderer, face_model):
+    import av
+
+    frames, ident = clip
+    src_path = write_video(tmp_path / "source.mp4", frames, FPS, crf=0, preset="ultrafast").path
+    out = tmp_path / "dub.mp4"
+    out.write_bytes(b"an older file")  # replaced only once the new video is complete
+    res = dub_video(src_path, speech(0.5), renderer=renderer, face_model=face_model, identity=ident,
+                    motion=motion(13), output=out, chunk_size=4)
+    assert res.frames is None and res.report.path == str(out)
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert (v.codec_context.width, v.codec_context.height) == (160, 96)
+        assert float(v.average_rate) == FPS
+        n = sum(1 for _ in c.decode(v))
+    assert n == 15
+    assert abs(a.duration * a.time_base - 0.5) < 0.05
+    back = read_video(out, with_audio=False).frames
+    src = read_video(src_path, with_audio=False).frames
+    idx = torch.from_numpy(source_indices(15, 12, "pingpong"))
+    # outside the face box the dub is the source again, up to the output's H.264 quantisation (crf 19)
+    err = (back[:, outside_box()].float() - src[idx][:, outside_box()].float()).abs().mean()
+    assert err < 2.0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_file_source_reads_any_order_with_a_bounded_window(tmp_path):
+    frames = source_frames(40, hw=(32, 48))
+    path = write_video(tmp_path / "s.mp4", frames, 25.0, crf=0, preset="ultrafast").path
+    decoded = read_video(path, with_audio=False).frames
+    src = VideoFileFrames(path, window_bytes=6 * 32 * 48 * 3)  # 6 frames
+    order = source_indices(130, 40, "pingpong")  # forwards, backwards, forwards, backwards
+    got = torch.cat([src.read(order[i: i + 7]) for i in range(0, len(order), 7)])
+    assert torch.equal(got, decoded[torch.from_numpy(order)])
+    assert src.block == 6 and len(src._buf) <= 6 and src.seeks > 0
+    with pytest.raises(InputError, match="ends after 40 frames"):
+        src.read([45])
+    src.close()
+
+
+def test_photo_dub_keeps_the_photo_size_and_background(face_model, renderer):
+    photo = source_frames(1)
+    ident = identity_for(face_model, photo, 25.0)
+    ident.meta["kind"] = "photo"
+    res = dub_video(photo[0], speech(0.2), renderer=renderer, face_model=face_model, identity=ident, motion=motion(10))
+    assert res.frames.shape == (5, *SOURCE_HW, 3)
+    assert torch.equal(res.frames[:, outside_box()], photo[:, outside_box()].expand(5, -1, -1))
+
+
+def test_bad_inputs_are_explained(clip, renderer, face_model):
+    frames, ident = clip
+    kw = dict(renderer=renderer, face_model=face_model, identity=ident, motion=motion(10))
+    with pytest.raises(InputError, match="prepared from a 160x96 source"):
+        dub_video(source_frames(12, hw=(96, 170)), speech(0.3), fps=FPS, **kw)
+    with pytest.raises(InputError, match="frame rate"):
+        dub_video(frames, speech(0.3), **kw)
+    with pytest.raises(InputError, match="pose must be"):
+        dub_video(frames, speech(0.3), fps=FPS, pose="motion", **kw)
+    with pytest.raises(InputError, match="a2m and hubert"):
+        dub_video(frames, speech(0.3), fps=FPS, **{**kw, "motion": None})
