@@ -3,6 +3,7 @@
 - ``talk``: speech + a personalised adapter (or a portrait photo) -> an mp4, without a ComfyUI
   server: runs the pack's own talk / one-shot workflow (``workflows/*.json``, converted to an API
   graph) through the pack's in-process executor, with the same node classes ComfyUI runs;
+- ``dub``: a video + new speech -> the same video saying it (``mimictalk_lib.dub.cli``, library direct);
 - ``download``: list, check or fetch the manifest's model files (``mimictalk_lib.download``);
 - ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``).
 """
@@ -162,8 +163,9 @@ def logging_to_stderr() -> None:
 
 def _commands() -> dict[str, Callable[[Optional[Sequence[str]]], int]]:
     from . import convert, download
+    from .dub import cli as dub_cli
 
-    return {"talk": talk, "download": download.main, "convert": convert.main}
+    return {"talk": talk, "dub": dub_cli.main, "download": download.main, "convert": convert.main}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
