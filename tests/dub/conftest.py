@@ -7,12 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import pytest
 import torch
 
 from mimictalk_lib.identity.frames import CropBox, crop_frames, resample_indices
-from tests.fixtures.tiny_renderer import random_renderer
-from tests.pipeline.conftest import make_identity, motion  # noqa: F401  (motion re-exported for the tests)
+from tests.pipeline.conftest import face_model, make_identity, motion, renderer  # noqa: F401  (fixtures and helpers shared)
 
 SOURCE_HW = (96, 160)  # a landscape "video", the face box off-centre
 BOX = CropBox(70, 8, 72)  # 72 px box -> 64 px renders (the tiny renderer's side)
@@ -42,16 +40,3 @@ def identity_for(face_model, frames: torch.Tensor, fps: float, *, dropped=(), se
         "source_frames": idx[keep].tolist(), "dropped_frames": [int(p) for p in dropped], "interpolated_frames": [],
     }
     return replace(ident, frames=crops, meta=meta)
-
-
-@pytest.fixture(scope="session")
-def face_model(tmp_path_factory):
-    from mimictalk_lib.face import load_face_model
-    from tests.fixtures.synthetic_bfm import write_synthetic_face_model
-
-    return load_face_model(write_synthetic_face_model(tmp_path_factory.mktemp("bfm")))
-
-
-@pytest.fixture(scope="session")
-def renderer():
-    return random_renderer("mimictalk", seed=0)
