@@ -5,7 +5,8 @@
   graph) through the pack's in-process executor, with the same node classes ComfyUI runs;
 - ``dub``: a video + new speech -> the same video saying it (``mimictalk_lib.dub.cli``, library direct);
 - ``download``: list, check or fetch the manifest's model files (``mimictalk_lib.download``);
-- ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``).
+- ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``);
+- ``evaluate``: rendered video vs reference video -> metrics table, JSON, plot (``mimictalk_lib.evaluate``).
 """
 
 from __future__ import annotations
@@ -164,8 +165,10 @@ def logging_to_stderr() -> None:
 def _commands() -> dict[str, Callable[[Optional[Sequence[str]]], int]]:
     from . import convert, download
     from .dub import cli as dub_cli
+    from .evaluate import cli as evaluate_cli
 
-    return {"talk": talk, "dub": dub_cli.main, "download": download.main, "convert": convert.main}
+    return {"talk": talk, "dub": dub_cli.main, "download": download.main, "convert": convert.main,
+            "evaluate": evaluate_cli.main}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

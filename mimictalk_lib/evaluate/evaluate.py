@@ -1,0 +1,382 @@
+"""Evaluate rendered talking-head frames against a reference clip: a metrics table, a plot image
+and JSON (what the Evaluate node and ``python -m mimictalk_lib evaluate`` return).
+
+* :func:`evaluate`: rendered frames + reference frames (IMAGE ``[N, H, W, 3]``, float 0..1 or
+  uint8), optionally the reference's head masks (head-region metrics) and landmarks.
+* :func:`evaluate_identity`: a renderer re-renders a prepared identity's own motion and head pose
+  (all frames, or only the held-out validation slice adaptation never trains on) and is compared
+  with the identity's frames (background replaced by the plate, as adaptation's targets), head
+  masks from its segmentation and its stored landmarks.
+
+Frames are processed in chunks (memory flat in the clip length). Metrics: :mod:`.metrics`.
+Landmark metrics need a :class:`~mimictalk_lib.identity.landmarks.Landmarker` (MediaPipe, optional
+package); LPIPS needs the ``lpips_alex`` weights; audio-visual sync (LSE-C / LSE-D) and identity
+similarity (CSIM) need models the manifest does not list yet. What cannot be measured is reported
+as a note, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..utils import ProgressFn, report
+from . import metrics as M
+
+CHUNK = 8  # frames measured at a time
+STRIP_FRAMES = 6  # frames shown real above rendered in the plot
+OPTIONAL_MODELS = (
+    ("LSE-C / LSE-D (audio-visual sync, SyncNet)", "syncnet"),
+    ("CSIM (identity similarity, face-embedding network)", "face_embedding"),
+)
+"""Metrics that need a model from the manifest: (what, asset id)."""
+DESCRIPTIONS = {
+    "psnr": ("dB", "peak signal-to-noise ratio, full frame (higher is better)"),
+    "ssim": ("", "structural similarity, full frame (1 = identical)"),
+    "lpips": ("", "LPIPS AlexNet distance, full frame (0 = identical)"),
+    "head_psnr": ("dB", "PSNR inside the head box"),
+    "head_ssim": ("", "SSIM inside the head box"),
+    "head_lpips": ("", "LPIPS inside the head box"),
+    "lmd_face": ("px", "landmark distance, 468 face-mesh points (lower is better)"),
+    "lmd_mouth": ("px", "landmark distance, lip and mouth points"),
+    "blink_rate": ("/min", "blinks per minute, rendered"),
+    "blink_rate_reference": ("/min", "blinks per minute, reference"),
+    "jitter_position": ("% face", "head-position jitter (RMS frame-to-frame acceleration), rendered"),
+    "jitter_position_reference": ("% face", "head-position jitter, reference"),
+    "jitter_scale": ("% face", "head-size jitter, rendered"),
+    "jitter_scale_reference": ("% face", "head-size jitter, reference"),
+    "jitter_roll": ("deg", "head-roll jitter, rendered"),
+    "jitter_roll_reference": ("deg", "head-roll jitter, reference"),
+}
+
+
+@dataclass
+class Evaluation:
+    """Result of an evaluation: ``metrics`` (summary values, NaN = not measured), ``per_frame``
+    (lists per frame of the per-frame metrics), ``notes`` (what was not measured and why),
+    ``info`` (frames, fps, size, frame indices) and ``strip`` (sample frames real, rendered)."""
+
+    metrics: dict[str, float]
+    per_frame: dict[str, list[float]]
+    notes: list[str]
+    info: dict[str, Any]
+    strip: Optional[tuple[torch.Tensor, torch.Tensor]] = field(default=None, repr=False)
+
+    def table(self) -> str:
+        """A markdown table: metric, value, unit, meaning; then the notes."""
+        lines = ["| metric | value | unit | meaning |", "|---|---|---|---|"]
+        for name, value in self.metrics.items():
+            unit, meaning = DESCRIPTIONS.get(name, ("", ""))
+            lines.append(f"| {name} | {_show(value)} | {unit} | {meaning} |")
+        lines.append(f"\n{self.info.get('frames')} frames at {self.info.get('fps')} fps, "
+                     f"{self.info.get('width')}x{self.info.get('height')}.")
+        lines.extend(f"- {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: non-finite numbers become strings ("inf") or None (NaN: not measured)."""
+        return {"metrics": {k: _json_num(v) for k, v in self.metrics.items()},
+                "per_frame": {k: [_json_num(v) for v in vs] for k, vs in self.per_frame.items()},
+                "notes": list(self.notes), "info": dict(self.info)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    def plot(self) -> torch.Tensor:
+        """IMAGE [1, H, 768, 3]: per-frame PSNR, SSIM, LPIPS (full frame blue, head orange) and
+        landmark distance (face blue, mouth orange) when measured; sample frames real above rendered."""
+        from ..adapt.report import LINE_COLOUR, PANEL_HEIGHT, PANEL_WIDTH, SECOND_COLOUR, figure, frame_strip, plot_panel
+
+        frames = self.info.get("frame_indices") or list(range(self.info.get("frames", 0)))
+        panels = []
+        for a, b, title in (("psnr", "head_psnr", "PSNR dB per frame"), ("ssim", "head_ssim", "SSIM per frame"),
+                            ("lpips", "head_lpips", "LPIPS per frame"), ("lmd_face", "lmd_mouth", "landmark distance px")):
+            if a not in self.per_frame:
+                continue
+            series = [(frames, self.per_frame[a], LINE_COLOUR)]
+            if b in self.per_frame:
+                series.append((frames, self.per_frame[b], SECOND_COLOUR))
+            panels.append(plot_panel(series, height=PANEL_HEIGHT, width=PANEL_WIDTH,
+                                     title=title + (" (mouth: orange)" if a == "lmd_face" else " (head: orange)")))
+        strip = frame_strip(*self.strip, PANEL_WIDTH * 2) if self.strip is not None else None
+        return figure(panels, strip)
+
+
+def _show(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.4g}")
+
+
+def _json_num(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def as_float_images(frames: torch.Tensor, name: str) -> torch.Tensor:
+    """IMAGE [n, H, W, 3] (float 0..1 or uint8) -> float [n, 3, H, W] in 0..1."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise InputError(f"evaluate: {name} must be frames [N, H, W, 3] (an IMAGE batch), got {list(frames.shape)}")
+    x = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+    return x.permute(0, 3, 1, 2).clamp(0, 1)
+
+
+def _uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [n, 3, H, W] 0..1 -> uint8 [n, H, W, 3]."""
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def optional_model_notes(manifest=None) -> list[str]:
+    """One note per metric whose model the manifest does not provide (:data:`OPTIONAL_MODELS`)."""
+    from ..manifest import load_manifest
+
+    ids = set((manifest or load_manifest()).ids)
+    notes = []
+    for what, asset in OPTIONAL_MODELS:
+        if asset not in ids:
+            notes.append(f"{what}: not measured; the models manifest lists no '{asset}' model yet.")
+        else:
+            notes.append(f"{what}: not measured; this version of the pack cannot run the '{asset}' model yet.")
+    return notes
+
+
+@dataclass
+class Chunk:
+    """One chunk of frames to compare: float [n, 3, H, W] in 0..1 each, optional reference head
+    masks [n, H, W] and landmarks [n, 478, 3] (+ detected [n])."""
+
+    rendered: torch.Tensor
+    reference: torch.Tensor
+    masks: Optional[torch.Tensor] = None
+    ref_points: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+
+class _Accumulator:
+    def __init__(self, total: int, lpips, landmarker, strip_at: set[int]):
+        self.total, self.lpips, self.landmarker, self.strip_at = total, lpips, landmarker, strip_at
+        self.per_frame: dict[str, list[torch.Tensor]] = {}
+        self.points: dict[str, list[torch.Tensor]] = {"pred": [], "pred_ok": [], "ref": [], "ref_ok": []}
+        self.strip_real: list[torch.Tensor] = []
+        self.strip_fake: list[torch.Tensor] = []
+        self.done, self.size = 0, None
+        self.notes: list[str] = []
+
+    def add(self, c: Chunk) -> None:
+        if c.rendered.shape[0] != c.reference.shape[0]:
+            raise InputError(f"evaluate: a chunk has {c.rendered.shape[0]} rendered and {c.reference.shape[0]} reference frames")
+        ref, masks = c.reference, c.masks
+        if ref.shape[-2:] != c.rendered.shape[-2:]:  # compare at the rendered size
+            ref = F.interpolate(ref, size=c.rendered.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            if masks is not None:
+                masks = F.interpolate(masks[:, None].float(), size=c.rendered.shape[-2:], mode="nearest")[:, 0] > 0.5
+            if "reference resized" not in " ".join(self.notes):
+                self.notes.append(f"reference resized from {list(c.reference.shape[-2:])} to the rendered "
+                                  f"{list(c.rendered.shape[-2:])} before comparing.")
+        self.size = tuple(c.rendered.shape[-2:])
+        boxes = M.head_boxes(masks) if masks is not None else None
+        for k, v in M.image_metrics(c.rendered, ref, boxes=boxes, lpips=self.lpips).items():
+            self.per_frame.setdefault(k, []).append(v)
+        if self.landmarker is not None:
+            pred = self.landmarker.detect(_uint8(c.rendered), video=False)
+            self.points["pred"].append(pred.points)
+            self.points["pred_ok"].append(pred.detected)
+            if c.ref_points is not None and c.reference.shape[-2:] == c.rendered.shape[-2:]:
+                pts, ok = c.ref_points
+            else:
+                found = self.landmarker.detect(_uint8(ref), video=False)
+                pts, ok = found.points, found.detected
+            self.points["ref"].append(pts.float())
+            self.points["ref_ok"].append(ok.bool())
+        for i in range(c.rendered.shape[0]):
+            if self.done + i in self.strip_at:
+                self.strip_real.append(ref[i].permute(1, 2, 0))
+                self.strip_fake.append(c.rendered[i].permute(1, 2, 0))
+        self.done += c.rendered.shape[0]
+
+    def result(self, fps: float, notes: list[str], info: dict) -> Evaluation:
+        per_frame = {k: torch.cat(v) for k, v in self.per_frame.items()}
+        summary: dict[str, float] = {}
+        for k, v in per_frame.items():
+            finite_or_inf = v[~v.isnan()]
+            summary[k] = float(finite_or_inf.mean()) if finite_or_inf.numel() else math.nan
+        if self.landmarker is not None and self.points["pred"]:
+            pred, pred_ok = torch.cat(self.points["pred"]), torch.cat(self.points["pred_ok"])
+            ref, ref_ok = torch.cat(self.points["ref"]), torch.cat(self.points["ref_ok"])
+            both = pred_ok & ref_ok
+            lmd = M.landmark_distance(pred, ref, both)
+            per_frame.update(lmd)
+            for k, v in lmd.items():
+                summary[k] = float(v[both].mean()) if both.any() else math.nan
+            summary["blink_rate"], summary["blink_rate_reference"] = M.blink_rate(pred, pred_ok, fps), M.blink_rate(ref, ref_ok, fps)
+            for k, v in M.pose_jitter(pred, pred_ok).items():
+                summary[k] = v
+            for k, v in M.pose_jitter(ref, ref_ok).items():
+                summary[k + "_reference"] = v
+            if not bool(both.all()):
+                notes.append(f"landmarks: a face was found in {int(pred_ok.sum())}/{len(pred_ok)} rendered and "
+                             f"{int(ref_ok.sum())}/{len(ref_ok)} reference frames; distances use frames with both.")
+        if "head_psnr" not in per_frame:
+            notes.append("head-region metrics: not measured (no head masks; pass an identity or head masks).")
+        if math.isnan(summary.get("lpips", math.nan)):
+            notes.append("LPIPS: not measured (no LPIPS network, or frames under 31 pixels).")
+        strip = (torch.stack(self.strip_real), torch.stack(self.strip_fake)) if self.strip_real else None
+        info = dict(info, frames=self.done, fps=fps, height=self.size[0] if self.size else None,
+                    width=self.size[1] if self.size else None)
+        return Evaluation(summary, {k: [float(x) for x in v] for k, v in per_frame.items()}, self.notes + notes, info, strip)
+
+
+def _run(chunks: Iterable[Chunk], total: int, *, fps: float, lpips, landmarker, landmark_note: Optional[str],
+         manifest, info: dict, on_step: Optional[ProgressFn]) -> Evaluation:
+    if total < 1:
+        raise InputError("evaluate: there are no frames to compare")
+    strip_at = set(torch.linspace(0, total - 1, min(STRIP_FRAMES, total)).round().long().tolist())
+    acc = _Accumulator(total, lpips, landmarker, strip_at)
+    for chunk in chunks:
+        acc.add(chunk)
+        report(on_step, acc.done, total)
+    notes = [] if landmark_note is None else [landmark_note]
+    notes += optional_model_notes(manifest)
+    return acc.result(fps, notes, info)
+
+
+def evaluate(
+    rendered: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    head_masks: Optional[torch.Tensor] = None,
+    reference_landmarks: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    lpips=None,
+    landmarker=None,
+    landmark_note: Optional[str] = None,
+    fps: float = 25.0,
+    manifest=None,
+    on_step: Optional[ProgressFn] = None,
+) -> Evaluation:
+    """Compare ``rendered`` with ``reference`` frame by frame (IMAGE [N, H, W, 3], float 0..1 or
+    uint8; the reference is resized to the rendered size when they differ; with different frame
+    counts the first min(N, M) are compared, with a note). ``head_masks`` [M, H', W'] of the
+    reference give the head-region metrics; ``reference_landmarks`` = (points [M, 478, 3],
+    detected [M]) spare detecting them again; ``lpips``: :class:`~mimictalk_lib.adapt.lpips.LPIPS`
+    (None: no LPIPS); ``landmarker``: a :class:`~mimictalk_lib.identity.landmarks.Landmarker` (None:
+    no landmark metrics, ``landmark_note`` says why)."""
+    n = min(rendered.shape[0], reference.shape[0])
+    notes_info = {}
+    if rendered.shape[0] != reference.shape[0]:
+        notes_info["frame_count_note"] = (f"{rendered.shape[0]} rendered and {reference.shape[0]} reference frames: "
+                                          f"the first {n} are compared")
+    if landmarker is None and landmark_note is None:
+        landmark_note = "landmark metrics (distance, blink rate, pose jitter): not measured (no landmarker given)."
+
+    def chunks() -> Iterator[Chunk]:
+        for s in range(0, n, CHUNK):
+            e = min(s + CHUNK, n)
+            yield Chunk(as_float_images(rendered[s:e], "rendered"), as_float_images(reference[s:e], "reference"),
+                        head_masks[s:e] if head_masks is not None else None,
+                        (reference_landmarks[0][s:e], reference_landmarks[1][s:e]) if reference_landmarks else None)
+
+    result = _run(chunks(), n, fps=fps, lpips=lpips, landmarker=landmarker, landmark_note=landmark_note,
+                  manifest=manifest, info={}, on_step=on_step)
+    if notes_info:
+        result.notes.insert(0, notes_info["frame_count_note"])
+    return result
+
+
+def identity_frames(identity, frames: str = "held_out", *, holdout_fraction: float = 0.1, holdout_min_frames: int = 25):
+    """Frame indices of ``identity`` to evaluate: 'all', or 'held_out' (the validation slice
+    adaptation leaves out, :func:`~mimictalk_lib.adapt.validation.holdout_split`)."""
+    from ..adapt.validation import holdout_split
+
+    if frames == "all":
+        return torch.arange(identity.num_frames)
+    if frames != "held_out":
+        raise InputError(f"evaluate: frames must be 'all' or 'held_out', got {frames!r}")
+    split = holdout_split(identity.num_frames, holdout_fraction, holdout_min_frames)
+    if split is None:
+        raise InputError(f"evaluate: the identity has {identity.num_frames} frames, too few for a held-out slice "
+                         f"(at least {2 * holdout_min_frames}); use frames='all'")
+    return torch.tensor(list(split[1]))
+
+
+def evaluate_identity(
+    renderer: Any,
+    face_model,
+    identity,
+    *,
+    frames: str = "held_out",
+    lpips=None,
+    landmarker=None,
+    landmark_note: Optional[str] = None,
+    chunk_size: int = 4,
+    manifest=None,
+    on_step: Optional[ProgressFn] = None,
+) -> Evaluation:
+    """Re-render ``identity``'s own expressions and head poses (frames 'all' or 'held_out') with
+    ``renderer`` (personalised, or base = one-shot from the identity's first frame) and compare with
+    the identity's frames, background replaced by the plate (the adaptation targets). Eye blinks
+    are off (the reference's own blinks are in its expressions)."""
+    from ..pipeline import FPS, build_session, iter_talking_head
+
+    idx = identity_frames(identity, frames)
+    session = build_session(renderer, face_model, identity, identity.exp[idx].float(),
+                            pose=(identity.euler[idx].float(), identity.trans[idx].float()),
+                            map_to_init_pose=False, blink="none")
+    if landmarker is None and landmark_note is None:
+        landmark_note = "landmark metrics (distance, blink rate, pose jitter): not measured (no landmarker given)."
+
+    def chunks() -> Iterator[Chunk]:
+        for part in iter_talking_head(session, chunk_size=chunk_size):
+            sel = idx[part.start: part.start + part.images.shape[0]]
+            ref = as_float_images(identity.com_images(sel), "identity frames")
+            yield Chunk(as_float_images(part.images, "rendered"), ref, identity.head_masks(sel),
+                        (identity.landmarks[sel].float(), torch.ones(len(sel), dtype=torch.bool)))
+
+    return _run(chunks(), len(idx), fps=float(FPS), lpips=lpips, landmarker=landmarker, landmark_note=landmark_note,
+                manifest=manifest, info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step)
+
+
+# --- the optional models, found through the manifest ---------------------------------------------
+
+
+def load_optional_models(model_dirs=None, *, perceptual: bool = True, landmarks: bool = True,
+                         allow_download: bool = False, device: torch.device | str = "cpu",
+                         on_step: Optional[ProgressFn] = None) -> tuple[Any, Any, list[str]]:
+    """(LPIPS network or None, landmarker or None, notes): the ``lpips_alex`` weights and the
+    MediaPipe face landmarker (``mediapipe_face_landmarker``, optional ``mediapipe`` package) from
+    the model folders (default :func:`~mimictalk_lib.download.default_model_dirs`). What is
+    missing becomes a note saying how to get it, not an error."""
+    from ..adapt.lpips import load_lpips
+    from ..download import ensure_asset
+    from ..errors import MimicTalkError
+    from ..manifest import load_manifest
+
+    manifest, notes, lpips, landmarker = load_manifest(), [], None, None
+
+    def files(asset_id: str):
+        folder = ensure_asset(asset_id, model_dirs, allow_download=allow_download, on_step=on_step, manifest=manifest)
+        return [folder / f.name for f in manifest.get(asset_id).files]
+
+    if perceptual:
+        try:
+            lpips = load_lpips(*files("lpips_alex")[:2], device=device)
+        except MimicTalkError as e:
+            notes.append(f"LPIPS: not measured; its weights are missing ({_first_line(e)}). "
+                         "Get them with: python -m mimictalk_lib download fetch lpips_alex")
+    if landmarks:
+        try:
+            from ..identity.landmarks import MediaPipeLandmarker
+
+            landmarker = MediaPipeLandmarker(files("mediapipe_face_landmarker")[0])
+        except MimicTalkError as e:
+            notes.append(f"landmark metrics (distance, blink rate, pose jitter): not measured; {_first_line(e)}")
+    return lpips, landmarker, notes
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
