@@ -9,6 +9,8 @@ from . import host
 io, ui = host.io, host.ui
 
 AUDIO_FIT = ("fit", "trim", "pad", "keep")
+AUDIO_PLAYER = "AUDIO_UI"
+"""The frontend's audio player widget type (core Load Audio's ``audioUI``)."""
 
 
 class LoadAudio(io.ComfyNode):
@@ -24,6 +26,10 @@ class LoadAudio(io.ComfyNode):
             inputs=[
                 io.Combo.Input("audio", options=files, default=files[0], upload=io.UploadType.audio,
                                tooltip="An audio (wav, mp3, flac, ...) or video file in ComfyUI's input folder."),
+                # The web frontend's upload button (added for audio_upload) drives an "audioUI" player
+                # widget, which it adds by itself only to the core audio nodes: declaring this input
+                # makes it build one here too. Older frontends (1.27) send '' for it in the prompt: ignored.
+                io.Custom(AUDIO_PLAYER).Input("audioUI", optional=True, tooltip="Plays the chosen file."),
             ],
             outputs=[io.Audio.Output(display_name="audio", tooltip="The sound: waveform [1, channels, samples] + sample rate.")],
         )
@@ -34,12 +40,12 @@ class LoadAudio(io.ComfyNode):
         return True if path.is_file() else f"audio file not found: '{audio}' (looked for {path})"
 
     @classmethod
-    def fingerprint_inputs(cls, audio):
+    def fingerprint_inputs(cls, audio, audioUI=None):  # noqa: N803 - the player (see the schema), ignored
         path = host.input_path(audio)
         return (str(path), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else (audio, "missing")
 
     @classmethod
-    def execute(cls, audio):
+    def execute(cls, audio, audioUI=None):  # noqa: N803 - the player (see the schema), ignored
         from ..mimictalk_lib.video import read_audio
 
         sound = read_audio(host.input_path(audio))

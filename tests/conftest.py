@@ -27,6 +27,15 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A real ComfyUI server with the pack and tiny weights (tests/e2e/comfy_server.py), shared by
+    the end-to-end and browser tests; skips without ``COMFYUI_DIR`` (fails in CI)."""
+    from tests.e2e.comfy_server import serve
+
+    yield from serve(tmp_path_factory)
+
+
 # --- threads -------------------------------------------------------------------------------------
 
 # Test folders whose tests run many small tensor ops (tiny a2m transformers, landmark fits on a few
