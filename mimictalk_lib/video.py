@@ -448,28 +448,167 @@ def probe(path: Union[str, os.PathLike]) -> StreamInfo:
         )
 
 
-def _decode_audio(container) -> Optional[Audio]:
-    if not container.streams.audio:
+DEFAULT_MAX_AUDIO_SECONDS = 7200.0
+"""Longest audio read by default (2 h: 460 MB at 16 kHz mono, 2.8 GB at 48 kHz stereo as float32);
+raise it with the environment variable ``MIMICTALK_MAX_AUDIO_SECONDS`` or ``max_seconds=``."""
+MAX_AUDIO_SECONDS_ENV = "MIMICTALK_MAX_AUDIO_SECONDS"
+
+
+def length_limit(max_seconds: Optional[float], env: str, default: float) -> float:
+    """A length limit in seconds: ``max_seconds`` if given, else the environment variable ``env``,
+    else ``default``; InputError naming where a bad value came from."""
+    source = "max_seconds"
+    if max_seconds is None:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            return default
+        source, max_seconds = f"environment variable {env}", text
+    try:
+        value = float(max_seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{source} must be a positive number of seconds, got {max_seconds!r}")
+    return value
+
+
+def max_audio_seconds(max_seconds: Optional[float] = None) -> float:
+    """The audio length limit: ``max_seconds`` if given, else ``MIMICTALK_MAX_AUDIO_SECONDS``, else
+    ``DEFAULT_MAX_AUDIO_SECONDS``."""
+    return length_limit(max_seconds, MAX_AUDIO_SECONDS_ENV, DEFAULT_MAX_AUDIO_SECONDS)
+
+
+def check_audio_length(seconds: float, limit: float, what: str, how: str = "at least", slack: float = 0.0) -> None:
+    """InputError when ``seconds`` of audio exceed ``limit`` + ``slack`` (``how``: "stated to be" before
+    decoding, with a second of slack for containers that round up; "at least" while decoding)."""
+    if seconds > limit + slack:
+        raise InputError(
+            f"{what}: the audio is {how} {seconds:.0f} s ({seconds / 3600:.2f} h) long; audio is limited to "
+            f"{limit:g} s ({limit / 3600:.2f} h) so that it fits in memory. Use a shorter file (cut the speech you "
+            f"need), or raise the limit with the environment variable {MAX_AUDIO_SECONDS_ENV}=<seconds> "
+            "(from Python: max_seconds=...)."
+        )
+
+
+class SampleBuffer:
+    """float32 ``[C, N]`` samples appended chunk by chunk into one growing array: the memory held is
+    the samples themselves (plus one growth step), never a list of chunks and their concatenation.
+    An allocation the machine cannot serve is an InputError saying how much was needed."""
+
+    def __init__(self, channels: int, expected: int, what: str, rate: int):
+        self.what, self.rate, self.n = what, rate, 0
+        self.data = self._alloc(channels, max(int(expected), 1))
+
+    def _alloc(self, channels: int, n: int) -> np.ndarray:
+        try:
+            return np.empty((channels, n), np.float32)
+        except MemoryError:
+            raise InputError(
+                f"{self.what}: not enough memory for {n / self.rate:.0f} s of {self.rate} Hz {channels}-channel "
+                f"audio ({channels * n * 4 / 1e9:.1f} GB as float32). Use a shorter file, or fewer channels / a "
+                "lower sample rate."
+            ) from None
+
+    def append(self, chunk: np.ndarray) -> None:
+        if chunk.shape[0] != self.data.shape[0]:
+            raise InputError(f"{self.what}: the channel count changes mid-stream ({self.data.shape[0]} -> "
+                             f"{chunk.shape[0]}); re-encode the file")
+        n = chunk.shape[1]
+        if self.n + n > self.data.shape[1]:  # the stated length was short (or absent): grow by half
+            grown = self._alloc(self.data.shape[0], max(self.n + n, self.data.shape[1] * 3 // 2))
+            grown[:, : self.n] = self.data[:, : self.n]
+            self.data = grown
+        self.data[:, self.n : self.n + n] = chunk
+        self.n += n
+
+    def result(self) -> np.ndarray:
+        """The samples, C-contiguous ``[C, N]``: the channels are moved together inside the buffer
+        (no second buffer); a buffer over a third unused is trimmed by a copy."""
+        c, cap = self.data.shape
+        n = self.n
+        if n * 3 < cap * 2:
+            return np.ascontiguousarray(self.data[:, :n])
+        flat = self.data.reshape(-1)
+        for i in range(1, c):  # row i to offset i * n (destinations never pass their sources)
+            flat[i * n : (i + 1) * n] = flat[i * cap : i * cap + n]
+        return flat[: c * n].reshape(c, n)
+
+
+@dataclass
+class AudioSource:
+    """An opened audio track for streaming: ``chunks()`` yields float32 ``[C, n]`` at ``rate``."""
+
+    rate: int
+    channels: int
+    stated_seconds: float  # what the file states (0 unknown; untrusted)
+    path: str
+    max_seconds: float
+    what: str
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Decode the first audio stream (format conversion only: rate and layout kept), stopping
+        with InputError as soon as the decoded length passes ``max_seconds``."""
+        av = _import_av()
+        limit = int(self.max_seconds * self.rate)
+        done = 0
+        with _open(self.path, self.what) as container:
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp")  # float planar [C, n]
+            frames = container.decode(stream)
+            for frame in _chain(frames, [None]):
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray()
+                    done += arr.shape[1]
+                    if done > limit:
+                        check_audio_length(done / self.rate, self.max_seconds, self.what)
+                    yield arr
+
+
+def _chain(*iterables):
+    for it in iterables:
+        yield from it
+
+
+def open_audio(path: Union[str, os.PathLike], *, max_seconds: Optional[float] = None,
+               what: str = "audio") -> Optional[AudioSource]:
+    """The first audio track of a file for streaming (``None`` when the file has none). Refuses a
+    track whose stated length exceeds the audio limit (``max_audio_seconds(max_seconds)``) before
+    decoding anything; ``chunks()`` refuses one that lies about it while decoding."""
+    limit = max_audio_seconds(max_seconds)
+    path = os.fspath(path)
+    with _open(path, what) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        stated = _stated_duration(container, stream)
+        check_audio_length(stated, limit, what, "stated to be", slack=1.0)
+        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        if rate <= 0:
+            raise InputError(f"{what}: '{path}' has an audio stream without a sample rate; the file is damaged")
+        channels = int(stream.codec_context.channels or 1)
+    return AudioSource(rate, channels, stated, path, limit, what)
+
+
+def read_audio(path: Union[str, os.PathLike], *, max_seconds: Optional[float] = None) -> Optional[Audio]:
+    """The first audio track of a video or audio file as an :class:`Audio` at its own rate and
+    channels, or ``None``. Audio longer than ``max_seconds`` (default 2 h, see
+    :func:`max_audio_seconds`) is refused before decoding when the file states its length and while
+    decoding when it does not (or lies); the samples are decoded straight into one buffer (no
+    chunk list + concatenation), and a buffer the machine cannot hold is an InputError.
+
+    For the models use ``a2m.load_audio``, which streams straight to 16 kHz mono (15x less memory
+    than 48 kHz stereo float32)."""
+    source = open_audio(path, max_seconds=max_seconds)
+    if source is None:
         return None
-    av = _import_av()
-    stream = container.streams.audio[0]
-    resampler = av.AudioResampler(format="fltp")  # keep layout and rate; float planar [C, n]
-    parts = []
-    for frame in container.decode(stream):
-        for out in resampler.resample(frame):
-            parts.append(out.to_ndarray())
-    for out in resampler.resample(None):
-        parts.append(out.to_ndarray())
-    rate = stream.rate or stream.codec_context.sample_rate
-    channels = stream.codec_context.channels or 1
-    wave = np.concatenate(parts, axis=1) if parts else np.zeros((channels, 0), np.float32)
-    return Audio(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), int(rate))
-
-
-def read_audio(path: Union[str, os.PathLike]) -> Optional[Audio]:
-    """The first audio track of a video or audio file as an :class:`Audio`, or ``None``."""
-    with _open(path, "audio") as container:
-        return _decode_audio(container)
+    buf = None
+    for chunk in source.chunks():
+        if buf is None:
+            expected = min(source.stated_seconds, source.max_seconds) * source.rate + 4096
+            buf = SampleBuffer(chunk.shape[0], expected, source.what, source.rate)
+        buf.append(chunk)
+    wave = buf.result() if buf is not None else np.zeros((source.channels, 0), np.float32)
+    return Audio(torch.from_numpy(wave), source.rate)
 
 
 def iter_video(path: Union[str, os.PathLike]) -> Iterator[tuple[np.ndarray, float]]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..utils import logger
-from ..video import iter_video, probe, to_uint8_array
+from ..video import iter_video, length_limit, probe, to_uint8_array
 
 TARGET_FPS = 25.0
 """Frame rate of every identity clip (upstream ``ffmpeg -vf fps=25``; MimicTalk issue #22)."""
@@ -61,19 +61,7 @@ packs millions of frames into the allowed duration)."""
 def max_clip_seconds(max_seconds: Optional[float] = None) -> float:
     """The clip length limit in seconds: ``max_seconds`` if given, else the environment variable
     ``MIMICTALK_MAX_CLIP_SECONDS``, else ``DEFAULT_MAX_CLIP_SECONDS``."""
-    source = "max_seconds"
-    if max_seconds is None:
-        env = os.environ.get(MAX_CLIP_SECONDS_ENV, "").strip()
-        if not env:
-            return DEFAULT_MAX_CLIP_SECONDS
-        source, max_seconds = f"environment variable {MAX_CLIP_SECONDS_ENV}", env
-    try:
-        value = float(max_seconds)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{source} must be a positive number of seconds, got {max_seconds!r}")
-    return value
+    return length_limit(max_seconds, MAX_CLIP_SECONDS_ENV, DEFAULT_MAX_CLIP_SECONDS)
 
 
 def clip_too_long(what: str, seconds: float, limit: float, how: str) -> InputError:
