@@ -3,16 +3,17 @@ the outputs) over ``mimictalk_lib``. Everything host-specific goes through ``nod
 
 Node modules by role: ``loaders`` (renderer, face model, audio-to-motion), ``identity``,
 ``train``, ``adapters`` (save / load / apply), ``motion``, ``render``, ``video`` (load audio,
-video combine). ``NODE_LIST`` is what the extension returned by the pack's ``comfy_entrypoint``
+video combine), ``evaluate``. ``NODE_LIST`` is what the extension returned by the pack's ``comfy_entrypoint``
 serves; outside ComfyUI the same classes run on ``nodes.v3api`` (see ``nodes.executor``).
 """
 
 from __future__ import annotations
 
-from . import adapters, host, identity, loaders, motion, render, train, video
+from . import adapters, evaluate, host, identity, loaders, motion, render, train, video
 
 NODE_LIST: list[type] = [
     *loaders.NODES, *identity.NODES, *train.NODES, *adapters.NODES, *motion.NODES, *render.NODES, *video.NODES,
+    *evaluate.NODES,
 ]
 """Every node class the extension registers (node ids prefixed ``MimicTalk``)."""
 

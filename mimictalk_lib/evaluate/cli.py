@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             notes.append("landmark metrics: skipped (--no-landmarks).")
         total = min(_count(args.rendered), _count(args.reference))
         result = _run(_pairs(args.rendered, args.reference), total, fps=probe(args.rendered).fps, lpips=lpips,
-                      landmarker=landmarker, landmark_note=None, manifest=None, info={}, on_step=None)
+                      landmarker=landmarker, landmark_note="" if landmarker is None else None, manifest=None, info={}, on_step=None)
         result.notes[:0] = notes
     except MimicTalkError as e:
         print(f"error: {e}", file=sys.stderr)

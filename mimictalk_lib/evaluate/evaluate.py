@@ -31,6 +31,7 @@ from . import metrics as M
 
 CHUNK = 8  # frames measured at a time
 STRIP_FRAMES = 6  # frames shown real above rendered in the plot
+IDENTITY_FPS = 25.0  # prepared identities hold 25 fps frames
 OPTIONAL_MODELS = (
     ("LSE-C / LSE-D (audio-visual sync, SyncNet)", "syncnet"),
     ("CSIM (identity similarity, face-embedding network)", "face_embedding"),
@@ -241,7 +242,7 @@ def _run(chunks: Iterable[Chunk], total: int, *, fps: float, lpips, landmarker, 
     for chunk in chunks:
         acc.add(chunk)
         report(on_step, acc.done, total)
-    notes = [] if landmark_note is None else [landmark_note]
+    notes = [landmark_note] if landmark_note else []  # "": the caller reported it
     notes += optional_model_notes(manifest)
     return acc.result(fps, notes, info)
 
@@ -309,6 +310,7 @@ def evaluate_identity(
     face_model,
     identity,
     *,
+    rendered: Optional[torch.Tensor] = None,
     frames: str = "held_out",
     lpips=None,
     landmarker=None,
@@ -317,28 +319,44 @@ def evaluate_identity(
     manifest=None,
     on_step: Optional[ProgressFn] = None,
 ) -> Evaluation:
-    """Re-render ``identity``'s own expressions and head poses (frames 'all' or 'held_out') with
-    ``renderer`` (personalised, or base = one-shot from the identity's first frame) and compare with
-    the identity's frames, background replaced by the plate (the adaptation targets). Eye blinks
-    are off (the reference's own blinks are in its expressions)."""
-    from ..pipeline import FPS, build_session, iter_talking_head
-
+    """Compare frames of ``identity`` ('all' or the 'held_out' slice) — background replaced by the
+    plate, as adaptation's targets; head masks from its segmentation; its stored landmarks — with
+    ``rendered`` frames (IMAGE [N, H, W, 3]; the first min(N, frames) are compared), or, when
+    ``rendered`` is None, with ``renderer`` (personalised, or base = one-shot from the identity's
+    first frame) re-rendering the identity's own expressions and head poses there (eye blinks
+    off: the reference's own blinks are in its expressions)."""
     idx = identity_frames(identity, frames)
-    session = build_session(renderer, face_model, identity, identity.exp[idx].float(),
-                            pose=(identity.euler[idx].float(), identity.trans[idx].float()),
-                            map_to_init_pose=False, blink="none")
     if landmarker is None and landmark_note is None:
         landmark_note = "landmark metrics (distance, blink rate, pose jitter): not measured (no landmarker given)."
+    notes = []
+    if rendered is not None:
+        if rendered.shape[0] != len(idx):
+            notes.append(f"{rendered.shape[0]} rendered frames and {len(idx)} identity frames ({frames}): "
+                         f"the first {min(rendered.shape[0], len(idx))} are compared")
+        idx = idx[:rendered.shape[0]]
+        parts = ((s, rendered[s:s + CHUNK]) for s in range(0, len(idx), CHUNK))
+    else:
+        from ..pipeline import build_session, iter_talking_head
+
+        if renderer is None or face_model is None:
+            raise InputError("evaluate_identity: pass rendered frames, or a renderer and the face model to render them")
+        session = build_session(renderer, face_model, identity, identity.exp[idx].float(),
+                                pose=(identity.euler[idx].float(), identity.trans[idx].float()),
+                                map_to_init_pose=False, blink="none")
+        parts = ((c.start, c.images) for c in iter_talking_head(session, chunk_size=chunk_size))
 
     def chunks() -> Iterator[Chunk]:
-        for part in iter_talking_head(session, chunk_size=chunk_size):
-            sel = idx[part.start: part.start + part.images.shape[0]]
+        for start, images in parts:
+            sel = idx[start: start + images.shape[0]]
             ref = as_float_images(identity.com_images(sel), "identity frames")
-            yield Chunk(as_float_images(part.images, "rendered"), ref, identity.head_masks(sel),
+            yield Chunk(as_float_images(images, "rendered"), ref, identity.head_masks(sel),
                         (identity.landmarks[sel].float(), torch.ones(len(sel), dtype=torch.bool)))
 
-    return _run(chunks(), len(idx), fps=float(FPS), lpips=lpips, landmarker=landmarker, landmark_note=landmark_note,
-                manifest=manifest, info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step)
+    result = _run(chunks(), len(idx), fps=IDENTITY_FPS, lpips=lpips, landmarker=landmarker,
+                  landmark_note=landmark_note, manifest=manifest,
+                  info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step)
+    result.notes[:0] = notes
+    return result
 
 
 # --- the optional models, found through the manifest ---------------------------------------------
