@@ -51,7 +51,7 @@ def test_object_info_matches_our_schemas(server):
 
 def test_workflow_templates_lists_our_workflows(server):
     listed = server.get("/workflow_templates").get(PACK_FOLDER, [])
-    assert sorted(listed) == ["mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
+    assert sorted(listed) == ["mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
 
 
 def _check_video(server, entry, node_class):
@@ -90,6 +90,20 @@ def test_personalise_twin_succeeds(server):
     from mimictalk_lib.adapt.adapter import load_adapter
 
     assert load_adapter(saved).metadata["training"]["steps_done"] == 3
+
+
+def test_evaluate_twin_succeeds(server):
+    from tests.nodes.tiny_assets import CLIP_FRAMES
+    from tests.workflows.test_workflows import EVALUATE_OVERRIDES
+
+    entry = server.run(with_overrides(load_twin("mimictalk_evaluate"), **EVALUATE_OVERRIDES), load_workflow("mimictalk_evaluate"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    ids = {v["class_type"]: k for k, v in entry["prompt"][2].items()}
+    (table,) = entry["outputs"][ids["MimicTalkEvaluate"]]["text"]
+    assert table.startswith("| metric |") and "| head_ssim |" in table and "LSE-C" in table and "CSIM" in table
+    assert f"{CLIP_FRAMES} frames at 25.0 fps" in table
+    (plot,) = entry["outputs"][ids["PreviewImage"]]["images"]
+    assert (server.base / plot["type"] / plot["subfolder"] / plot["filename"]).stat().st_size > 0
 
 
 def test_invalid_prompt_gets_a_400_with_our_message(server):

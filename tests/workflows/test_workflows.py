@@ -27,8 +27,8 @@ def schemas(pack):
     return executor.schemas(node_list(pack) + executor.CORE_NODES)
 
 
-def test_the_three_workflows_ship_with_their_twins():
-    assert NAMES == ["mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
+def test_the_workflows_ship_with_their_twins():
+    assert NAMES == ["mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
     assert sorted(p.stem for p in API_TWINS.glob("*.json")) == NAMES
 
 
@@ -163,3 +163,30 @@ def test_personalise_twin_trains_and_saves_an_adapter(pack, tiny, fake_mediapipe
     assert saved == "twin_person.safetensors" and adapter.metadata["training"]["steps_done"] == 3
     assert adapter.metadata["training"]["num_frames"] == 26 and adapter.identity.bg.shape[-1] == 64
     assert torch.isfinite(adapter.triplane).all()
+
+
+# the Evaluate workflow on tiny weights: the drawn clip has 26 frames (under the 2 s a held-out
+# slice needs), the tiny models folder has no LPIPS weights, and downloads are off in tests
+EVALUATE_OVERRIDES = dict(MimicTalkEvaluate={"frames": "all", "perceptual": False, "auto_download": False})
+
+
+def check_evaluate_outputs(table: str, metrics_json: str, frames: int) -> None:
+    """What the Evaluate node returns for the tiny twin: the table, JSON with every frame measured
+    and the optional models named in notes."""
+    data = json.loads(metrics_json)
+    assert table.startswith("| metric |") and "| psnr |" in table and "| head_ssim |" in table
+    assert data["info"]["frames"] == frames and len(data["per_frame"]["psnr"]) == frames
+    assert 0 < data["metrics"]["psnr"] < 60 and -1 <= data["metrics"]["head_ssim"] <= 1
+    assert any("LSE-C" in n for n in data["notes"]) and any("CSIM" in n for n in data["notes"])
+
+
+@pytest.mark.slow  # clip preparation + re-rendering 26 frames of the tiny renderer: ~20-60 s
+def test_evaluate_twin_measures_the_adapter_on_its_clip(pack, tiny, fake_mediapipe):
+    from tests.nodes.tiny_assets import CLIP_FRAMES
+
+    result = run(pack, with_overrides(load_twin("mimictalk_evaluate"), **EVALUATE_OVERRIDES), EXTRA)
+    (table,) = [u["text"][0] for u in result.ui.values() if "text" in u]
+    evaluate_id = next(k for k, v in load_twin("mimictalk_evaluate").items() if v["class_type"] == "MimicTalkEvaluate")
+    out_table, plot, metrics_json = result.outputs[evaluate_id]
+    assert out_table == table and plot.shape[0] == 1 and plot.shape[-1] == 3
+    check_evaluate_outputs(table, metrics_json, CLIP_FRAMES)
