@@ -12,9 +12,10 @@ with a message saying what was found.
 DST receives ``model.safetensors`` (the ``'model'`` tensors under their upstream names, so a
 strict ``load_state_dict`` works, plus ``learnable_triplane`` for a personalised renderer; the
 config JSON in its metadata) and ``config.json`` (kind, inferred configuration, source, yaml
-check, and what leaves no trace in the weights: ``head_threshold``, ``lora_args``). A personalised
-checkpoint's ``person_ds`` tensors go to ``personalization.safetensors``. The renderer loader
-(``mimictalk_lib.renderer.loading.load_renderer``) reads this layout.
+check, and what leaves no trace in the weights: ``head_threshold``, ``lora_args``, the yaml's sample
+counts). A personalised checkpoint's ``person_ds`` tensors go to ``personalization.safetensors``.
+The renderer loader (``mimictalk_lib.renderer.loading.load_renderer``) reads this layout: the
+converted folder loads to the same renderer, tri-grid and person data as the original.
 """
 
 from __future__ import annotations
@@ -51,26 +52,27 @@ class CheckpointKind:
     # dataclass; a "module:function" string is imported lazily (the model packages are heavy)
     task_hint: str  # substring of the yaml's task_cls for this kind
     yaml_facts: Callable[[Any], dict[str, Any]]  # yaml key -> value implied by the inferred config
-
-    def infer_config(self, state_dict: Mapping[str, torch.Tensor]) -> Any:
+    apply_yaml: Optional[Callable[[Any, Mapping[str, Any], str], Any]] = None  # config + yaml settings
+    # that leave no trace in the weights -> the config to record
+    def infer_config(self, state_dict: Mapping[str, torch.Tensor], base: Any = None) -> Any:
+        """The configuration from shapes; ``base`` supplies what shapes cannot tell (tiny test models)."""
         fn = self.infer
         if isinstance(fn, str):
             module, name = fn.split(":")
             fn = getattr(importlib.import_module(module, __package__), name)
-        return fn(state_dict)
+        return fn(state_dict) if base is None else fn(state_dict, base=base)
 
 
 def _renderer_facts(cfg: Any) -> dict[str, Any]:
-    # Upstream hparams that leave a trace in the weights (mimictalk_architecture.md §2.1).
-    # htbsr_head_threshold does not, and MimicTalk overrides the yaml value at inference anyway.
-    return {
-        "triplane_feature_type": cfg.feature_type,
-        "triplane_depth": cfg.triplane_depth,
-        "triplane_hid_dim": cfg.triplane_hid_dim,
-        "torso_inp_mode": "rgb_alpha" if cfg.torso_in_channels == 5 else "rgb",
-        "neural_rendering_resolution": cfg.neural_resolution,
-        "final_resolution": cfg.image_resolution,
-    }
+    from .renderer.config import yaml_facts
+
+    return yaml_facts(cfg)
+
+
+def _renderer_yaml(cfg: Any, hparams: Mapping[str, Any], source: str) -> Any:
+    from .renderer.config import apply_yaml
+
+    return apply_yaml(cfg, hparams, source)
 
 
 def _a2m_facts(cfg: Any) -> dict[str, Any]:
@@ -80,15 +82,12 @@ def _a2m_facts(cfg: Any) -> dict[str, Any]:
 KINDS: tuple[CheckpointKind, ...] = (
     CheckpointKind("renderer", "Real3D-Portrait / MimicTalk renderer (secc2plane + torso)",
                    ("cano_img2plane_backbone", "secc_img2plane_backbone", "decoder", "superresolution"),
-                   ".renderer.config:infer_renderer_config", "secc_img2plane_torso", _renderer_facts),
+                   ".renderer.config:infer_renderer_config", "secc_img2plane_torso", _renderer_facts,
+                   _renderer_yaml),
     CheckpointKind("ics_a2m", "ICS-A2M in-context audio-to-motion model",
                    ("backbone", "hubert_encoder"),
                    ".a2m.config:infer_a2m_config", "icl", _a2m_facts),
 )
-
-YAML_DEFAULTS = {"torso_inp_mode": "rgb"}
-"""Values upstream assumes when the yaml omits the key (MimicTalk's renderer yaml has no
-torso_inp_mode: its torso takes 3-channel rgb)."""
 
 
 def detect_kind(state_dict: Mapping[str, torch.Tensor], kinds: Sequence[CheckpointKind] = KINDS,
@@ -108,15 +107,9 @@ def detect_kind(state_dict: Mapping[str, torch.Tensor], kinds: Sequence[Checkpoi
 
 def read_yaml(path: Path) -> dict:
     """An upstream config.yaml (written with yaml.safe_dump), read with yaml.safe_load."""
-    import yaml
+    from .renderer.config import read_config_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a yaml mapping of hyper-parameters")
-    return data
+    return read_config_yaml(path)
 
 
 def cross_check_yaml(kind: CheckpointKind, config: Any, hparams: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -129,6 +122,8 @@ def cross_check_yaml(kind: CheckpointKind, config: Any, hparams: Mapping[str, An
                               "the config.yaml does not belong to this checkpoint")
     checked: dict[str, Any] = {}
     wrong = []
+    from .renderer.config import YAML_DEFAULTS
+
     for key, value in kind.yaml_facts(config).items():
         declared = hparams.get(key, YAML_DEFAULTS.get(key))
         if declared is None:
@@ -195,19 +190,26 @@ def _personalization(ckpt: Mapping[str, Any], source: str) -> tuple[dict[str, to
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike, *, check_yaml: bool = True,
-                       kinds: Sequence[CheckpointKind] = KINDS) -> Path:
-    """Convert one upstream checkpoint (file, or folder with config.yaml) into folder ``dst``."""
+                       kinds: Sequence[CheckpointKind] = KINDS, base_config: Any = None) -> Path:
+    """Convert one upstream checkpoint (file, or folder with config.yaml) into folder ``dst``.
+
+    The yaml's settings that leave no trace in the weights (head threshold, samples per ray, ...)
+    go into the recorded configuration, so the converted folder loads like the original one.
+    ``base_config`` supplies what neither tells (``RendererConfig.tiny()`` for tiny test models)."""
     ckpt_path, yaml_path = _resolve_src(Path(src))
     source = str(ckpt_path)
     ckpt = load_legacy_checkpoint(ckpt_path)
     tensors = model_state_dict(ckpt, "model", source=source)
     kind = detect_kind(tensors, kinds, source)
-    config = kind.infer_config(tensors)
+    config = kind.infer_config(tensors, base_config)
     yaml_info: dict[str, Any] = {"file": None}
     if yaml_path is not None:
         yaml_info = {"file": yaml_path.name, "checked": {}, "ignored": not check_yaml}
         if check_yaml:
-            yaml_info["checked"] = cross_check_yaml(kind, config, read_yaml(yaml_path), str(yaml_path))
+            hparams = read_yaml(yaml_path)
+            yaml_info["checked"] = cross_check_yaml(kind, config, hparams, str(yaml_path))
+            if kind.apply_yaml is not None:  # settings with no trace in the weights: carried into config.json
+                config = kind.apply_yaml(config, hparams, str(yaml_path))
     model_extra, person, facts = _personalization(ckpt, source) if kind.name == "renderer" else ({}, {}, {})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind.name, "title": kind.title,

@@ -39,6 +39,19 @@ NUM_KEYS = {"mimictalk": 1039, "real3d": 1030, "personalised": 1085}
 
 LAYOUTS = ("mimictalk", "real3d")
 
+_BOUNDS = {
+    "num_coarse": (1, 512), "num_fine": (0, 512), "plane_resolution": (1, 1024), "image_resolution": (1, 4096),
+    "neural_resolution": (1, 1024), "triplane_hid_dim": (1, 1024), "triplane_depth": (1, 64),
+    "decoder_hidden": (1, 4096), "box_warp": (1e-3, 100.0), "decoder_lr_mul": (1e-6, 1e3), "lora_rank": (0, 1024),
+    # settings that leave no trace in the weights but size tensors at run time
+    "sr.torso.resolution": (1, 2048), "sr.torso.head_resolution": (1, 2048), "sr.torso.feature_depth": (1, 256),
+    "sr.torso.mask_dilate_ksize": (1, 255), "cano.aspp_rates": (1, 512), "cano.vit_heads": (1, 1024),
+    "secc.num_heads": (1, 1024), "secc.sr_ratios": (1, 256), "cano.predictor_sr_ratio": (1, 256),
+}
+"""Ranges of the sizes and counts a configuration file may set (far above the official values:
+48 + 48 samples, 256² planes, 512² images); beyond them a file is damaged or hostile, and its
+numbers must not size an allocation."""
+
 
 @dataclass(frozen=True)
 class RendererConfig:
@@ -67,6 +80,13 @@ class RendererConfig:
     lora_mode: str = "none"  # upstream lora_mode of that layout ('secc2plane_sr' when r > 0)
 
     def __post_init__(self) -> None:
+        for name, (low, high) in _BOUNDS.items():  # values a config.json / config.yaml may carry
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                    raise ValueError(f"RendererConfig: {name} = {value!r} is outside [{low}, {high}]")
         if self.plane_fusion != "add":
             raise ValueError(f"RendererConfig: only phase1_plane_fusion_mode 'add' is supported, got {self.plane_fusion!r}")
         cd = self.plane_channels
@@ -228,3 +248,114 @@ def _split_lora(sd: Mapping[str, torch.Tensor]) -> tuple[Mapping[str, torch.Tens
         return sd, 0, "none"
     base, info = split_official_lora(sd)
     return base, info.r, info.lora_mode
+
+
+# --- the checkpoint folder's config.yaml ------------------------------------------------------------
+
+YAML_SETTINGS = {
+    "htbsr_head_threshold": ("head_threshold", float, 0.0, 1.0),
+    "num_samples_coarse": ("num_coarse", int, *_BOUNDS["num_coarse"]),
+    "num_samples_fine": ("num_fine", int, *_BOUNDS["num_fine"]),
+    "box_warp": ("box_warp", float, *_BOUNDS["box_warp"]),
+    "decoder_lr_mul": ("decoder_lr_mul", float, *_BOUNDS["decoder_lr_mul"]),
+}
+"""Upstream hparams that leave no trace in the weights and that the renderer uses: yaml key ->
+(our field, type, min, max). What the yaml leaves out keeps the official default."""
+
+MAX_YAML_BYTES = 1 << 20
+"""An upstream config.yaml is a few KB; a larger one is not read."""
+
+
+def read_config_yaml(path) -> dict:
+    """An upstream ``config.yaml`` (written with yaml.safe_dump) as a dict, read with
+    ``yaml.safe_load`` after a size check; CheckpointError when it is not a readable mapping."""
+    import os
+
+    import yaml
+
+    try:
+        if os.path.getsize(path) > MAX_YAML_BYTES:
+            raise CheckpointError(f"{path} is {os.path.getsize(path):,} bytes; an upstream config.yaml is a few KB, "
+                                  "so this is not one: remove it or replace it with the checkpoint's own config.yaml")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}. Replace it with the checkpoint's own config.yaml or remove it "
+                              "(the official defaults are used then)") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a yaml mapping of hyper-parameters; replace it with the checkpoint's own "
+                              "config.yaml or remove it")
+    return data
+
+
+def yaml_settings(hparams: Mapping, source: str) -> dict:
+    """{our field: value} for the :data:`YAML_SETTINGS` keys present in ``hparams``, each checked
+    for type and range (CheckpointError naming the key otherwise)."""
+    out = {}
+    for key, (name, kind, low, high) in YAML_SETTINGS.items():
+        if key not in hparams or hparams[key] is None:
+            continue
+        value = hparams[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise CheckpointError(f"{source}: {key} is {value!r}, expected a{'n integer' if kind is int else ' number'}")
+        if not low <= value <= high:
+            raise CheckpointError(f"{source}: {key} = {value} is outside [{low}, {high}]; the yaml is damaged")
+        out[name] = kind(value)
+    return out
+
+
+def yaml_facts(cfg: RendererConfig) -> dict:
+    """Upstream hparams that leave a trace in the weights, as the weights say (architecture §2.1):
+    a yaml stating otherwise does not belong to them."""
+    facts = {
+        "triplane_feature_type": cfg.feature_type,
+        "triplane_depth": cfg.triplane_depth,
+        "triplane_hid_dim": cfg.triplane_hid_dim,
+        "torso_inp_mode": "rgb_alpha" if cfg.torso_in_channels == 5 else "rgb",
+        "neural_rendering_resolution": cfg.neural_resolution,
+        "final_resolution": cfg.image_resolution,
+    }
+    if cfg.lora_rank:
+        facts.update(lora_r=cfg.lora_rank, lora_mode=cfg.lora_mode)
+    return facts
+
+
+YAML_DEFAULTS = {"torso_inp_mode": "rgb"}
+"""Values upstream assumes when the yaml omits the key (MimicTalk's renderer yaml has no
+torso_inp_mode: its torso takes 3-channel rgb)."""
+
+
+def yaml_conflicts(cfg: RendererConfig, hparams: Mapping) -> list[str]:
+    """'key: yaml says X, the weights say Y' for each :func:`yaml_facts` entry the yaml states
+    and contradicts."""
+    wrong = []
+    for key, value in yaml_facts(cfg).items():
+        declared = hparams.get(key)
+        if declared is not None and declared != value:
+            wrong.append(f"{key}: yaml says {declared!r}, the weights say {value!r}")
+    return wrong
+
+
+def apply_yaml(cfg: RendererConfig, hparams: Mapping, source: str, *, head_threshold: Optional[float] = None) -> RendererConfig:
+    """``cfg`` with what the checkpoint's ``config.yaml`` states (:data:`YAML_SETTINGS`); a conflict
+    with the weights is logged (the weights win). ``htbsr_head_threshold`` applies to the
+    Real3D-Portrait layout; MimicTalk layouts run at 1.0 whatever the yaml says, as MimicTalk's
+    inference forces it (said in the log when the yaml differs). An explicit ``head_threshold``
+    wins over both."""
+    from ..utils import logger
+
+    settings = yaml_settings(hparams, source)
+    wrong = yaml_conflicts(cfg, hparams)
+    if wrong:
+        logger.warning("MimicTalk: %s disagrees with the weights (%s); the weights are used", source, "; ".join(wrong))
+    threshold = settings.pop("head_threshold", None)
+    if head_threshold is None and threshold is not None:
+        if cfg.feature_type == "triplane":
+            cfg = dataclasses.replace(cfg, sr=dataclasses.replace(cfg.sr, head_threshold=threshold))
+        elif threshold != MIMICTALK_HEAD_THRESHOLD:
+            logger.info("MimicTalk: %s sets htbsr_head_threshold %s; MimicTalk renders its tri-grid renderers at %s "
+                        "as upstream forces (pass head_threshold to override)", source, threshold, MIMICTALK_HEAD_THRESHOLD)
+    try:
+        return dataclasses.replace(cfg, **settings)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e

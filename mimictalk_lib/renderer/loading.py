@@ -84,6 +84,10 @@ def load_renderer(
     sd = parts["model"]
     threshold = head_threshold if head_threshold is not None else parts.get("head_threshold")
     cfg = infer_renderer_config(sd, head_threshold=threshold, base=base_config or parts.get("base_config"))
+    if "yaml" in parts:  # the checkpoint folder's config.yaml: what leaves no trace in the weights
+        from .config import apply_yaml
+
+        cfg = apply_yaml(cfg, parts["yaml"][0], parts["yaml"][1], head_threshold=head_threshold)
     layout = "personalised" if cfg.lora_rank else ("mimictalk" if cfg.plane2grid is not None else "real3d")
     lora_args = parts.get("lora_args")
     if lora_args is not None and cfg.lora_rank and int(lora_args.get("lora_r", cfg.lora_rank)) != cfg.lora_rank:
@@ -137,7 +141,13 @@ def _read_source(source: Source) -> dict[str, Any]:
         return parts
     from ..checkpoint import load_legacy_checkpoint
 
-    return _split_dict(load_legacy_checkpoint(path), str(path))
+    parts = _split_dict(load_legacy_checkpoint(path), str(path))
+    yaml_path = path.with_name("config.yaml")
+    if yaml_path.is_file():
+        from .config import read_config_yaml
+
+        parts["yaml"] = (read_config_yaml(yaml_path), str(yaml_path))
+    return parts
 
 
 def _split_dict(d: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -177,12 +187,46 @@ def _our_config(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("head_threshold", "htbsr_head_threshold"):
         if key in cfg:
-            out["head_threshold"] = float(cfg[key])
+            value = cfg[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise CheckpointError(f"{side}: {key} is {value!r}, expected a number in [0, 1]")
+            out["head_threshold"] = float(value)
     if isinstance(cfg.get("lora_args"), Mapping):
         out["lora_args"] = dict(cfg["lora_args"])
+    person = _converted_person(path, cfg)
+    if person is not None:
+        out["person_ds"] = person
     if isinstance(cfg.get("config"), Mapping) and str(cfg.get("config_class", "")).endswith(".RendererConfig"):
         out["base_config"] = _dataclass_from_json(RendererConfig, cfg["config"], str(path))
     return out
+
+
+PERSON_FILE = "personalization.safetensors"
+"""Where ``python -m mimictalk_lib.convert`` puts a personalised checkpoint's ``person_ds`` tensors."""
+
+
+def _converted_person(path: Path, cfg: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """``person_ds`` of a converted personalised checkpoint: the tensors of
+    ``personalization.safetensors`` beside ``path`` plus the plain values (``video_id``) of its config."""
+    name = cfg.get("person_ds_file")
+    if name is None:
+        return None
+    if name != PERSON_FILE:
+        raise CheckpointError(f"{path}: person_ds_file is {name!r}; a converted checkpoint names {PERSON_FILE!r}")
+    side = path.with_name(PERSON_FILE)
+    if not side.is_file():
+        raise CheckpointError(f"{path} belongs to a personalised checkpoint but {side} is missing; copy the whole "
+                              "converted folder, or convert the upstream checkpoint again")
+    from ..checkpoint import load_safetensors
+
+    tensors, _ = load_safetensors(side)
+    plain = cfg.get("person_ds") if isinstance(cfg.get("person_ds"), Mapping) else {}
+    return {**{k: v for k, v in plain.items() if isinstance(v, str)}, **tensors}
+
+
+MAX_JSON_INT = 4096
+"""Largest integer a recorded renderer configuration may hold (official sizes are at most 1024);
+:class:`RendererConfig` bounds the sizes that matter more tightly."""
 
 
 def _dataclass_from_json(cls: type, data: Mapping[str, Any], where: str) -> Any:
@@ -203,6 +247,14 @@ def _dataclass_from_json(cls: type, data: Mapping[str, Any], where: str) -> Any:
             value = _dataclass_from_json(sub[0], value, where)
         elif isinstance(value, list):
             value = tuple(value)
+        if hint in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"{where}: the recorded renderer configuration has {f.name} = {value!r}, expected "
+                                  "a number; the config.json is damaged: convert the checkpoint again")
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, (Mapping, list, tuple)) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and not -MAX_JSON_INT <= v <= MAX_JSON_INT):
+                raise CheckpointError(f"{where}: the recorded renderer configuration has {f.name} = {value!r}, "
+                                      "which no renderer uses; the config.json is damaged: convert the checkpoint again")
         values[f.name] = value
     try:
         return cls(**values)
