@@ -5,6 +5,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The stand-in landmarkers (BlobLandmarker, the fake mediapipe) lay their points out at random, not as
+# projections of the synthetic face model, and pipeline tests fit with 2-20 iterations: their 3DMM fits
+# are meaningless by construction, so the fit-quality refusal is lifted for them. The fit-quality tests
+# (tests/identity/test_fit_quality.py) remove this and check the default limit.
+os.environ.setdefault("MIMICTALK_MAX_FIT_ERROR", "1000")
 
 import pathlib  # noqa: E402
 

@@ -37,14 +37,16 @@ is fitted, as here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 
 from ..errors import InputError
 from ..face.model import CAMERA_DISTANCE, CENTER, FOCAL, euler_to_rotation
-from ..utils import ProgressFn, check_shape, report
+from ..utils import ProgressFn, check_shape, logger, report
+from .frames import face_boxes
 from .landmarks import (
     EYE_INDICES,
     INNER_LIP_INDICES,
@@ -317,6 +319,106 @@ def fit_images(
     with torch.no_grad():
         err = prob.error_px(prob.project(id_[:, None], exp[:, None], euler[:, None], trans[:, None]), image_size)
     return FitResult(id_, exp, euler, trans, err[:, 0])
+
+
+# --------------------------------------------------------------------------- fit quality
+
+WARN_FIT_ERROR = 0.05
+"""Mean landmark error (fraction of the face height) above which the fit is reported as poor. A
+converged fit of a frontal face with the matching BFM files leaves a few pixels on a 512² crop
+(~1-2 % of a 266 px face); the synthetic fixtures fit to ~0.2 %."""
+MAX_FIT_ERROR = 0.15
+"""Mean landmark error (fraction of the face height) above which the identity is refused: the lip
+and eye boxes derived from such a fit miss their features (a wrong landmark-to-mesh file gives
+~0.25: 70 px on a 266 px face)."""
+MAX_FIT_ERROR_ENV = "MIMICTALK_MAX_FIT_ERROR"
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """How well fitted coefficients reproduce the landmarks they were fitted to (pixels of the
+    frames; cheek and unmatched points excluded, as in the fit)."""
+
+    mean_px: float  # mean distance over frames and points
+    worst_px: float  # largest single point distance
+    worst_frame: int  # the frame holding it
+    face_px: float  # median landmark-box height: the face size the fractions refer to
+
+    @property
+    def mean_fraction(self) -> float:
+        return self.mean_px / max(self.face_px, 1e-6)
+
+    @property
+    def worst_fraction(self) -> float:
+        return self.worst_px / max(self.face_px, 1e-6)
+
+    def as_meta(self) -> dict:
+        return dict(asdict(self), mean_fraction=self.mean_fraction, worst_fraction=self.worst_fraction)
+
+    def summary(self) -> str:
+        return (f"3DMM fit error {self.mean_px:.1f} px mean ({self.mean_fraction:.1%} of the {self.face_px:.0f} px "
+                f"face), {self.worst_px:.1f} px worst (frame {self.worst_frame})")
+
+
+def fit_quality(face_model, fit: FitResult, landmarks: torch.Tensor, image_size: float) -> FitQuality:
+    """Measure ``fit`` against the ``landmarks`` ``[T, 468 (or 478), 2+]`` (pixels of ``image_size``²
+    frames) it was fitted to; ``fit.id`` may be one identity ``[1, 80]`` or one per frame."""
+    lms = _check_landmarks(landmarks, "fit_quality")
+    t = lms.shape[0]
+    targets = to_fit_space(lms, image_size)
+    prob = _Problem(face_model, targets, VIDEO_WEIGHTS)  # the mask (w > 0) is the same for both weightings
+    id_ = fit.id.to(targets).expand(t, -1) if fit.id.shape[0] == 1 else fit.id.to(targets)
+    with torch.no_grad():
+        proj = prob.project(*(x.to(targets)[:, None] for x in (id_, fit.exp, fit.euler, fit.trans)))[:, 0]
+        keep = prob.w > 0
+        d = (proj - targets)[:, keep].norm(dim=-1) * (image_size / FIT_IMAGE_SIZE)  # [T, K]
+        per_frame_worst = d.amax(dim=1)
+        boxes = face_boxes(lms.float())
+        face = float((boxes[:, 3] - boxes[:, 1]).median())
+    k = int(per_frame_worst.argmax())
+    return FitQuality(float(d.mean()), float(per_frame_worst[k]), k, face)
+
+
+def max_fit_error() -> float:
+    """The refusal threshold: ``MIMICTALK_MAX_FIT_ERROR`` (a fraction of the face height) if set,
+    else ``MAX_FIT_ERROR``."""
+    text = os.environ.get(MAX_FIT_ERROR_ENV, "").strip()
+    if not text:
+        return MAX_FIT_ERROR
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise InputError(f"environment variable {MAX_FIT_ERROR_ENV} must be a positive fraction of the face height "
+                         f"(default {MAX_FIT_ERROR}), got {text!r}")
+    return value
+
+
+LIKELY_FIT_CAUSES = (
+    "the face model's landmark-to-mesh file (index_mp468_from_mesh35709.npy) does not belong to its "
+    "BFM_model_front.mat (a file from another BFM version or conversion); the face is turned or tilted far from "
+    "frontal, or partly hidden (hands, microphone, hair); several faces confuse the landmarks; a strong lens "
+    "distortion; or too few fit iterations"
+)
+
+
+def check_fit_quality(quality: FitQuality, what: str, max_fraction: Optional[float] = None) -> None:
+    """Refuse a fit whose mean error exceeds ``max_fraction`` of the face height (default
+    :func:`max_fit_error`), warn above ``WARN_FIT_ERROR``; the message names the likely causes."""
+    limit = max_fit_error() if max_fraction is None else max_fraction
+    if quality.mean_fraction > limit:
+        raise InputError(
+            f"{what}: the 3DMM fit does not match the face: {quality.summary()}, above the limit of {limit:.0%} of "
+            f"the face height, so the lip and eye regions would be wrong. Likely causes: {LIKELY_FIT_CAUSES}. Check "
+            f"the face model files and the clip; to accept the fit anyway set the environment variable "
+            f"{MAX_FIT_ERROR_ENV} to a larger fraction (now {limit:g})."
+        )
+    if quality.mean_fraction > WARN_FIT_ERROR:
+        logger.warning("%s: poor %s (warning above %.0f%%, refused above %.0f%%). Likely causes: %s.",
+                       what, quality.summary(), 100 * WARN_FIT_ERROR, 100 * limit, LIKELY_FIT_CAUSES)
+    else:
+        logger.info("%s: %s", what, quality.summary())
 
 
 def check_coefficients(id_: torch.Tensor, exp: torch.Tensor, euler: torch.Tensor, trans: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ from ..utils import ProgressFn, logger, report
 from ..video import iter_video
 from .background import background_plate
 from .clip import Clip, find_crop, load_clip, track
-from .fit3dmm import FitResult, FitSchedule, fit_clip, fit_images
+from .fit3dmm import FitResult, FitSchedule, check_fit_quality, fit_clip, fit_images, fit_quality
 from .frames import FRAME_SIZE, crop_frames, to_uint8_frames, whole_frame_crop
 from .identity import Identity
 from .landmarks import Landmarker, MediaPipeLandmarker, warn_multiple_faces
@@ -159,7 +159,10 @@ def _finish(clip: Clip, segmenter: Segmenter, face_model: FaceModel, kind: str, 
     fitter = fit_clip if kind == "clip" else fit_images
     fit = fitter(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
                  on_step=progress.stage("fit"))
+    quality = fit_quality(face_model, fit, clip.landmarks.to(device), clip.frames.shape[1])
+    check_fit_quality(quality, "identity clip" if kind == "clip" else "photo")  # before the plate and torso work
     identity = _assemble(clip, segmaps, fit, face_model, kind, device, progress, schedule)
+    identity.meta["fit_quality"] = quality.as_meta()
     logger.info("prepared %r (landmark fit error %.2f px)", identity, identity.meta["landmark_error_px"])
     if output is not None:
         identity.save(output)

@@ -61,7 +61,7 @@ def test_clip_identity_end_to_end(face_model, tmp_path):
     assert ident.cameras.shape == (30, 25) and ident.keypoints.shape == (30, 68, 3)
     assert ident.com_images([0, 1]).shape == (2, 512, 512, 3)
     sheet = contact_sheet(ident)
-    assert sheet.shape == (1, 512, 1024, 3) and 0 <= float(sheet.min()) and float(sheet.max()) <= 1
+    assert sheet.shape == (1, 512 + 25, 1024, 3) and 0 <= float(sheet.min()) and float(sheet.max()) <= 1
 
 
 def test_photo_identity(face_model, tmp_path):

@@ -99,7 +99,7 @@ def test_talking_clip_end_to_end(shared_data, landmarker_path, face_model_dir, f
     assert_landmarks_on_face(ident, face_boxes_of)
     loaded = Identity.load(saved)
     assert torch.equal(loaded.landmarks, ident.landmarks) and loaded.meta["source"] == "german_15fps.mp4"
-    assert contact_sheet(loaded).shape == (1, 512, 1024, 3)
+    assert contact_sheet(loaded).shape == (1, 512 + 25, 1024, 3)  # + the fit-quality band
 
 
 def test_astronaut_photo_identity(shared_data, landmarker_path, face_model_dir, face_boxes_of):
