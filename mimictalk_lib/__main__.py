@@ -6,7 +6,8 @@
 - ``dub``: a video + new speech -> the same video saying it (``mimictalk_lib.dub.cli``, library direct);
 - ``download``: list, check or fetch the manifest's model files (``mimictalk_lib.download``);
 - ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``);
-- ``evaluate``: rendered video vs reference video -> metrics table, JSON, plot (``mimictalk_lib.evaluate``).
+- ``evaluate``: rendered video vs reference video -> metrics table, JSON, plot (``mimictalk_lib.evaluate``);
+- ``serve``: a live talking head over WebRTC with a small web page (``mimictalk_lib.live.server``).
 """
 
 from __future__ import annotations
@@ -167,8 +168,13 @@ def _commands() -> dict[str, Callable[[Optional[Sequence[str]]], int]]:
     from .dub import cli as dub_cli
     from .evaluate import cli as evaluate_cli
 
+    def serve(argv):  # imported on use: the live server's optional packages load only then
+        from .live.server import main as serve_main
+
+        return serve_main(argv)
+
     return {"talk": talk, "dub": dub_cli.main, "download": download.main, "convert": convert.main,
-            "evaluate": evaluate_cli.main}
+            "evaluate": evaluate_cli.main, "serve": serve}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

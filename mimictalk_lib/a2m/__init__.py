@@ -22,13 +22,14 @@ from .sampler import (
     DEFAULT_CFG_SCALE,
     DEFAULT_STEPS,
     DEFAULT_TEMPERATURE,
+    continue_motion,
     plan_windows,
     sample_motion,
 )
 
 __all__ = [
     "A2MConfig", "AudioFeatures", "DEFAULT_CFG_SCALE", "DEFAULT_STEPS", "DEFAULT_TEMPERATURE",
-    "HubertEncoder", "InContextAudio2MotionModel", "SAMPLE_RATE", "StylePrompt", "build_a2m",
+    "HubertEncoder", "InContextAudio2MotionModel", "SAMPLE_RATE", "StylePrompt", "build_a2m", "continue_motion",
     "extract_audio_features", "extract_f0", "f0_to_coarse", "hubert_large_config",
     "infer_a2m_config", "integrate", "load_a2m", "load_audio", "load_hubert", "num_hubert_frames",
     "plan_windows", "sample_motion",

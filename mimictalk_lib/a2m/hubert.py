@@ -93,12 +93,17 @@ class HubertEncoder(nn.Module):
         *,
         clip_frames: int = CLIP_FRAMES,
         on_step: ProgressFn | None = None,
+        normalized: bool = False,
     ) -> torch.Tensor:
+        """normalized=True: `wav` is already normalised by the caller (e.g. a live stream with
+        its running level) and may be silent; the encoder's own normalisation and the silence
+        check are skipped."""
         if isinstance(wav, torch.Tensor):
             wav = wav.detach().cpu().numpy()
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-        check_speech(wav, "audio")
-        x = normalize_waveform(wav) if self.do_normalize else wav
+        if not normalized:
+            check_speech(wav, "audio")
+        x = normalize_waveform(wav) if self.do_normalize and not normalized else wav
         total = num_hubert_frames(len(x))
         param = next(self.model.parameters())
         starts = list(range(0, total, clip_frames))

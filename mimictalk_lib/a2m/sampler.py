@@ -143,13 +143,59 @@ def sample_motion(
     )
     out = torch.zeros(t_m, cfg.motion_dim)
     for k, w in enumerate(windows):
-        new = run.window(w, out, step_offset=k * (steps - 1)).cpu()
-        if w.fade:
-            a = w.start + w.context
-            weight = torch.arange(1, w.fade + 1, dtype=torch.float32).div_(w.fade + 1)[:, None]
-            new[: w.fade] = out[a: a + w.fade] * (1 - weight) + new[: w.fade] * weight
-        out[w.start + w.context: w.stop] = new
+        _place(out, run.window(w, out, step_offset=k * (steps - 1)).cpu(), w)
     return out
+
+
+def _place(out: torch.Tensor, new: torch.Tensor, w: Window) -> None:
+    """Write a window's frames [w.start + w.context, w.stop) into `out`, its first `w.fade`
+    cross-faded into what `out` already holds there (linear ramp towards the new window)."""
+    a = w.start + w.context
+    if w.fade:
+        weight = torch.arange(1, w.fade + 1, dtype=torch.float32).div_(w.fade + 1)[:, None]
+        new[: w.fade] = out[a: a + w.fade] * (1 - weight) + new[: w.fade] * weight
+    out[a: w.stop] = new
+
+
+@torch.inference_mode()
+def continue_motion(
+    model: InContextAudio2MotionModel,
+    features: AudioFeatures,
+    style: Optional[StylePrompt],
+    context: torch.Tensor,
+    *,
+    fade: int = 0,
+    steps: int = DEFAULT_STEPS,
+    cfg_scale: float = DEFAULT_CFG_SCALE,
+    temperature: float = DEFAULT_TEMPERATURE,
+    method: str = "midpoint",
+    generator: Optional[torch.Generator] = None,
+    mouth_amp: float = 1.0,
+) -> torch.Tensor:
+    """One window of :func:`sample_motion` for incremental (streaming) use: `features` cover
+    T_m motion frames of which the first C = len(`context`) already have motion `context`
+    [C, D]. The first C - `fade` frames are shown to the model as known in-context motion (so
+    the window continues them); the last `fade` context frames are re-predicted and cross-faded
+    into `context` exactly as :func:`sample_motion` blends its window seams. Returns motion
+    [T_m - C + fade, D] (fp32, CPU) for frames [C - fade, T_m)."""
+    _check_args(model, features, style, steps, temperature, cfg_scale, method)
+    cfg, t_m = model.cfg, features.num_motion_frames
+    check_shape(context, (None, cfg.motion_dim), "context motion")
+    c = context.shape[0]
+    if not 0 <= fade <= c < t_m:
+        raise InputError(f"continue_motion needs 0 <= fade ({fade}) <= context ({c}) < motion frames ({t_m})")
+    param = next(model.parameters())
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(t_m, cfg.motion_dim, generator=generator, device=gen_device)
+    run = _Run(
+        model, features, style, noise, None, float(mouth_amp), float(temperature), float(cfg_scale),
+        torch.linspace(0, 1, steps, device=param.device), method, param.device, param.dtype, None, steps - 1,
+    )
+    out = torch.zeros(t_m, cfg.motion_dim)
+    out[:c] = context.detach().float().cpu()
+    w = Window(0, t_m, c - fade, fade)
+    _place(out, run.window(w, out, step_offset=0).cpu(), w)
+    return out[c - fade:]
 
 
 @dataclass

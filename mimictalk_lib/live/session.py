@@ -1,0 +1,265 @@
+"""One live avatar session: speech in (microphone frames, posted clips, a file) on a real-time
+sample clock -> motion -> rendered frames with their audio, produced by a worker thread.
+
+Timeline: the session's 16 kHz sample clock starts when it starts. Audio written to it is placed
+at the later of where the previous write ended and "now" (the read position), so live audio
+plays as it arrives and a posted clip plays from the moment it arrives; where nothing was
+written the stream hears silence (idle motion). The worker reads one hop at a time once that
+hop's audio is due, so speech is heard in real time, never ahead of it.
+
+Latency: a speech onset (a write after at least ``ONSET_GAP_S`` of silence) remembers its
+arrival time and its sample; when the first frame at or after that sample leaves the session
+(:meth:`LiveSession.take_frames`, called by the video track), latency = leave time - arrival
+time.
+
+Load: when the worker is more than ``max_lag`` seconds behind the clock it reads the whole
+backlog in one step (the motion stays continuous) but renders only the newest hop; the frames
+in between and their audio are dropped and counted. Consumers that fall behind lose the oldest
+queued frames (``max_queue``), so latency stays bounded instead of growing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..utils import logger
+from .idle import IdleMotion
+from .motion import SAMPLES_PER_FRAME, MotionStream
+from .render import FrameRenderer
+
+RATE = 16_000
+SPEECH_RMS = 0.01  # a 20 ms block above this rms (-40 dBFS) is speech for onset detection
+ONSET_GAP_S = 0.3  # silence before speech that makes it a new onset
+MAX_BUFFER_S = 120.0  # audio queued ahead of the clock that a session accepts
+
+
+@dataclass
+class OutFrame:
+    index: int  # stream frame number (25 fps)
+    image: np.ndarray  # uint8 [R, R, 3]
+    audio: np.ndarray  # float32 [640]: the 16 kHz audio of this frame
+
+
+class AudioTimeline:
+    """Thread-safe 16 kHz sample buffer on the session clock (see the module docstring)."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()  # (first sample, samples), in order
+        self._end = 0  # one past the last written sample
+        self.read_pos = 0
+        self.onsets: deque[tuple[int, float]] = deque(maxlen=256)  # (sample, arrival time)
+        self._last_speech = -1e9  # clock time of the last speech block written
+
+    def now_samples(self) -> int:
+        return int(self._clock() * RATE)
+
+    def write(self, wav: np.ndarray, arrival: Optional[float] = None, *, at_clock: bool = False) -> int:
+        """Place mono 16 kHz float audio; returns its first sample. ``at_clock``: live audio,
+        placed no earlier than the clock's present (a late packet never lands in the past)."""
+        wav = np.nan_to_num(np.asarray(wav, dtype=np.float32).reshape(-1)).clip(-1, 1)
+        arrival = self._clock() if arrival is None else arrival
+        with self._lock:
+            start = max(self._end, self.read_pos, self.now_samples() if at_clock else 0)
+            if start + len(wav) - self.read_pos > MAX_BUFFER_S * RATE:
+                raise InputError(f"the live session already has {MAX_BUFFER_S:.0f} s of speech queued; "
+                                 "wait until it has played before sending more")
+            self._chunks.append((start, wav))
+            self._end = start + len(wav)
+            block = 320
+            for k in range(0, len(wav) - block + 1, block):
+                if float(np.sqrt(np.mean(wav[k: k + block] ** 2))) > SPEECH_RMS:
+                    if (start + k) / RATE - self._last_speech > ONSET_GAP_S:
+                        # speech "comes in" when it has arrived and its turn on the clock has come
+                        self.onsets.append((start + k, max(arrival, (start + k) / RATE)))
+                    self._last_speech = (start + k + block) / RATE
+        return start
+
+    def read(self, n: int) -> np.ndarray:
+        """The next n samples from the read position (silence where nothing was written)."""
+        out = np.zeros(n, dtype=np.float32)
+        with self._lock:
+            a, b = self.read_pos, self.read_pos + n
+            while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= a:
+                self._chunks.popleft()
+            for s, w in self._chunks:
+                if s >= b:
+                    break
+                lo, hi = max(a, s), min(b, s + len(w))
+                if hi > lo:
+                    out[lo - a: hi - a] = w[lo - s: hi - s]
+            self.read_pos = b
+        return out
+
+    def queued_seconds(self) -> float:
+        with self._lock:
+            return max(0, self._end - self.read_pos) / RATE
+
+
+@dataclass
+class Stats:
+    frames_rendered: int = 0
+    frames_sent: int = 0
+    frames_dropped: int = 0  # not rendered (load) or discarded from the queue (slow consumer)
+    latencies: list = field(default_factory=list)  # seconds, one per speech onset
+    sent_times: deque = field(default_factory=lambda: deque(maxlen=100))
+    errors: int = 0
+    last_error: str = ""
+
+    def fps(self, now: float) -> float:
+        recent = [t for t in self.sent_times if now - t <= 2.0]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+
+class LiveSession:
+    """A worker thread turning the session's audio timeline into frames (see the module docstring).
+
+    ``motion``: a :class:`MotionStream`; ``renderer``: a :class:`FrameRenderer`; ``idle``: an
+    :class:`IdleMotion`. ``max_lag``: seconds the worker may fall behind before it drops frames;
+    ``max_queue``: frames kept for a slow consumer."""
+
+    def __init__(self, motion: MotionStream, renderer: FrameRenderer, idle: Optional[IdleMotion] = None, *,
+                 max_lag: float = 0.5, max_queue: Optional[int] = None, name: str = "live"):
+        self.motion, self.renderer = motion, renderer
+        self.idle = idle or IdleMotion()
+        self.hop = motion.s.hop
+        self.max_lag = max_lag
+        self.max_queue = max_queue or 2 * self.hop
+        self.name = name
+        self._t0 = time.monotonic()
+        self.timeline = AudioTimeline(self.clock)
+        self.stats = Stats()
+        self._out: deque[OutFrame] = deque()
+        self._out_lock = threading.Lock()
+        self._audio_hist: deque[np.ndarray] = deque()  # consumed audio not yet emitted, per frame
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._next_onset = 0
+
+    def clock(self) -> float:
+        return time.monotonic() - self._t0
+
+    def start(self) -> "LiveSession":
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"mimictalk-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._out_lock:
+            self._out.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    # --- producer ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        hop_samples = self.hop * SAMPLES_PER_FRAME
+        while not self._stop.is_set():
+            due = (self.timeline.read_pos + hop_samples) / RATE  # clock time when the hop has arrived
+            wait = due - self.clock()
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
+            behind = int(max(0.0, -wait - self.max_lag) * RATE) // hop_samples
+            try:
+                self.step(self.timeline.read((1 + behind) * hop_samples), render_last=self.hop if behind else None)
+            except Exception as e:  # noqa: BLE001 - a failing hop must not end the stream; it is logged and counted
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                logger.exception("live session %s: a step failed; the stream continues", self.name)
+                if self.stats.errors > 20:
+                    logger.error("live session %s: too many failures, closing", self.name)
+                    self._stop.set()
+
+    def step(self, wav: np.ndarray, render_last: Optional[int] = None) -> list[OutFrame]:
+        """Motion for ``wav`` (whole frames of 16 kHz audio), frames rendered (only the last
+        ``render_last`` when given; the others are dropped), queued for the tracks."""
+        n_in = len(wav) // SAMPLES_PER_FRAME
+        for k in range(n_in):
+            self._audio_hist.append(wav[k * SAMPLES_PER_FRAME: (k + 1) * SAMPLES_PER_FRAME])
+        first = self.motion.frames_out
+        motion = self.motion.push(wav)  # frames [first, first + len)
+        n = motion.shape[0]
+        audio = [self._audio_hist.popleft() for _ in range(n)]
+        if n == 0:
+            return []
+        d_euler, d_trans = self.idle.pose(first, n)
+        closure = self.idle.blink(first, n)
+        keep = n if render_last is None else min(n, render_last)
+        if keep < n:
+            self.renderer.skip(motion[: n - keep], d_euler[: n - keep], d_trans[: n - keep])
+            self.stats.frames_dropped += n - keep
+        images = self.renderer.render(motion[n - keep:], d_euler[n - keep:], d_trans[n - keep:], closure[n - keep:])
+        frames = [OutFrame(first + n - keep + i, images[i].numpy(), audio[n - keep + i]) for i in range(keep)]
+        self.stats.frames_rendered += keep
+        with self._out_lock:
+            self._out.extend(frames)
+            while len(self._out) > self.max_queue:
+                self._out.popleft()
+                self.stats.frames_dropped += 1
+        return frames
+
+    # --- consumers -----------------------------------------------------------------------------
+
+    def take_frame(self) -> Optional[OutFrame]:
+        """The next frame to send (None when none is ready); records latency and rate."""
+        with self._out_lock:
+            frame = self._out.popleft() if self._out else None
+        if frame is None:
+            return None
+        now = self.clock()
+        self.stats.frames_sent += 1
+        self.stats.sent_times.append(now)
+        onsets = self.timeline.onsets
+        while self._next_onset < len(onsets) and onsets[self._next_onset][0] < (frame.index + 1) * SAMPLES_PER_FRAME:
+            sample, arrival = onsets[self._next_onset]
+            if sample >= frame.index * SAMPLES_PER_FRAME:
+                self.stats.latencies.append(now - arrival)
+            self._next_onset += 1
+        return frame
+
+    def summary(self) -> dict[str, Any]:
+        s, now = self.stats, self.clock()
+        lat = s.latencies
+        return {
+            "frames_rendered": s.frames_rendered, "frames_sent": s.frames_sent, "frames_dropped": s.frames_dropped,
+            "fps": round(s.fps(now), 2), "latency_last_ms": round(1000 * lat[-1]) if lat else None,
+            "latency_mean_ms": round(1000 * float(np.mean(lat))) if lat else None, "speech_events": len(lat),
+            "queued_speech_s": round(self.timeline.queued_seconds(), 2), "errors": s.errors, "last_error": s.last_error,
+            "uptime_s": round(now, 1),
+        }
+
+
+def speech_from_bytes(data: bytes, suffix: str = ".wav") -> np.ndarray:
+    """Decode an uploaded audio file (any format FFmpeg / libsndfile reads, any rate) to mono
+    16 kHz float32. Raises InputError for undecodable, empty or silent audio."""
+    import os
+    import tempfile
+
+    from ..a2m.audio import load_audio
+
+    if not data:
+        raise InputError("no audio in the request body: POST an audio file (wav, flac, mp3, ogg)")
+    fd, path = tempfile.mkstemp(prefix="mimictalk-live-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return load_audio(path).numpy()
+    finally:
+        os.unlink(path)
