@@ -109,7 +109,7 @@ class Stats:
     frames_rendered: int = 0
     frames_sent: int = 0
     frames_dropped: int = 0  # not rendered (load) or discarded from the queue (slow consumer)
-    latencies: list = field(default_factory=list)  # seconds, one per speech onset
+    latencies: deque = field(default_factory=lambda: deque(maxlen=1000))  # seconds, one per speech onset
     sent_times: deque = field(default_factory=lambda: deque(maxlen=100))
     errors: int = 0
     last_error: str = ""
@@ -144,7 +144,6 @@ class LiveSession:
         self._audio_hist: deque[np.ndarray] = deque()  # consumed audio not yet emitted, per frame
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._next_onset = 0
 
     def clock(self) -> float:
         return time.monotonic() - self._t0
@@ -227,11 +226,10 @@ class LiveSession:
         self.stats.frames_sent += 1
         self.stats.sent_times.append(now)
         onsets = self.timeline.onsets
-        while self._next_onset < len(onsets) and onsets[self._next_onset][0] < (frame.index + 1) * SAMPLES_PER_FRAME:
-            sample, arrival = onsets[self._next_onset]
-            if sample >= frame.index * SAMPLES_PER_FRAME:
-                self.stats.latencies.append(now - arrival)
-            self._next_onset += 1
+        # every onset up to this frame: this is the first frame out since that speech came in
+        # (the onset's own frame may have been dropped)
+        while onsets and onsets[0][0] < (frame.index + 1) * SAMPLES_PER_FRAME:
+            self.stats.latencies.append(now - onsets.popleft()[1])
         return frame
 
     def summary(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A live server on tiny weights (a subprocess of ``python -m mimictalk_lib serve``) and a real
 headless Chromium (Debian's, driven by Playwright through ``executable_path``) whose microphone
 is a wav file. Missing aiortc / aiohttp / Chromium / Playwright skip the browser tests with the
-reason, except in CI (``CI=1``), where they fail: CI installs them."""
+reason, except in CI (``CI=true``), where they fail: CI installs them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.nodes.tiny_assets import build, write_wav
+from tests.e2e.comfy_server import skip_or_fail
+from tests.nodes.harness import tiny_root
+from tests.nodes.tiny_assets import write_wav
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,13 +28,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 MIC_RATE = 48_000
 SPEECH_S, PAUSE_S = 0.6, 0.9  # the fake microphone: 0.6 s of speech every 1.5 s (it loops)
 START_TIMEOUT_S = 240
-
-
-def skip_or_fail(reason: str):
-    """Skip with ``reason``; in CI (CI=1), where these tools are installed, fail instead."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run this test, but: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def speech_bursts(seconds: float, rate: int) -> torch.Tensor:
@@ -52,8 +47,9 @@ def live_assets(tmp_path_factory) -> dict:
             __import__(module)
         except ImportError:
             skip_or_fail(f"the optional package {module} is not installed (pip install -r requirements-test.txt)")
-    paths = build(tmp_path_factory.mktemp("live_assets"))
-    write_wav(paths["input"] / "mic.wav", speech_bursts(3 * (SPEECH_S + PAUSE_S), MIC_RATE), MIC_RATE)
+    paths = dict(tiny_root())  # the tiny weights the node tests use (built once per process)
+    paths["mic"] = tmp_path_factory.mktemp("live_mic") / "mic.wav"
+    write_wav(paths["mic"], speech_bursts(3 * (SPEECH_S + PAUSE_S), MIC_RATE), MIC_RATE)
     return paths
 
 
@@ -109,7 +105,7 @@ def browser(live_assets):
         from playwright.sync_api import sync_playwright
     except ImportError:
         skip_or_fail("the 'playwright' package is not installed (pip install -r requirements-test.txt)")
-    mic = live_assets["input"] / "mic.wav"
+    mic = live_assets["mic"]
     flags = CHROMIUM_FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                               f"--use-file-for-fake-audio-capture={mic}"]
     with sync_playwright() as p:

@@ -104,12 +104,20 @@ def test_latency_is_speech_arrival_to_its_first_frame_out():
     clock.t = 1.2
     session.step(session.timeline.read(3200))  # frames 25-29
     assert session.take_frame().index == 25 and session.take_frame().index == 26
-    assert session.stats.latencies == []  # frames before the speech are not its first frame
+    assert list(session.stats.latencies) == []  # frames before the speech are not its first frame
     clock.t = 1.3
     assert session.take_frame().index == 27
     # speech came in at max(arrival 1.0, its time on the clock 1.08); its first frame left at 1.3
-    assert session.stats.latencies == [pytest.approx(1.3 - 17_280 / RATE)]
+    assert list(session.stats.latencies) == [pytest.approx(1.3 - 17_280 / RATE)]
     assert session.summary()["speech_events"] == 1 and session.summary()["latency_last_ms"] == 220
+    # speech whose own frame is dropped: its latency is measured at the first frame out after it
+    clock.t = 2.0
+    session.step(session.timeline.read(16_000 - 3200))  # up to 2 s
+    session.timeline.write(np.full(640, 0.3, np.float32))  # frame 50
+    session.step(session.timeline.read(3 * 3200), render_last=5)  # frames 50-59 dropped, 60-64 rendered
+    while (f := session.take_frame()) is not None and f.index < 60:
+        pass
+    assert f.index == 60 and len(session.stats.latencies) == 2 and session.stats.latencies[1] == pytest.approx(0.0)
 
 
 def _wav_bytes(samples: np.ndarray, rate: int) -> bytes:
