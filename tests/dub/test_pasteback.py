@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mimictalk_lib.dub.pasteback import (
-    CropTransform, blend_mask, colour_match, inside_frame, paste_back, to_crop, warp_to_source,
+    CropTransform, blend_mask, colour_match, paste_back, to_crop, warp_to_source,
 )
 from mimictalk_lib.errors import InputError
 from mimictalk_lib.identity.frames import CropBox, crop_frames
@@ -142,12 +142,6 @@ def test_colour_match_moves_mean_and_spread():
     got = colour_match(render, target, mask)
     assert torch.allclose(got, target, atol=1e-5)
     assert torch.equal(colour_match(render, target, torch.zeros_like(mask)), render)  # nothing to match
-
-
-def test_inside_frame_marks_padding():
-    tf = CropTransform(-32, 0, 64, 64, (64, 64))
-    inside = inside_frame(tf)
-    assert not inside[:, :32].any() and inside[:, 32:].all()
 
 
 def test_warp_to_source_is_exact_at_unit_scale():
