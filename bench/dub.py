@@ -10,8 +10,8 @@ Source: ``../shared/data/German_20s.mp4`` (512², 25 fps) scaled into a 1920x108
 ``bg.png`` at an off-centre box, resampled to 30 fps (a drawn stand-in when the file is absent).
 The last ``--holdout`` seconds are cut out as their own clip with their own soundtrack and dubbed
 from that soundtrack; the output is compared with the real held-out frames at full resolution:
-PSNR / SSIM (kornia.metrics) over the whole frame and inside the face box, LPIPS when the
-``lpips_alex`` weights are in the models folder (else n/a), and a seam score: mean gradient
+PSNR / SSIM over the whole frame and inside the face box, LPIPS when the ``lpips_alex``
+weights are in the models folder, else n/a (``mimictalk_lib.evaluate``'s metrics), and a seam score: mean gradient
 magnitude (Sobel) on the border band of the region the dub changed, divided by the mean inside
 the rest of the face box; the same ratio of the real frame on the same band is printed beside it
 (equal = no added edge). Rows:
@@ -189,48 +189,32 @@ def _run(args, source: Path, identity: Path, out: Path, motion: str, bfm: Path) 
 # --- metrics --------------------------------------------------------------------------------------
 
 
-def _lpips(device):
-    """LPIPS (AlexNet) when its weights are in the models folder, else None."""
-    import os
-
-    from mimictalk_lib.errors import MimicTalkError
-
-    folder = Path(os.environ.get("MIMICTALK_MODELS_DIR", "models/mimictalk")) / "lpips"
-    try:
-        from mimictalk_lib.adapt.lpips import load_lpips
-
-        return load_lpips(folder, device=device)
-    except (MimicTalkError, OSError, TypeError):
-        return None
-
-
 def metrics(out: torch.Tensor, real: torch.Tensor, box, lpips=None) -> dict:
-    """Full-frame and face-box PSNR / SSIM (and LPIPS), seam score, over uint8 [n, H, W, 3] pairs."""
+    """Full-frame and face-box PSNR / SSIM / LPIPS (``evaluate.metrics.image_metrics``) and the seam
+    score, averaged over uint8 [n, H, W, 3] pairs."""
     import kornia
+
+    from mimictalk_lib.evaluate.metrics import image_metrics
 
     x0, y0, side = box
     h, w = real.shape[1:3]
     sl = (slice(max(0, y0), min(h, y0 + side)), slice(max(0, x0), min(w, x0 + side)))
-    acc = {k: [] for k in ("psnr", "ssim", "psnr_box", "ssim_box", "lpips", "seam", "seam_real")}
+    boxes = torch.tensor([[sl[1].start, sl[0].start, sl[1].stop, sl[0].stop]])
+    acc: dict[str, list] = {"seam": [], "seam_real": []}
     for s in range(0, out.shape[0], 4):
         a = out[s: s + 4].permute(0, 3, 1, 2).float() / 255
         b = real[s: s + 4].permute(0, 3, 1, 2).float() / 255
-        acc["psnr"].append(float(kornia.metrics.psnr(a, b, 1.0)))
-        acc["ssim"].append(float(kornia.metrics.ssim(a, b, 11).mean()))
+        for k, v in image_metrics(a, b, boxes=boxes.expand(a.shape[0], 4), lpips=lpips).items():
+            acc.setdefault(k, []).extend(v.tolist())
         ab, bb = a[:, :, sl[0], sl[1]], b[:, :, sl[0], sl[1]]
-        acc["psnr_box"].append(float(kornia.metrics.psnr(ab, bb, 1.0)))
-        acc["ssim_box"].append(float(kornia.metrics.ssim(ab, bb, 11).mean()))
-        if lpips is not None:
-            with torch.no_grad():
-                acc["lpips"].append(float(lpips(ab * 2 - 1, bb * 2 - 1).mean()))
-        changed = ((ab - bb).abs().amax(1, keepdim=True) > 4 / 255).float()
-        band = kornia.morphology.gradient(changed, torch.ones(5, 5)) > 0
-        rest = ~band
+        changed = ((ab - bb).abs().amax(1, keepdim=True) > 4 / 255).float()  # where the dub changed the frame
+        band = kornia.morphology.gradient(changed, torch.ones(5, 5)) > 0  # its border
         if int(band.sum()) > 0:
             for key, img in (("seam", ab), ("seam_real", bb)):
                 g = kornia.filters.sobel(img.mean(1, keepdim=True))
-                acc[key].append(float(g[band].mean() / g[rest].mean().clamp(min=1e-6)))
-    return {k: (sum(v) / len(v) if v else None) for k, v in acc.items()}
+                acc[key].append(float(g[band].mean() / g[~band].mean().clamp(min=1e-6)))
+    mean = {k: [x for x in v if math.isfinite(x)] for k, v in acc.items()}
+    return {k: (sum(v) / len(v) if v else None) for k, v in mean.items()}
 
 
 def paste_back_only(source: Path, box, hw) -> dict:
@@ -300,7 +284,11 @@ def main() -> None:
             held = build_source(tmp / "held_out.mp4", hold, fps, hw, box, start=seconds - hold, tiny=args.tiny)
             n = round(hold * fps)
             synthetic_identity(face_model, held, n, fps, hw, box, size).save(tmp / "held.identity.safetensors")
-            lp = _lpips(torch.device(device))
+            from mimictalk_lib.evaluate.evaluate import load_optional_models
+
+            lp, _, notes = load_optional_models(landmarks=False, device=device)
+            for note in notes:
+                print(f"# {note}", flush=True)
             rows = []
             pb = paste_back_only(held, box, hw)
             m = metrics(pb["out"], pb["real"], box, lp)
@@ -326,8 +314,8 @@ def main() -> None:
             common.print_table(
                 ["run", "PSNR dB", "SSIM", "PSNR box dB", "SSIM box", "LPIPS box", "seam (real)", "frames/s",
                  "peak MiB"],
-                [[label, f(m["psnr"]), f(m["ssim"], "{:.4f}"), f(m["psnr_box"]), f(m["ssim_box"], "{:.4f}"),
-                  f(m["lpips"], "{:.4f}"), f"{f(m['seam'])} ({f(m['seam_real'])})", f"{fr:.2f}",
+                [[label, f(m["psnr"]), f(m["ssim"], "{:.4f}"), f(m["head_psnr"]), f(m["head_ssim"], "{:.4f}"),
+                  f(m["head_lpips"], "{:.4f}"), f"{f(m['seam'])} ({f(m['seam_real'])})", f"{fr:.2f}",
                   f(peak / 2**20 if peak else None, "{:.0f}")] for label, m, fr, peak in rows])
         if not args.skip_memory:
             lengths = common.comma_list(common.tiny_default(args.memory_seconds, FULL["mem"], TINY["mem"], args.tiny), float)
