@@ -9,11 +9,11 @@ serves; outside ComfyUI the same classes run on ``nodes.v3api`` (see ``nodes.exe
 
 from __future__ import annotations
 
-from . import adapters, evaluate, host, identity, loaders, motion, render, train, video
+from . import adapters, dub, evaluate, host, identity, loaders, motion, render, train, video
 
 NODE_LIST: list[type] = [
     *loaders.NODES, *identity.NODES, *train.NODES, *adapters.NODES, *motion.NODES, *render.NODES, *video.NODES,
-    *evaluate.NODES,
+    *evaluate.NODES, *dub.NODES,
 ]
 """Every node class the extension registers (node ids prefixed ``MimicTalk``)."""
 

@@ -156,6 +156,7 @@ def dub_video(
     seed: int = 0,
     style_audio: Any = None,
     crf: float = 19,
+    metadata: Optional[dict] = None,
     motion_options: Optional[dict] = None,
     on_step: Optional[ProgressFn] = None,
 ) -> DubResult:
@@ -213,13 +214,13 @@ def dub_video(
         if output is None:
             frames = torch.cat(list(frames_iter)) if n_out else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
             return DubResult(report_, frames=frames, audio=speech)
-        report_.path = str(_write(output, frames_iter, src.fps, speech, length, crf, source))
+        report_.path = str(_write(output, frames_iter, src.fps, speech, length, crf, source, metadata))
         return DubResult(report_, audio=speech)
     finally:
         src.close()
 
 
-def _write(output, frames_iter, fps: float, speech, length: str, crf: float, source) -> Path:
+def _write(output, frames_iter, fps: float, speech, length: str, crf: float, source, metadata=None) -> Path:
     """Write to a temporary name next to ``output`` and move it into place when complete."""
     from ..video import VideoWriter
 
@@ -228,7 +229,8 @@ def _write(output, frames_iter, fps: float, speech, length: str, crf: float, sou
         raise InputError(f"dub_video: the output '{out}' is the source video; choose another output path")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix or '.mp4'}")
-    with VideoWriter(tmp, fps, audio=speech, audio_mode="trim" if length == "trim" else "fit", crf=crf) as writer:
+    with VideoWriter(tmp, fps, audio=speech, audio_mode="trim" if length == "trim" else "fit", crf=crf,
+                     metadata=metadata) as writer:
         for chunk in frames_iter:
             writer.write(chunk)
     os.replace(tmp, out)

@@ -28,7 +28,7 @@ def schemas(pack):
 
 
 def test_the_workflows_ship_with_their_twins():
-    assert NAMES == ["mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
+    assert NAMES == ["mimictalk_dub", "mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
     assert sorted(p.stem for p in API_TWINS.glob("*.json")) == NAMES
 
 

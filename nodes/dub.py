@@ -1,0 +1,104 @@
+"""Dub Video: the user's own video (core VIDEO, or IMAGE batch + fps) + new speech -> that video
+at its own size and frame rate with the face saying the speech (``mimictalk_lib.dub.dub_video``),
+written progressively into the output folder."""
+
+from __future__ import annotations
+
+from ..mimictalk_lib.errors import InputError
+from . import host
+from .types import Audio2Motion, FaceModel, Identity, Renderer
+
+io, ui = host.io, host.ui
+
+
+class DubVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ..mimictalk_lib.a2m import DEFAULT_STEPS
+        from ..mimictalk_lib.dub.dub import POSE_MODES
+        from ..mimictalk_lib.dub.pasteback import COLOUR_MODES
+        from ..mimictalk_lib.dub.timeline import LENGTH_MODES
+        from ..mimictalk_lib.video import DEFAULT_CRF
+
+        return io.Schema(
+            node_id="MimicTalkDubVideo",
+            display_name="MimicTalk Dub Video",
+            category="MimicTalk/render",
+            description=("Dubs a video: the same video (resolution, frame rate, background, body) with the face saying "
+                         "the new speech. The identity must be prepared from this video; the renderer is a "
+                         "personalised one (Apply Adapter) or a base renderer used one-shot. Mouth and expression "
+                         "come from the speech (ICS-A2M, the clip as style prompt), head pose from the video; frames "
+                         "without a face are kept as they are. Written to the output folder while rendering."),
+            inputs=[
+                Renderer.Input("renderer", tooltip="A personalised renderer, or a base renderer (one-shot)."),
+                FaceModel.Input("face_model", tooltip="The BFM face model."),
+                Identity.Input("identity", tooltip="The identity prepared from this video (Prepare Identity)."),
+                Audio2Motion.Input("a2m", tooltip="The motion model from Load Audio-to-Motion."),
+                io.Audio.Input("audio", tooltip="The new speech; the output is as long as it."),
+                io.Combo.Input("length", options=list(LENGTH_MODES), default="pingpong",
+                               tooltip="When the speech outlasts the video: pingpong (forwards then backwards), loop, "
+                                       "or trim (stop at the video's end, cutting the speech)."),
+                io.Combo.Input("pose", options=list(POSE_MODES), default="source",
+                               tooltip="source: the head follows the video's own head; static: the first frame's pose."),
+                io.Combo.Input("colour", options=list(COLOUR_MODES), default="mean_std",
+                               tooltip="mean_std: match the rendered face's colours to the video; none: as rendered."),
+                io.Int.Input("chunk_size", default=4, min=1, max=64, tooltip="Frames rendered at once."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=2, max=200, tooltip="ODE steps of the motion sampler."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Seed of the motion sampler."),
+                io.String.Input("filename_prefix", default="MimicTalk/dub",
+                                tooltip="Output file name prefix; '/' makes subfolders of the output folder."),
+                io.Int.Input("crf", default=DEFAULT_CRF, min=0, max=51, tooltip="H.264 quality (lower is better)."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.01,
+                               tooltip="Frame rate of 'images' (a connected 'video' brings its own)."),
+                io.Video.Input("video", optional=True, tooltip="The video to dub (e.g. from Load Video)."),
+                io.Image.Input("images", optional=True, tooltip="Or its frames (with fps), or one photo."),
+                io.Audio.Input("source_audio", optional=True,
+                               tooltip="The soundtrack of 'images' for the talking-style prompt (a video brings its own)."),
+            ],
+            outputs=[
+                io.Video.Output(display_name="video", tooltip="The dubbed video (saved in the output folder)."),
+                io.String.Output(display_name="report", tooltip="Frames written, frames without a face, loops."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, renderer, face_model, identity, a2m, audio, length, pose, colour, chunk_size, steps, seed,
+                filename_prefix, crf, fps, video=None, images=None, source_audio=None):
+        import torch
+
+        from ..mimictalk_lib.dub import dub_video
+
+        if (images is None) == (video is None):
+            raise InputError("Dub Video: connect exactly one of 'video' or 'images' (the video to dub)")
+        fps_in = float(fps)
+        if video is not None:
+            source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+            if not isinstance(source, str):  # an in-memory video: its frames
+                parts = video.get_components()
+                source, fps_in = parts.images, float(parts.frame_rate)
+                source_audio = source_audio if source_audio is not None else parts.audio
+        else:
+            source = images
+        height, width = int(identity.meta.get("source_size", [0, 0])[0]), int(identity.meta.get("source_size", [0, 0])[1])
+        folder, stem, counter, subfolder = host.save_path(filename_prefix, width, height)
+        name = f"{stem}_{counter:05}_.mp4"
+        metadata = None
+        if host.metadata_enabled():
+            metadata = dict(cls.hidden.extra_pnginfo or {})
+            if cls.hidden.prompt is not None:
+                metadata["prompt"] = cls.hidden.prompt
+        net, hubert = a2m.modules()
+        renderer.module()  # onto the compute device
+        result = dub_video(
+            source, audio, renderer=renderer.renderer, face_model=face_model, identity=identity, a2m=net, hubert=hubert,
+            fps=fps_in, output=folder / name, length=length, pose=pose, colour=colour, chunk_size=chunk_size,
+            seed=seed, style_audio=source_audio, crf=crf, metadata=metadata or None, motion_options={"steps": steps},
+            on_step=host.progress(1),
+        )
+        return io.NodeOutput(host.video_from_file(folder / name), result.report.summary(),
+                             ui=ui.PreviewVideo([ui.SavedResult(name, subfolder, io.FolderType.output)]))
+
+
+NODES = [DubVideo]

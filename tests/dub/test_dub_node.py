@@ -1,0 +1,35 @@
+"""The Dub Video node and the mimictalk_dub workflow's API twin on tiny weights (fake host): an mp4
+at the source's size and frame rate as long as the speech, with the workflow embedded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.nodes.harness import fake_mediapipe, load_twin, pack, run, tiny, video_facts, with_overrides  # noqa: F401
+from tests.nodes.tiny_assets import CLIP_FRAMES, SPEECH_SECONDS
+
+EXTRA = {"extra_pnginfo": {"workflow": {"name": "from the test"}}}
+
+
+@pytest.mark.slow  # identity preparation (MediaPipe double, short fit) + one-shot dub of 15 frames: ~30-60 s
+def test_dub_twin_runs_to_an_mp4_at_the_source_size_and_rate(pack, tiny, fake_mediapipe):
+    prompt = with_overrides(load_twin("mimictalk_dub"), MimicTalkDubVideo={"steps": 3, "chunk_size": 8})
+    result = run(pack, prompt, EXTRA)
+    (files,) = [u["images"] for u in result.ui.values() if u.get("images")]
+    (f,) = files
+    facts = video_facts(tiny["output"] / f["subfolder"] / f["filename"])
+    assert facts["size"] == (256, 256) and facts["fps"] == 25.0  # tiny_assets' clip.mp4
+    assert facts["frames"] == round(SPEECH_SECONDS * 25) and abs(facts["audio_seconds"] - SPEECH_SECONDS) < 0.05
+    assert json.loads(facts["metadata"]["prompt"]) == prompt
+    assert CLIP_FRAMES > facts["frames"]  # the clip covers the speech: no ping-pong needed
+
+
+def test_dub_node_needs_exactly_one_source(pack):
+    from tests.nodes.harness import submodule
+
+    node = submodule(pack, "nodes.dub").DubVideo
+    errors = submodule(pack, "mimictalk_lib.errors")
+    with pytest.raises(errors.InputError, match="exactly one of 'video' or 'images'"):
+        node.execute(None, None, None, None, None, "pingpong", "source", "mean_std", 4, 3, 0, "x", 19, 25.0)
