@@ -22,7 +22,7 @@ def schemas(pack):
 def test_pack_registers_through_the_v3_entry_point_only(pack):
     assert hasattr(pack, "comfy_entrypoint") and not hasattr(pack, "NODE_CLASS_MAPPINGS")
     nodes = node_list(pack)
-    assert len(nodes) == 13 and nodes == list(submodule(pack, "nodes").NODE_LIST)
+    assert len(nodes) == 14 and nodes == list(submodule(pack, "nodes").NODE_LIST)
 
 
 def test_ids_unique_prefixed_and_categorised(schemas):
@@ -62,10 +62,10 @@ def test_custom_sockets_connect(schemas):
 
 def test_output_nodes_and_seeds(schemas):
     outputs = {n for n, (_, s) in schemas.items() if s.is_output_node}
-    assert outputs == {"MimicTalkVideoCombine", "MimicTalkSaveAdapter", "MimicTalkEvaluate"}
+    assert outputs == {"MimicTalkVideoCombine", "MimicTalkSaveAdapter", "MimicTalkEvaluate", "MimicTalkDubVideo"}
     assert {"prompt", "extra_pnginfo"} <= {h.name for h in schemas["MimicTalkVideoCombine"][1].hidden}
     seeds = {n for n, (_, s) in schemas.items() for i in s.inputs or [] if getattr(i, "control_after_generate", False)}
-    assert seeds == {"MimicTalkTrainAdapter", "MimicTalkAudioToMotion", "MimicTalkRender"}
+    assert seeds == {"MimicTalkTrainAdapter", "MimicTalkAudioToMotion", "MimicTalkRender", "MimicTalkDubVideo"}
 
 
 def test_optional_inputs_have_python_defaults(schemas):
