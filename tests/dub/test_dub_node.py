@@ -8,22 +8,29 @@ import json
 import pytest
 
 from tests.nodes.harness import fake_mediapipe, load_twin, pack, run, tiny, video_facts, with_overrides  # noqa: F401
-from tests.nodes.tiny_assets import CLIP_FRAMES, SPEECH_SECONDS
+from tests.nodes.tiny_assets import DUB_FPS, DUB_FRAMES, SPEECH_SECONDS
 
 EXTRA = {"extra_pnginfo": {"workflow": {"name": "from the test"}}}
+DUB_OVERRIDES = {"MimicTalkDubVideo": {"steps": 3, "chunk_size": 8}, "LoadVideo": {"file": "dub_source.mp4"}}
+"""The dub twin on tiny weights: a 320x240 30 fps source (tests/nodes/tiny_assets.py)."""
+
+
+def check_dub_video(facts: dict) -> None:
+    """The dubbed mp4 has the source's size and frame rate and the speech's duration."""
+    assert facts["size"] == (320, 240) and facts["fps"] == DUB_FPS and facts["codec"] == "h264"
+    assert facts["frames"] == round(SPEECH_SECONDS * DUB_FPS) < DUB_FRAMES
+    assert facts["audio_codec"] == "aac" and abs(facts["audio_seconds"] - SPEECH_SECONDS) < 0.05
 
 
 @pytest.mark.slow  # identity preparation (MediaPipe double, short fit) + one-shot dub of 15 frames: ~30-60 s
 def test_dub_twin_runs_to_an_mp4_at_the_source_size_and_rate(pack, tiny, fake_mediapipe):
-    prompt = with_overrides(load_twin("mimictalk_dub"), MimicTalkDubVideo={"steps": 3, "chunk_size": 8})
+    prompt = with_overrides(load_twin("mimictalk_dub"), **DUB_OVERRIDES)
     result = run(pack, prompt, EXTRA)
     (files,) = [u["images"] for u in result.ui.values() if u.get("images")]
     (f,) = files
     facts = video_facts(tiny["output"] / f["subfolder"] / f["filename"])
-    assert facts["size"] == (256, 256) and facts["fps"] == 25.0  # tiny_assets' clip.mp4
-    assert facts["frames"] == round(SPEECH_SECONDS * 25) and abs(facts["audio_seconds"] - SPEECH_SECONDS) < 0.05
+    check_dub_video(facts)
     assert json.loads(facts["metadata"]["prompt"]) == prompt
-    assert CLIP_FRAMES > facts["frames"]  # the clip covers the speech: no ping-pong needed
 
 
 def test_dub_node_needs_exactly_one_source(pack):

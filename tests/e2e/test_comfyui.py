@@ -51,7 +51,8 @@ def test_object_info_matches_our_schemas(server):
 
 def test_workflow_templates_lists_our_workflows(server):
     listed = server.get("/workflow_templates").get(PACK_FOLDER, [])
-    assert sorted(listed) == ["mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise", "mimictalk_talk"]
+    assert sorted(listed) == ["mimictalk_dub", "mimictalk_evaluate", "mimictalk_one_shot", "mimictalk_personalise",
+                              "mimictalk_talk"]
 
 
 def _check_video(server, entry, node_class):
@@ -104,6 +105,18 @@ def test_evaluate_twin_succeeds(server):
     assert f"{CLIP_FRAMES} frames at 25.0 fps" in table
     (plot,) = entry["outputs"][ids["PreviewImage"]]["images"]
     assert (server.base / plot["type"] / plot["subfolder"] / plot["filename"]).stat().st_size > 0
+
+
+def test_dub_twin_succeeds(server):
+    from tests.dub.test_dub_node import DUB_OVERRIDES, check_dub_video
+
+    entry = server.run(with_overrides(load_twin("mimictalk_dub"), **DUB_OVERRIDES), load_workflow("mimictalk_dub"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (node_id,) = [k for k, v in entry["prompt"][2].items() if v["class_type"] == "MimicTalkDubVideo"]
+    (saved,) = entry["outputs"][node_id]["images"]
+    facts = video_facts(server.base / "output" / saved["subfolder"] / saved["filename"])
+    check_dub_video(facts)  # the source's 320x240 at 30 fps, as long as the speech
+    assert json.loads(facts["metadata"]["workflow"])["version"] == 0.4
 
 
 def test_invalid_prompt_gets_a_400_with_our_message(server):

@@ -12,6 +12,7 @@ end-to-end test).
     root/models/mimictalk/mediapipe/                 placeholders of the two MediaPipe model files
     root/models/mimictalk/adapters/person.safetensors  an adapter trained 2 steps on the tiny base
     root/input/speech.wav, clip.mp4, portrait.png    speech, a drawn talking clip, a drawn photo
+    root/input/dub_source.mp4                        a drawn 320x240 30 fps clip for the dub workflow
 
 The MediaPipe placeholders carry the manifest's size and a lock-file verification entry with the
 manifest's sha256 (the downloader's "verified before, unchanged since" cache), so the pack's
@@ -34,6 +35,7 @@ import torch
 SPEECH_SECONDS = 0.6  # -> 15 motion frames at 25 fps
 SPEECH_RATE = 16_000
 CLIP_FRAMES = 26  # the identity checks need at least 1 s at 25 fps
+DUB_FRAMES, DUB_FPS = 40, 30.0  # input/dub_source.mp4: the video the dub workflow dubs (320x240)
 MEDIAPIPE_ASSETS = ("mediapipe_face_landmarker", "mediapipe_selfie_multiclass")
 
 
@@ -131,6 +133,9 @@ def build(root: Path) -> dict[str, Path]:
     clip_audio = speech_like(CLIP_FRAMES / 25, SPEECH_RATE, seed=1)
     write_video(inputs / "clip.mp4", clip, 25, audio={"waveform": clip_audio[None, None], "sample_rate": SPEECH_RATE})
     write_png(inputs / "portrait.png", draw_clip(1, 300, 240, centre=(120.0, 130.0), radius=55)[0])
+    dub = draw_clip(DUB_FRAMES, 240, 320, centre=(200.0, 110.0), radius=48)  # landscape, 30 fps, face off-centre
+    write_video(inputs / "dub_source.mp4", dub, DUB_FPS,
+                audio={"waveform": speech_like(DUB_FRAMES / DUB_FPS, SPEECH_RATE, seed=2)[None, None], "sample_rate": SPEECH_RATE})
     return {"root": root, "models": models, "input": inputs, "output": root / "output", "temp": root / "temp"}
 
 
