@@ -63,7 +63,10 @@ def test_dub_is_the_same_for_any_chunk_size(clip, renderer, face_model):
     kw = dict(fps=FPS, renderer=renderer, face_model=face_model, identity=ident, motion=motion(10))
     a = dub_video(frames, speech(0.2), chunk_size=2, **kw).frames
     b = dub_video(frames, speech(0.2), chunk_size=5, **kw).frames
-    assert torch.equal(a, b)
+    # the renderer is deterministic, but fp32 kernels round differently for other batch sizes: a few
+    # pixels may land on the other side of a uint8 level (a chunking bug would misplace whole frames)
+    diff = (a.int() - b.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # measured: 1 level on 4e-6 of the values
 
 
 def test_trim_and_loop(clip, renderer, face_model):
