@@ -3,8 +3,8 @@
 ``models_manifest.json`` (pack root) is the single source of truth for weights: where each file
 goes under the ``mimictalk`` model folder, its size and sha256 (or the explicit ``"unknown"``
 marker: recorded in the lock file on first download), its licence, which nodes use it, and an
-ordered list of sources (a Hugging Face repository at a pinned commit, a plain URL, or manual
-instructions for licence-restricted files such as the Basel Face Model). The JSON Schema next to
+ordered list of sources (a Hugging Face repository at a pinned commit, a plain URL, a Google Drive
+file, archive or public folder, or manual instructions for licence-restricted files such as the Basel Face Model). The JSON Schema next to
 this module (``manifest.schema.json``) describes the file; ``load_manifest`` checks the same rules
 without needing the ``jsonschema`` package, so the library validates at run time.
 """
@@ -86,6 +86,34 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class GoogleDriveSource:
+    """A file or a public folder on Google Drive, fetched with the ``gdown`` library.
+
+    ``file_id``: one Drive file; ``folder_id``: a public folder, whose listing maps paths to file
+    ids. With ``archive="zip"`` the Drive item is a zip archive (``item``: its path inside the
+    folder, for folder sources) and ``files`` maps each asset file to its member path in the
+    archive; otherwise ``files`` maps each asset file to its path inside the folder (a file source
+    provides exactly one file)."""
+
+    files: Mapping[str, str]
+    evidence: str
+    file_id: Optional[str] = None
+    folder_id: Optional[str] = None
+    archive: Optional[str] = None
+    item: Optional[str] = None
+    kind: str = field(default="google_drive", init=False)
+
+    def describe(self) -> str:
+        what = f"file {self.file_id}" if self.file_id else f"folder {self.folder_id}"
+        return f"Google Drive {what}" + (f" ({self.item})" if self.item else "") + (" zip" if self.archive else "")
+
+    @property
+    def item_key(self) -> tuple:
+        """Identifies the Drive item one download fetches (an archive serves several files)."""
+        return (self.file_id, self.folder_id, self.item)
+
+
+@dataclass(frozen=True)
 class ManualSource:
     """Human instructions (registration, licence) for files the pack must never fetch itself."""
 
@@ -97,7 +125,12 @@ class ManualSource:
         return "manual download: " + self.instructions
 
 
-Source = Union[HubSource, UrlSource, ManualSource]
+Source = Union[HubSource, UrlSource, GoogleDriveSource, ManualSource]
+
+SOURCE_ORDER = {"huggingface": 0, "url": 1, "google_drive": 2}
+"""Download sources are tried in this order of kind (manifest order within a kind): the Hub and
+pinned URLs first, Google Drive (quota-limited, no pinned revision) after them, and the manual
+instructions last."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +164,8 @@ class Asset:
 
     def sources_for(self, name: str) -> tuple[Source, ...]:
         """Download sources that provide file ``name`` (manual sources are not included)."""
-        return tuple(s for s in self.sources if not isinstance(s, ManualSource) and name in s.files)
+        found = [s for s in self.sources if not isinstance(s, ManualSource) and name in s.files]
+        return tuple(sorted(found, key=lambda s: SOURCE_ORDER[s.kind]))
 
     @property
     def manual_instructions(self) -> tuple[ManualSource, ...]:
@@ -189,12 +223,14 @@ def _parse_source(d: Mapping[str, Any], names: set[str], where: str) -> Source:
         text = d.get("instructions", "")
         _need(isinstance(text, str) and len(text) >= 20, where, "manual sources need instructions")
         return ManualSource(text, tuple(d.get("links", ())))
-    _need(kind in ("huggingface", "url"), where, f"unknown source kind {kind!r}")
+    _need(kind in ("huggingface", "url", "google_drive"), where, f"unknown source kind {kind!r}")
     files = d.get("files")
     _need(isinstance(files, dict) and len(files) > 0, where, "'files' must map asset file names")
     unknown = sorted(set(files) - names)
     _need(not unknown, where, f"'files' names files the asset does not list: {unknown}")
     _need(bool(d.get("evidence")), where, "say where the pinned revision / URL came from ('evidence')")
+    if kind == "google_drive":
+        return _parse_drive(d, files, where)
     if kind == "url":
         bad = [u for u in files.values() if not (isinstance(u, str) and u.startswith("https://"))]
         _need(not bad, where, f"URLs must be https: {bad}")
@@ -205,6 +241,26 @@ def _parse_source(d: Mapping[str, Any], names: set[str], where: str) -> Source:
     for path in files.values():
         _relpath(path, where + ".files")
     return HubSource(d["repo_id"], revision, dict(files), d["evidence"], d.get("repo_type", "model"))
+
+
+_DRIVE_ID = re.compile(r"[A-Za-z0-9_-]{10,}")
+
+
+def _parse_drive(d: Mapping[str, Any], files: Mapping[str, Any], where: str) -> GoogleDriveSource:
+    file_id, folder_id, archive, item = d.get("file_id"), d.get("folder_id"), d.get("archive"), d.get("item")
+    _need((file_id is None) != (folder_id is None), where, "a google_drive source needs exactly one of file_id / folder_id")
+    for value in (file_id, folder_id):
+        _need(value is None or (isinstance(value, str) and _DRIVE_ID.fullmatch(value) is not None), where,
+              f"bad Google Drive id {value!r}")
+    _need(archive in (None, "zip"), where, f"archive must be 'zip' or absent, got {archive!r}")
+    for path in files.values():
+        _relpath(path, where + ".files")
+    if item is not None:
+        _relpath(item, where + ".item")
+    _need(not (folder_id and archive) or item is not None, where, "a zip inside a folder needs 'item' (its path in the folder)")
+    _need(item is None or (folder_id and archive), where, "'item' is only for a zip inside a folder")
+    _need(archive or folder_id or len(files) == 1, where, "a plain Drive file provides exactly one asset file")
+    return GoogleDriveSource(dict(files), d["evidence"], file_id, folder_id, archive, item)
 
 
 def _parse_asset(d: Mapping[str, Any], index: int) -> Asset:
