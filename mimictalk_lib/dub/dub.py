@@ -35,7 +35,6 @@ POSE_MODES = ("source", "static")
 """Head pose of the rendered face: 'source' follows the source frame's fitted pose (the render lines
 up with the head it replaces); 'static' keeps the first frame's pose (ICS-A2M predicts expression
 only, so there is no pose from the motion model)."""
-FACE_SKIN = 3  # identity segmentation class of face skin (identity.segmentation.FACE_SKIN)
 
 
 @dataclass
@@ -127,12 +126,15 @@ def _check_source_matches(identity, src) -> None:
         )
 
 
-def _face_masks(identity, frames: torch.Tensor, size: int) -> torch.Tensor:
-    """bool [n, R, R]: face skin of identity frames ``frames``, at the render side."""
-    seg = identity.segmaps[frames] == FACE_SKIN
+def _masks(identity, frames: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [n, R, R] face skin and head (hair, face, accessories) of identity frames ``frames``,
+    at the render side."""
+    from ..identity.segmentation import FACE_SKIN, HEAD_CLASSES, class_mask
+
+    seg = identity.segmaps[frames]
     if seg.shape[-1] != size:
-        seg = torch.nn.functional.interpolate(seg[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
-    return seg
+        seg = torch.nn.functional.interpolate(seg[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(seg.dtype)
+    return seg == FACE_SKIN, class_mask(seg, HEAD_CLASSES)
 
 
 def dub_video(
@@ -267,7 +269,8 @@ def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, re
             outs = face_out[chunk.start: chunk.start + n]
             size = chunk.images.shape[1]
             id_frames = track.identity_frame[idx_t[outs]]
-            masks = blend_mask(chunk.masks, _face_masks(identity, id_frames, size), feather=feather)
+            face, head = _masks(identity, id_frames, size)
+            masks = blend_mask(chunk.masks, face, limit=head, feather=feather)
             tfs = [CropTransform.from_meta(identity.meta, size, int(f)) for f in id_frames]
             yield from untouched(int(outs[0]))
             pasted = paste_back(src.read(idx_t[outs].numpy()), chunk.images.permute(0, 3, 1, 2), masks, tfs, colour=colour)

@@ -32,6 +32,8 @@ from ..utils import check_shape
 COLOUR_MODES = ("none", "mean_std")
 DEFAULT_FEATHER = 0.04
 """Feather width (Gaussian sigma) as a fraction of the render side: 20 px of a 512² render."""
+DEFAULT_GROW = 0.06
+"""How far the rendered head may reach beyond the source frame's head, fraction of the render side."""
 DEFAULT_ERODE = 0.01
 """Mask erosion before feathering, fraction of the render side (keeps the blend inside the head)."""
 BORDER_TAPER = 0.03
@@ -164,19 +166,31 @@ def blend_mask(
     alpha: torch.Tensor,
     face: Optional[torch.Tensor] = None,
     *,
+    limit: Optional[torch.Tensor] = None,
+    grow: float = DEFAULT_GROW,
     feather: float = DEFAULT_FEATHER,
     erode: float = DEFAULT_ERODE,
     taper: float = BORDER_TAPER,
 ) -> torch.Tensor:
     """Feathered paste-back mask ``[n, 1, R, R]`` in 0..1 from the renderer's head alpha
-    ``[n, R, R]`` (0..1) united with ``face`` (bool/0..1 ``[n, R, R]``: the source frame's face
-    skin, in crop space), eroded by ``erode`` and Gaussian-feathered by ``feather`` (both
-    fractions of R), then multiplied by a ``taper``-wide ramp to zero at the crop border."""
+    ``[n, R, R]`` (0..1), kept inside ``limit`` (bool ``[n, R, R]``: the source frame's head,
+    grown by ``grow``; the render's own torso and background never replace the video's), united
+    with ``face`` (bool/0..1 ``[n, R, R]``: the source frame's face skin, so the source's own
+    mouth never shows beside the rendered one), eroded by ``erode`` and Gaussian-feathered by
+    ``feather`` (``grow`` / ``erode`` / ``feather``: fractions of R), then multiplied by a
+    ``taper``-wide ramp to zero at the crop border."""
     kornia = _kornia()
     if alpha.dim() != 3 or alpha.shape[1] != alpha.shape[2]:
         raise InputError(f"blend_mask: alpha must be [n, R, R], got {list(alpha.shape)}")
     size = alpha.shape[-1]
     m = alpha.float().clamp(0, 1)
+    if limit is not None:
+        check_shape(limit, tuple(alpha.shape), "blend_mask limit mask")
+        r = int(round(grow * size))
+        region = limit.to(m.device).float()[:, None]
+        if r > 0:  # dilation (a max filter)
+            region = torch.nn.functional.max_pool2d(region, 2 * r + 1, stride=1, padding=r)
+        m = torch.minimum(m, region[:, 0])
     if face is not None:
         check_shape(face, tuple(alpha.shape), "blend_mask face mask")
         m = torch.maximum(m, face.to(m.device).float())

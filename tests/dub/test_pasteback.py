@@ -134,6 +134,15 @@ def test_blend_mask_properties():
         blend_mask(alpha[:, :, :32])
 
 
+def test_blend_mask_keeps_the_render_inside_the_grown_source_head():
+    alpha = torch.ones(1, 64, 64)  # a render whose alpha leaks everywhere (e.g. random weights)
+    head = torch.zeros(1, 64, 64, dtype=torch.bool)
+    head[:, 20:40, 20:40] = True
+    m = blend_mask(alpha, limit=head, grow=0.05, feather=0.02)[0, 0]  # 3 px growth, 1.3 px feather
+    assert m[30, 30] > 0.99 and m[30, 45] < 0.5 and m[:10, :].max() < 1e-3
+    assert torch.equal(blend_mask(alpha, limit=torch.ones_like(head)), blend_mask(alpha))
+
+
 def test_colour_match_moves_mean_and_spread():
     g = torch.Generator().manual_seed(0)
     target = torch.rand(1, 3, 32, 32, generator=g) * 0.5 + 0.25
