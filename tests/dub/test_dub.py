@@ -140,3 +140,16 @@ def test_bad_inputs_are_explained(clip, renderer, face_model):
         dub_video(frames, speech(0.3), fps=FPS, pose="motion", **kw)
     with pytest.raises(InputError, match="a2m and hubert"):
         dub_video(frames, speech(0.3), fps=FPS, **{**kw, "motion": None})
+
+
+def test_portrait_video_with_the_crop_leaving_the_frame(face_model, renderer):
+    """A vertical video whose face box runs past the right edge (the identity padded it): the output
+    keeps the portrait size and only the part of the box inside the frame changes."""
+    frames = source_frames(3, hw=(160, 96))  # BOX spans x 70..142, the frame ends at 96
+    ident = identity_for(face_model, frames, 25.0)
+    res = dub_video(frames, speech(0.12), fps=25.0, renderer=renderer, face_model=face_model, identity=ident,
+                    motion=motion(3))
+    assert res.frames.shape == (3, 160, 96, 3)
+    outside = outside_box((160, 96))
+    assert torch.equal(res.frames[:, outside], frames[:, outside])
+    assert not torch.equal(res.frames[:, ~outside], frames[:, ~outside])
