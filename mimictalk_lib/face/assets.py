@@ -29,9 +29,41 @@ RIGHT_EYE_LM68 = tuple(range(36, 42))  # subject's right eye contour in the 68-p
 LEFT_EYE_LM68 = tuple(range(42, 48))
 
 
+MAX_NPY_ELEMENTS = 50_000_000
+"""Largest array a face-model ``.npy`` may hold (the upstream ones have ~107 000 values)."""
+
+
+def load_npy(path: Path, max_elements: int = MAX_NPY_ELEMENTS) -> np.ndarray:
+    """``np.load`` of a plain numeric ``.npy`` after checking its header: a numeric dtype, at most
+    ``max_elements`` values, and as many data bytes in the file as the header claims; otherwise
+    CheckpointError before anything is allocated."""
+    import os
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _fortran, dtype = read_header(fh)
+            data_start = fh.tell()
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable .npy array ({e}); re-download the file.") from e
+    count = int(np.prod(shape, dtype=object))
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise CheckpointError(f"{path}: holds {dtype} values, expected plain numbers; re-download the file.")
+    if count > max_elements or count * dtype.itemsize > os.path.getsize(path) - data_start:
+        raise CheckpointError(f"{path}: its header claims shape {tuple(shape)} ({count:,} values), which "
+                              f"{'exceeds the ' + format(max_elements, ',') + '-value limit' if count > max_elements else 'the file does not hold'}; "
+                              "the file is damaged: re-download it.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} could not be read ({e}); re-download the file.") from e
+
+
 def load_index_file(path: Path, length: Optional[int], upper: int) -> np.ndarray:
     """Load a 1-D integer ``.npy`` index file, checking its length and that indices < ``upper``."""
-    arr = np.load(path, allow_pickle=False)
+    arr = load_npy(path)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (length is not None and arr.shape[0] != length):
         raise CheckpointError(
             f"{path}: expected a 1-D integer array{'' if length is None else f' of length {length}'}, "
@@ -53,7 +85,7 @@ def load_or_compute_ncc(path: Optional[Path], mean_shape: torch.Tensor) -> torch
     """NCC colours [N, 3]: from ``ncc_code.npy`` ([3, N]) when given, else computed."""
     if path is None:
         return ncc_from_mean_shape(mean_shape)
-    arr = np.load(path, allow_pickle=False)
+    arr = load_npy(path)
     n = mean_shape.shape[0]
     if arr.shape != (3, n):
         raise CheckpointError(f"{path}: expected shape (3, {n}) for this face model, got {arr.shape}")

@@ -28,13 +28,24 @@ MICROMETRE_TO_DECIMETRE = 1e5  # "unify the scale to decimeter" (upstream commen
 INFO_KEYS = ("frontmask2_idx", "skinmask", "keypoints", "point_buf", "tri", "tri_mask2")
 
 
+MAX_MAT_ELEMENTS = 400_000_000
+"""Most values a face-model ``.mat`` may declare in all (01_MorphableModel.mat: ~100 million)."""
+
+
 def load_mat(path: Path, keys: tuple[str, ...]) -> dict:
-    from scipy.io import loadmat
+    """The variables of a MATLAB .mat file, after checking from its header (``whosmat``, which
+    reads no data) that the declared array sizes are plausible for a face model."""
+    from scipy.io import loadmat, whosmat
 
     try:
+        declared = whosmat(str(path))
+        total = sum(int(np.prod(shape, dtype=object)) for _, shape, _ in declared)
+        if total > MAX_MAT_ELEMENTS:
+            raise CheckpointError(f"{path}: its header declares {total:,} values (limit {MAX_MAT_ELEMENTS:,}); "
+                                  "it is not a face-model file or it is damaged: re-download it.")
         mat = loadmat(str(path))
-    except (ValueError, OSError, NotImplementedError) as e:
-        raise CheckpointError(f"{path} could not be read as a MATLAB .mat file ({e}); re-download it.")
+    except (ValueError, OSError, NotImplementedError, TypeError, MemoryError) as e:
+        raise CheckpointError(f"{path} could not be read as a MATLAB .mat file ({e}); re-download it.") from None
     missing = [k for k in keys if k not in mat]
     if missing:
         raise CheckpointError(
@@ -44,12 +55,20 @@ def load_mat(path: Path, keys: tuple[str, ...]) -> dict:
     return mat
 
 
+MAX_EXP_COMPONENTS = 1000  # Exp_Pca.bin has 79
+MAX_TEXT_BYTES = 1 << 20  # std_exp.txt: 79 numbers
+
+
 def read_expression_basis(folder: Path, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
     """Read ``Exp_Pca.bin`` (int32 count, float32 mean [3V], float32 basis [count, 3V]) and
     ``std_exp.txt``. Returns the basis as [3V, count] and the standard deviations.
 
     Upstream hard-codes V = 53 215; we take V from ``BFM_exp_idx.mat`` and check the file size."""
     path = folder / "Exp_Pca.bin"
+    limit = 4 + 4 * 3 * n_vertices * (1 + MAX_EXP_COMPONENTS)
+    if path.stat().st_size > limit or (folder / "std_exp.txt").stat().st_size > MAX_TEXT_BYTES:
+        raise CheckpointError(f"{path} (or std_exp.txt beside it) is far larger than an expression basis over "
+                              f"{n_vertices} vertices can be; it is not the expected file: re-download it.")
     raw = path.read_bytes()
     exp_dim = int(np.frombuffer(raw, dtype=np.int32, count=1)[0])
     want = 4 + 4 * 3 * n_vertices * (1 + exp_dim)
