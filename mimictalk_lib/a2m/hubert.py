@@ -119,6 +119,40 @@ class HubertEncoder(nn.Module):
         return torch.cat(out, dim=0)
 
 
+HUBERT_CONFIG_LIMITS = {
+    "hidden_size": 4096, "intermediate_size": 16384, "num_hidden_layers": 96, "num_attention_heads": 64,
+    "num_conv_pos_embeddings": 1024, "num_conv_pos_embedding_groups": 64, "vocab_size": 100_000,
+    "conv_dim": 4096, "conv_kernel": 64, "conv_stride": 64, "num_feat_extract_layers": 16,
+}
+"""Upper bounds of the sizes a HuBERT config.json may state (hubert-large: 1024 / 4096 / 24 / 16 /
+128 / 16 / 32, convs 512 wide): transformers builds the model from them before reading any weight,
+so a damaged or hostile config.json must not size that allocation."""
+
+
+def check_hubert_config(path: str) -> None:
+    """CheckpointError unless the sizes in HuBERT's ``config.json`` are positive integers within
+    :data:`HUBERT_CONFIG_LIMITS` (lists: every entry, at most 16 entries)."""
+    from ..errors import CheckpointError
+
+    try:
+        if os.path.getsize(path) > 1 << 20:
+            raise CheckpointError(f"{path} is larger than 1 MB; a HuBERT config.json is a few KB: re-download it")
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable JSON file ({e}); re-download it") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} is not a JSON object; re-download it")
+    for key, limit in HUBERT_CONFIG_LIMITS.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        values = value if isinstance(value, list) and len(value) <= 16 else [value]
+        if not all(type(v) is int and 0 < v <= limit for v in values):
+            raise CheckpointError(f"{path}: {key} = {value!r} is outside what a HuBERT model uses (1..{limit}); "
+                                  "the file is damaged: re-download it")
+
+
 def load_hubert(
     folder: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> HubertEncoder:
@@ -135,6 +169,7 @@ def load_hubert(
             "(config.json, preprocessor_config.json, model weights) into it with the model "
             "manager, or point to the folder that holds those files."
         )
+    check_hubert_config(os.path.join(folder, "config.json"))
     do_normalize = True
     pre = os.path.join(folder, "preprocessor_config.json")
     if os.path.isfile(pre):

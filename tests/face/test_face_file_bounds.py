@@ -67,3 +67,23 @@ def test_garbage_mat_is_a_checkpoint_error(tmp_path):
     path.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)) * 4)
     with pytest.raises(CheckpointError):
         load_mat(path, ("meanshape",))
+
+
+@pytest.mark.parametrize("edit", [{"hidden_size": 10**7}, {"num_hidden_layers": "24"}, {"conv_dim": [512] * 6 + [10**9]},
+                                  {"intermediate_size": -1}])
+def test_hubert_config_sizes_are_bounded_before_transformers_builds_the_model(tmp_path, monkeypatch, edit):
+    """(In this file with the other header checks of issue 21 item 6.)"""
+    import json
+
+    import transformers
+
+    from mimictalk_lib.a2m.hubert import load_hubert
+
+    cfg = {"model_type": "hubert", "hidden_size": 1024, "num_hidden_layers": 24, "conv_dim": [512] * 7,
+           "intermediate_size": 4096}
+    cfg.update(edit)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(transformers.HubertModel, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("the model was built from a hostile config")))
+    with pytest.raises(CheckpointError, match=f"{next(iter(edit))} = "):
+        load_hubert(tmp_path)
