@@ -36,7 +36,7 @@ class Avatar:
     style: Optional[StylePrompt] = None
     settings: StreamSettings = field(default_factory=StreamSettings)
     pitch: str = "auto"
-    chunk_size: int = 4
+    chunk_size: Optional[int] = None  # frames per renderer call (default: one hop)
     max_lag: float = 0.5
 
     def __post_init__(self):
@@ -50,7 +50,7 @@ class Avatar:
         initial = self.source.src_exp.reshape(-1) if self.source.src_exp is not None else None
         motion = MotionStream(self.a2m, self.hubert, self.style, self.settings, pitch=self.pitch,
                               generator=torch.Generator().manual_seed(seed), initial=initial)
-        frames = FrameRenderer(self.renderer, self.face_model, self.source, chunk_size=self.chunk_size)
+        frames = FrameRenderer(self.renderer, self.face_model, self.source, chunk_size=self.chunk_size or self.settings.hop)
         return LiveSession(motion, frames, IdleMotion(seed), max_lag=self.max_lag, name=name)
 
 

@@ -163,8 +163,9 @@ class MotionStream:
             temperature=s.temperature, method=s.method, generator=self.generator, mouth_amp=s.mouth_amp,
         )  # frames [context - fade, context + n)
         motion = torch.cat([self._motion[: s.context - fade], new])  # [context + n, D]
-        self._motion = motion[-s.context:]
-        self._hubert, self._f0 = features.hubert[-2 * s.context:], features.f0[-2 * s.context:]
+        self._motion = motion[len(motion) - s.context:]  # (not [-context:]: context may be 0)
+        keep = features.num_frames - 2 * s.context
+        self._hubert, self._f0 = features.hubert[keep:], features.f0[keep:]
         self.frames_in += n
         emit = new[: len(new) - s.fade]  # the last `fade` frames stay tentative
         self.frames_out += len(emit)

@@ -138,6 +138,10 @@ def test_push_sizes_silence_and_bad_samples(model, hubert):
     out = stream.push(noisy)  # a burst of 10 frames (a worker catching up) with NaN / inf samples
     assert out.shape == (10, 8) and torch.isfinite(out).all()
     assert stream.frames_in == 20 and stream.frames_out == 18
+    independent = MotionStream(model, hubert, None, StreamSettings(hop=5, context=0, fade=0, steps=3), pitch="off")
+    for _ in range(3):  # no in-context motion: every window stands alone, nothing accumulates
+        assert independent.push(np.zeros(5 * 640, np.float32)).shape == (5, 8)
+        assert independent._motion.shape == (0, 8) and independent._hubert.shape == (0, 32)
     with pytest.raises(InputError, match="multiple of 640"):
         stream.push(np.zeros(1000, np.float32))
     with pytest.raises(InputError, match="at least fade"):

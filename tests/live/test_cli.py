@@ -1,0 +1,47 @@
+"""The serve command's entry and its optional dependencies; the bench script's smoke run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mimictalk_lib.errors import DependencyMissingError, InputError
+
+
+def test_missing_webrtc_packages_say_how_to_install(monkeypatch):
+    from mimictalk_lib.live import server
+
+    monkeypatch.setitem(sys.modules, "aiortc", None)  # import aiortc -> ImportError
+    with pytest.raises(DependencyMissingError, match=r"aiortc.*pip install"):
+        server.import_webrtc()
+
+
+def test_serve_is_a_command_and_checks_its_arguments(repo_root, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "mimictalk_lib", "serve", "--help"], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--max-sessions" in done.stdout and "127.0.0.1" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "mimictalk_lib", "serve", "--adapter", "nowhere.safetensors",
+                           "--models-dir", str(tmp_path)], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "neither a file/folder nor a model" in done.stderr, done.stderr[-2000:]
+
+
+def test_load_avatar_needs_exactly_one_who(tmp_path):
+    from mimictalk_lib.live.avatar import load_avatar
+
+    with pytest.raises(InputError, match="exactly one"):
+        load_avatar(models_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_live_tiny_prints_both_tables(repo_root):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "bench.live", "--tiny"], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    borders = [line for line in lines if line.startswith("| in-context") or line.startswith("| independent")]
+    assert len(borders) == 3 and all(float(row.split("|")[8]) > 0 for row in borders), done.stdout
+    session = [line for line in lines if line.startswith("| cpu |")]
+    assert len(session) == 1 and int(session[0].split("|")[3]) > 0, done.stdout
