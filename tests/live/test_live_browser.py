@@ -22,6 +22,8 @@ from tests.fixtures.tiny_a2m import speech_like
 from tests.nodes.tiny_assets import SPEECH_RATE, write_wav
 
 FPS = 25
+VIDEO_CLOCK = 90_000
+MAX_DRIFT_S = 1.5  # the received stream may fall behind the wall clock by at most this over a run
 RUN_S = 8.0  # seconds of streaming observed per test
 LATENCY_BOUND_S = 3.0  # speech in -> its first frame out, on a loaded 2-core CPU with the tiny model
 
@@ -76,6 +78,16 @@ def _check_stream(client: Client, server_url: str, sid: str, seconds: float) -> 
     # timing: paced, never above 25 fps; every frame of the stream clock rendered or counted as dropped
     mean_gap = video["totalInterFrameDelay"] / max(1, video["framesDecoded"] - 1)
     assert mean_gap >= 0.8 / FPS, mean_gap
+    # the frames the page presented: stamped on the 25 fps stream clock (RTP 90 kHz, frame n at
+    # n * 3600), in order, gaps only where frames were dropped; and the stream clock keeps up with
+    # the wall clock (were latency growing, the stream would fall further and further behind)
+    frames = client.page.evaluate("window.live.frames")
+    assert len(frames) >= 10 and all((f["width"], f["height"]) == (64, 64) for f in frames)
+    steps = [((b["rtp"] - a["rtp"]) % 2**32) / (VIDEO_CLOCK // FPS) for a, b in zip(frames, frames[1:])]
+    assert all(step >= 1 and step == int(step) for step in steps), steps
+    stream_s = sum(steps) / FPS
+    wall_s = (frames[-1]["received"] - frames[0]["received"]) / 1000
+    assert wall_s - stream_s <= MAX_DRIFT_S, (wall_s, stream_s)
     clock_frames = stats["uptime_s"] * FPS
     accounted = stats["frames_rendered"] + stats["frames_dropped"]
     assert accounted >= clock_frames - FPS * 1.5, stats  # at most ~1.5 s of frames in flight / unaccounted
