@@ -49,17 +49,9 @@ def _speech(path: str | None, seconds: float) -> np.ndarray:
     return speech_like(seconds).numpy()
 
 
-def _border_jumps(motion: torch.Tensor, hop: int, fade: int, first: int) -> tuple[torch.Tensor, torch.Tensor]:
-    jumps = (motion[1:] - motion[:-1]).norm(dim=-1)
-    border = torch.zeros(len(jumps), dtype=torch.bool)
-    for start in range(first, len(motion), hop):
-        border[max(0, start - 1): min(len(jumps), start + fade)] = True
-    return jumps[border], jumps[~border]
-
-
 def borders(args) -> None:
     from mimictalk_lib.live import MotionStream, StreamSettings
-    from mimictalk_lib.live.motion import SAMPLES_PER_FRAME
+    from mimictalk_lib.live.motion import SAMPLES_PER_FRAME, border_jumps
     from bench.a2m import _models
 
     hubert, a2m = _models(args.tiny, torch.device("cpu"), torch.float32)
@@ -75,7 +67,7 @@ def borders(args) -> None:
         start = time.perf_counter()
         motion = torch.cat([stream.push(wav[k: k + hop]) for k in range(0, len(wav) - hop + 1, hop)])
         per_hop = (time.perf_counter() - start) / max(1, len(wav) // hop)
-        border, inside = _border_jumps(motion, s.hop, s.fade, first=s.hop - s.fade)
+        border, inside = border_jumps(motion, s.hop, s.fade, first=s.hop - s.fade)
         rows.append([label, s.hop, s.context, s.fade, len(motion), f"{border.mean():.4f}", f"{inside.mean():.4f}",
                      f"{border.mean() / inside.mean():.2f}", f"{border.max() / inside.max():.2f}", f"{per_hop * 1000:.0f}"])
     print(f"# motion model: {'tiny' if args.tiny else 'full-size'} ICS-A2M + HuBERT, random weights; audio: "

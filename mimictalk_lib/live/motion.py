@@ -170,3 +170,15 @@ class MotionStream:
         emit = new[: len(new) - s.fade]  # the last `fade` frames stay tentative
         self.frames_out += len(emit)
         return emit
+
+
+def border_jumps(motion: torch.Tensor, hop: int, fade: int, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame-to-frame motion changes |m[i+1] - m[i]| of a stream's output [T, D], split into
+    those at window borders (from the last frame of one emitted block through the `fade`
+    cross-faded frames of the next; blocks start at `first`, then every `hop` frames) and those
+    inside windows. The seam measure of docs/live.md."""
+    jumps = (motion[1:] - motion[:-1]).norm(dim=-1)
+    border = torch.zeros(len(jumps), dtype=torch.bool)
+    for start in range(first, len(motion), hop):
+        border[max(0, start - 1): min(len(jumps), start + fade)] = True
+    return jumps[border], jumps[~border]

@@ -11,7 +11,7 @@ from mimictalk_lib.a2m import AudioFeatures, continue_motion, sample_motion
 from mimictalk_lib.errors import InputError
 from mimictalk_lib.face.blink import BLINK_PERIOD
 from mimictalk_lib.live import IdleMotion, MotionStream, StreamSettings
-from mimictalk_lib.live.motion import SAMPLES_PER_FRAME
+from mimictalk_lib.live.motion import SAMPLES_PER_FRAME, border_jumps
 from tests.fixtures.tiny_a2m import speech_like, synthetic_features, tiny_a2m, tiny_hubert
 
 BORDER_FACTOR = 1.5  # window borders may be at most this much rougher than the inside of windows
@@ -29,16 +29,6 @@ def hubert():
 
 def _jumps(x):
     return (x[1:] - x[:-1]).norm(dim=-1)
-
-
-def border_jumps(motion: torch.Tensor, hop: int, fade: int, first: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame-to-frame jumps at window borders (from the last frame of one window's emitted block
-    through the cross-faded frames of the next) and inside windows."""
-    jumps = _jumps(motion)
-    border = torch.zeros(len(jumps), dtype=torch.bool)
-    for start in range(first, len(motion), hop):  # the first frame of every later emitted block
-        border[max(0, start - 1): min(len(jumps), start + fade)] = True
-    return jumps[border], jumps[~border]
 
 
 def test_continue_motion_equals_a_sample_motion_window(model):
