@@ -45,3 +45,28 @@ def test_bench_live_tiny_prints_both_tables(repo_root):
     assert len(borders) == 3 and all(float(row.split("|")[8]) > 0 for row in borders), done.stdout
     session = [line for line in lines if line.startswith("| cpu |")]
     assert len(session) == 1 and int(session[0].split("|")[3]) > 0, done.stdout
+
+
+PORTRAIT_SNIPPET = """
+import sys, numpy as np
+from mimictalk_lib.live.avatar import load_avatar
+avatar = load_avatar(models_dir=sys.argv[1], portrait=sys.argv[2], renderer='tiny/real3d_renderer', a2m='tiny/ics_a2m',
+                     hubert='tiny/hubert', pitch='off')
+frames = avatar.session().step(np.zeros(2 * 3200, np.float32))
+print('RESULT', avatar.source.kind, len(frames), frames[0].image.shape, frames[0].image.dtype)
+"""
+
+
+@pytest.mark.slow
+def test_one_shot_avatar_from_a_portrait(repo_root):
+    """--portrait: the photo is prepared (MediaPipe test double) into a one-shot source, whose
+    sessions render frames."""
+    from tests.nodes.harness import DOUBLES, tiny_root
+
+    assets = tiny_root()
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(DOUBLES), str(repo_root)]))
+    done = subprocess.run([sys.executable, "-c", PORTRAIT_SNIPPET, str(assets["models"]), str(assets["input"] / "portrait.png")],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 2 hops = 10 frames, minus the 2 tentative ones
+    assert "RESULT one-shot 8 (64, 64, 3) uint8" in done.stdout, done.stdout
