@@ -70,3 +70,20 @@ def test_one_shot_avatar_from_a_portrait(repo_root):
     assert done.returncode == 0, done.stderr[-3000:]
     # 2 hops = 10 frames, minus the 2 tentative ones
     assert "RESULT one-shot 8 (64, 64, 3) uint8" in done.stdout, done.stdout
+
+
+def test_server_settings(tmp_path):
+    pytest.importorskip("aiortc")
+    pytest.importorskip("aiohttp")
+    from mimictalk_lib.live.server import LiveServer
+    from tests.fixtures.tiny_a2m import speech_like
+    from tests.nodes.tiny_assets import write_wav
+
+    write_wav(tmp_path / "hello.wav", speech_like(0.5, 22_050), 22_050)
+    server = LiveServer(object(), speech_file=str(tmp_path / "hello.wav"))  # --speech: decoded once, at 16 kHz
+    assert server.speech.dtype.name == "float32" and abs(len(server.speech) - 8000) <= 1
+    with pytest.raises(InputError, match="max_sessions"):
+        LiveServer(object(), max_sessions=0)
+    (tmp_path / "noise.wav").write_bytes(b"not audio at all" * 100)
+    with pytest.raises(InputError):
+        LiveServer(object(), speech_file=str(tmp_path / "noise.wav"))
