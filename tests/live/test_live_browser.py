@@ -161,10 +161,12 @@ def test_session_bound_and_disconnect(browser, live_server):
         c = Client(browser, live_server.url, "mic=0")
         wait_for(lambda: c.state() == "refused", 30, "the refusal")
         assert "full" in c.page.inner_text("#error") and "--max-sessions" in c.page.inner_text("#error")
-        a.close()
-        wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 1, 30, "the closed tab's session to end")
+        a.page.evaluate("window.live.pc.close()")  # only the WebRTC connection tells the server
+        wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 1, 15, "the closed connection's session to end")
         c.page.click("#start")
         c.connected()
+        b.close()  # the tab goes away
+        wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 1, 45, "the closed tab's session to end")
     finally:
         for client in (a, b, c):
             if client is not None:
@@ -172,4 +174,4 @@ def test_session_bound_and_disconnect(browser, live_server):
                     client.close()
                 except Exception:  # noqa: BLE001 - already closed
                     pass
-    wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 0, 30, "every session to end")
+    wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 0, 60, "every session to end")
