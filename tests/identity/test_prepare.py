@@ -52,10 +52,11 @@ def test_clip_identity_end_to_end(face_model, tmp_path):
     assert done == sorted(done) and steps[-1][:2] == (1000, 1000)
     assert [s for s in ("frames", "landmarks", "segmentation", "fit", "plate") if any(k == s for *_, k in steps)] == [
         "frames", "landmarks", "segmentation", "fit", "plate"]
-    # saved atomically, loads back identical
+    # saved atomically, loads back identical (the frames near-lossless: tests/identity/test_storage.py)
     loaded = Identity.load(out)
     assert loaded.meta["format_version"] == FORMAT_VERSION and loaded.meta["kind"] == "clip"
-    for name in ("frames", "segmaps", "exp", "cameras", "keypoints", "lip_rects", "plate", "torso_ref", "torso_ref_mask"):
+    assert loaded.meta["frames_codec"]["psnr_db"] > 40 and (loaded.frames.int() - ident.frames.int()).abs().float().mean() < 1
+    for name in ("segmaps", "exp", "cameras", "keypoints", "lip_rects", "plate", "torso_ref", "torso_ref_mask"):
         assert torch.equal(getattr(loaded, name), getattr(ident, name)), name
     assert not list(tmp_path.glob(".*tmp"))
     assert ident.cameras.shape == (30, 25) and ident.keypoints.shape == (30, 68, 3)
