@@ -153,3 +153,30 @@ def test_portrait_video_with_the_crop_leaving_the_frame(face_model, renderer):
     outside = outside_box((160, 96))
     assert torch.equal(res.frames[:, outside], frames[:, outside])
     assert not torch.equal(res.frames[:, ~outside], frames[:, ~outside])
+
+
+def test_cancel_leaves_an_existing_output_alone(tmp_path, clip, renderer, face_model):
+    frames, ident = clip
+    out = tmp_path / "dub.mp4"
+    out.write_bytes(b"the user's earlier dub")
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total, **info):
+        if done >= 4:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        dub_video(frames, speech(0.4), fps=FPS, renderer=renderer, face_model=face_model, identity=ident,
+                  motion=motion(10), output=out, chunk_size=2, on_step=cancel)
+    assert out.read_bytes() == b"the user's earlier dub"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dub.mp4"]  # no partial file left
+
+
+def test_variable_frame_rate_source_is_reported(clip, renderer, face_model):
+    frames, ident = clip
+    vfr = type(ident)(**{**ident.__dict__, "meta": {**ident.meta, "variable_frame_rate": True}})
+    res = dub_video(frames, speech(0.1), fps=FPS, renderer=renderer, face_model=face_model, identity=vfr,
+                    motion=motion(3))
+    assert res.report.variable_frame_rate and "constant 30 fps" in res.report.summary()
