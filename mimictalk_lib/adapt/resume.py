@@ -3,7 +3,8 @@
 Everything a step depends on is saved, so a resumed run continues bit-for-bit (same device and
 settings): LoRA matrices, the tri-grid and its initial value (the regulariser's anchor), Adam's
 moments and step counts, the norm buffers that move in train mode, the data / render generators
-and the global RNG streams (dropout, drop-path), the cached blink levels, and the step count.
+and the global RNG streams (dropout, drop-path), the cached blink levels, the step count and the
+held-out validation history (best score and step, evaluations since).
 About 4 x the tri-grid (~300 MB at full size); the adapter written beside it is ~80 MB.
 """
 
@@ -57,6 +58,7 @@ def save_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
         "num_frames": trainer.data.num_frames,
         "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]],
         "last_losses": trainer.last_losses,
+        "validation": trainer.early.state(),  # held-out validation history, best score and step
     }
     save_safetensors(path, tensors, meta)
 
@@ -105,6 +107,7 @@ def load_checkpoint(trainer: "Trainer", path: str | os.PathLike) -> None:
         trainer.set_blink(tensors["blink.idx"], tensors["blink.amounts"])
     trainer.step = int(meta["step"])
     trainer.last_losses = dict(meta.get("last_losses", {}))
+    trainer.early.load(meta.get("validation"))
 
 
 # --- the global RNG streams (dropout, drop-path) a run owns -------------------------------------

@@ -24,6 +24,15 @@ frame 0 every ``preview_every`` steps, [S, S, 3] in [0, 1]); it may raise to sto
 ``checkpoint_every`` steps, on an interrupt and on out-of-memory, a resumable checkpoint
 (:mod:`.resume`: optimiser moments, RNG states, step) and a usable adapter are written to
 ``work_dir``; ``resume=`` continues bit-for-bit with the same settings.
+
+Held-out validation (:mod:`.validation`): the clip's last ``holdout_fraction`` of frames (at least
+``holdout_min_frames``) is never drawn for training. Every ``validate_every`` steps and at the end,
+up to ``validation_frames`` of them are rendered and measured (PSNR, SSIM, LPIPS; full frame and
+head box), reported to ``on_step(validation=...)``, kept in the checkpoint (resume keeps the
+history) and in the adapter's metadata. ``early_stop_patience`` > 0 stops when validation LPIPS
+has not improved by ``early_stop_margin`` for that many evaluations (``steps`` is then a maximum);
+with ``keep_best`` the adapter returned (and ``best_adapter.safetensors`` in ``work_dir``) is the
+one of the best evaluation, not the last.
 """
 
 from __future__ import annotations
@@ -54,12 +63,14 @@ from .losses import (
 )
 from .lpips import LPIPS
 from .lpips import MIN_SIZE as LPIPS_MIN_SIZE
+from .validation import EarlyStop, holdout_split, spread
 from .resume import forked_rng, own_global_rng, seeded_global_rng
 
 ADAM_BETAS = (0.9, 0.98)
 ADAMW_WEIGHT_DECAY = 0.01  # upstream, tri-grid only (no LoRA)
 NORM_MODES = ("upstream", "eval")
 CHECKPOINT_NAME, ADAPTER_NAME = "checkpoint.safetensors", "adapter.safetensors"
+BEST_ADAPTER_NAME = "best_adapter.safetensors"
 
 
 @dataclass(frozen=True)
@@ -79,14 +90,28 @@ class AdaptConfig:
     blink_every: int = 4  # new blink levels every N steps (the loss itself is applied every step)
     checkpoint_every: int = 500  # resumable checkpoint + adapter in work_dir (upstream saves every 2000)
     preview_every: int = 100  # preview render passed to on_step (0 = never)
+    holdout_fraction: float = 0.1  # the clip's last share never trained on (0: train on every frame)
+    holdout_min_frames: int = 25  # held out at least this many frames (1 s at 25 fps)
+    validate_every: int = 100  # validation render + metrics every N steps and at the end
+    validation_frames: int = 8  # held-out frames rendered per validation (evenly spaced)
+    early_stop_patience: int = 0  # stop after N validations without improvement (0: run all steps)
+    early_stop_margin: float = 0.001  # validation LPIPS improvement that counts
+    keep_best: bool = True  # return the adapter of the best validation, not the last
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "blink_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "blink_every", "checkpoint_every", "holdout_min_frames", "validate_every",
+                     "validation_frames"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         if self.lr < 0 or self.lr_triplane < 0:
             raise InputError(f"learning rates must be >= 0, got lr={self.lr}, lr_triplane={self.lr_triplane}")
+        if not 0 <= self.holdout_fraction < 0.5:
+            raise InputError(f"holdout_fraction must be in [0, 0.5), got {self.holdout_fraction!r}")
+        if isinstance(self.early_stop_patience, bool) or not isinstance(self.early_stop_patience, int) \
+                or self.early_stop_patience < 0 or self.early_stop_margin < 0:
+            raise InputError(f"early_stop_patience must be an integer >= 0 and early_stop_margin >= 0, got "
+                             f"{self.early_stop_patience!r}, {self.early_stop_margin!r}")
         if self.norm_mode not in NORM_MODES:
             raise InputError(f"norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
         parse_lora_mode(self.lora_mode)
@@ -157,6 +182,15 @@ class Trainer:
         self.blink_secc: list[torch.Tensor] = []
         self.last_losses: dict[str, float] = {}
         self.lambda_triplane = triplane_reg_weight(data.num_frames)
+        self.split = holdout_split(data.num_frames, config.holdout_fraction, config.holdout_min_frames)
+        self.train_frames = len(self.split[0]) if self.split else data.num_frames
+        self.val_idx = spread(self.split[1], config.validation_frames) if self.split else None
+        self.early = EarlyStop(config.early_stop_patience, config.early_stop_margin)
+        self.best_adapter: Optional[Adapter] = None
+        self.val_strip: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (real, rendered) [k, S, S, 3] 0..1
+        if self.split is None and config.holdout_fraction > 0 and data.num_frames > 1:
+            logger.info("the clip has %d frames, fewer than two held-out slices of %d: training on every frame, "
+                        "without validation", data.num_frames, max(config.holdout_min_frames, 1))
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -223,7 +257,7 @@ class Trainer:
         cfg, data, dev = self.config, self.data, self.device
         self.model.train(cfg.norm_mode == "upstream")
         with own_global_rng(self):
-            idx = torch.randint(data.num_frames, (cfg.batch_size,), generator=self.data_gen)
+            idx = torch.randint(self.train_frames, (cfg.batch_size,), generator=self.data_gen)  # never held-out frames
             drv_secc = self._drive_secc(idx)
             out = self.render(idx, drv_secc, stochastic=cfg.stochastic_render)
             target, head = data.targets(idx, dev)
@@ -265,6 +299,50 @@ class Trainer:
         self.model.train(was_training)
         return ((out.image[0].float().permute(1, 2, 0) + 1) / 2).clamp(0, 1).cpu()
 
+    @torch.no_grad()
+    def validate(self) -> dict[str, Optional[float]]:
+        """Render the held-out validation frames (deterministic, eval mode; no RNG stream is
+        touched) and measure them against their targets: mean PSNR / SSIM / LPIPS over the full
+        frame and the head box (None where not measurable). Keeps the frames for the report strip."""
+        from ..evaluate.metrics import head_boxes, image_metrics
+
+        was_training = self.model.training
+        self.model.eval()
+        preds, targets = [], []
+        for part in self.val_idx.split(self.config.batch_size):
+            preds.append(((self.render(part).image.float() + 1) / 2).clamp(0, 1).cpu())
+            targets.append(((self.data.targets(part, "cpu")[0] + 1) / 2).clamp(0, 1))
+        self.model.train(was_training)
+        pred, target = torch.cat(preds), torch.cat(targets)
+        masks = self.data.head_mask(self.val_idx, pred.shape[-1])[:, 0]
+        per_frame = image_metrics(pred, target, boxes=head_boxes(masks), lpips=self.lpips)
+        self.val_strip = (target.permute(0, 2, 3, 1), pred.permute(0, 2, 3, 1))
+        return {k: _mean_or_none(v) for k, v in per_frame.items()}
+
+    def run_validation(self, work: Optional[Path]) -> dict:
+        """:meth:`validate`, recorded in the early-stop history; a new best becomes the kept adapter
+        (and ``best_adapter.safetensors`` in ``work``)."""
+        metrics = self.validate()
+        if self.early.update(self.step, metrics) and self.config.keep_best:
+            self.best_adapter = self.adapter()
+            if work is not None:
+                work.mkdir(parents=True, exist_ok=True)
+                save_adapter(work / BEST_ADAPTER_NAME, self.best_adapter)
+        return dict(metrics, step=self.step)
+
+    def result(self) -> Adapter:
+        """The adapter a run returns: the best validated one with ``keep_best``, else the current."""
+        if self.config.keep_best and self.best_adapter is not None:
+            best = self.best_adapter
+            best.metadata["validation"] = self.validation_state()
+            return best
+        return self.adapter()
+
+    def validation_state(self) -> dict:
+        """The validation record (best score and step, evaluations since, history) for metadata."""
+        return dict(self.early.state(), held_out=[self.split[1].start, self.split[1].stop] if self.split else None,
+                    frames=self.val_idx.tolist() if self.val_idx is not None else [])
+
     # --- results --------------------------------------------------------------------------------
 
     def adapter(self) -> Adapter:
@@ -288,6 +366,7 @@ class Trainer:
                 "base": {"structure_sha256": self.base_structure},
                 "training": dict(self.config.to_dict(), steps_done=self.step, num_frames=ident.num_frames),
                 "final_losses": self.last_losses,
+                "validation": self.validation_state(),
             },
         )
 
@@ -325,6 +404,7 @@ def train_adapter(
             from .resume import load_checkpoint
 
             load_checkpoint(trainer, resume)
+            _restore_best(trainer, Path(resume).parent / BEST_ADAPTER_NAME)
         work = Path(work_dir) if work_dir is not None else None
         try:
             while trainer.step < config.steps:
@@ -332,9 +412,17 @@ def train_adapter(
                 preview = None
                 if config.preview_every and trainer.step % config.preview_every == 0:
                     preview = trainer.preview()
+                validation = None
+                if trainer.val_idx is not None and (trainer.step % config.validate_every == 0 or trainer.step == config.steps):
+                    validation = trainer.run_validation(work)
                 if work is not None and trainer.step % config.checkpoint_every == 0:
                     trainer.save(work)
-                report(on_step, trainer.step, config.steps, losses=losses, preview=preview)
+                report(on_step, trainer.step, config.steps, losses=losses, preview=preview, validation=validation)
+                if trainer.early.should_stop:
+                    logger.info("early stop at step %d: validation LPIPS has not improved by %g for %d evaluations "
+                                "(best %.4g at step %d)", trainer.step, config.early_stop_margin,
+                                config.early_stop_patience, trainer.early.best, trainer.early.best_step)
+                    break
         except torch.OutOfMemoryError as e:
             _save_on_exit(trainer, work)
             raise MimicTalkError(
@@ -347,7 +435,7 @@ def train_adapter(
             raise
         if work is not None:
             trainer.save(work)
-        return trainer.adapter()
+        return trainer.result()
 
 
 def _save_on_exit(trainer: Trainer, work: Optional[Path]) -> None:
@@ -364,6 +452,24 @@ def _save_on_exit(trainer: Trainer, work: Optional[Path]) -> None:
 
 
 # --- small helpers ----------------------------------------------------------------------------------
+
+
+def _restore_best(trainer: Trainer, path: Path) -> None:
+    """After a resume: the best adapter saved by the earlier part of the run, when its step is the
+    recorded best (else the best is found again from here on)."""
+    from .adapter import load_adapter
+
+    if not (trainer.config.keep_best and trainer.early.best_step and path.is_file()):
+        return
+    best = load_adapter(path)
+    if best.metadata.get("training", {}).get("steps_done") == trainer.early.best_step:
+        trainer.best_adapter = best
+
+
+def _mean_or_none(values: torch.Tensor) -> Optional[float]:
+    """Mean over the measured frames (NaN = not measured); None when none was; inf stays inf."""
+    kept = values[~values.isnan()]
+    return float(kept.mean()) if kept.numel() else None
 
 
 def _put(losses: dict, name: str, value: Optional[torch.Tensor]) -> None:
