@@ -21,7 +21,8 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class TrainAdapter(io.ComfyNode):
-    """Personalise the base renderer on an identity clip; returns the adapter and its loss curve."""
+    """Personalise the base renderer on an identity clip; returns the adapter and its training
+    report (loss and held-out validation curves)."""
 
     @classmethod
     def define_schema(cls):
@@ -35,7 +36,9 @@ class TrainAdapter(io.ComfyNode):
             category="MimicTalk/training",
             description=("SD-Hybrid adaptation: learns the person's tri-plane and a small LoRA on the base MimicTalk "
                          "renderer from a prepared clip (about 2000 steps, ~8 GB of GPU memory at batch size 1). Other "
-                         "models are unloaded first. Progress shows preview renders; Cancel keeps what was trained: "
+                         "models are unloaded first. The clip's last 10% is held out and measured every validate_every "
+                         "steps (curves in the node preview and the report output). Progress shows preview renders; "
+                         "Cancel keeps what was trained: "
                          "the run's checkpoint and adapter stay in models/mimictalk/adapters/checkpoints/<run_name>/, "
                          "and running again with resume on continues from there."),
             inputs=[
@@ -62,10 +65,24 @@ class TrainAdapter(io.ComfyNode):
                                  tooltip="Continue from this run's checkpoint when one exists (after a Cancel, or to add "
                                          "steps); it must have the same renderer, clip and LoRA settings."),
                 io.Boolean.Input("auto_download", default=True, tooltip="Download the LPIPS weights when missing."),
+                io.Float.Input("holdout_seconds", default=d.holdout_min_frames / 25, min=0.0, max=60.0, step=0.04,
+                               tooltip="Held-out validation: the clip's last 10% (at least this long) is never trained "
+                                       "on and is rendered every validate_every steps to measure quality. 0 = train on "
+                                       "every frame, no validation. Clips shorter than twice this train without it."),
+                io.Int.Input("validate_every", default=d.validate_every, min=1, max=10_000,
+                             tooltip="Steps between validations (PSNR, SSIM, LPIPS on the held-out frames; the node "
+                                     "preview shows the curves)."),
+                io.Int.Input("early_stop_patience", default=d.early_stop_patience, min=0, max=1000,
+                             tooltip="Stop when validation LPIPS has not improved for this many validations (steps "
+                                     "is then a maximum); 0 = run all steps. The adapter kept is the best validated one."),
             ],
             outputs=[
-                Adapter.Output(display_name="adapter", tooltip="The trained personalisation (save it with Save Adapter)."),
-                io.Image.Output(display_name="loss_curve", tooltip="Total training loss per step (log scale)."),
+                Adapter.Output(display_name="adapter",
+                               tooltip="The trained personalisation, from the best validation when validating "
+                                       "(save it with Save Adapter)."),
+                io.Image.Output(display_name="report",
+                                tooltip="Training loss and validation PSNR/SSIM/LPIPS (full frame blue, head orange) "
+                                        "against steps; validation frames real above rendered."),
             ],
         )
 
@@ -78,33 +95,31 @@ class TrainAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, renderer, identity, face_model, steps, lr, lr_triplane, lora_rank, lora_mode, batch_size, seed,
-                perceptual_loss, run_name, resume, auto_download):
+                perceptual_loss, run_name, resume, auto_download, holdout_seconds=1.0, validate_every=100,
+                early_stop_patience=0):
         from ..mimictalk_lib.adapt.data import AdaptationData
-        from ..mimictalk_lib.adapt.report import loss_curve_image
+        from ..mimictalk_lib.adapt.report import TrainingLog
         from ..mimictalk_lib.adapt.train import CHECKPOINT_NAME, AdaptConfig, train_adapter
 
         if renderer.personalised:
             raise InputError("Train Adapter needs the base renderer; this one is already personalised (Apply Adapter)")
         config = AdaptConfig(steps=steps, lr=lr, lr_triplane=lr_triplane, lora_mode=lora_mode, lora_r=lora_rank,
-                             batch_size=batch_size, seed=seed)
+                             batch_size=batch_size, seed=seed, holdout_fraction=0.1 if holdout_seconds > 0 else 0.0,
+                             holdout_min_frames=max(1, round(holdout_seconds * 25)), validate_every=validate_every,
+                             early_stop_patience=early_stop_patience)
         host.free_memory()
         model = renderer.module()
         lpips = _load_lpips(auto_download, model.device) if perceptual_loss else None
         work = host.adapter_dirs()[0] / CHECKPOINTS_SUBDIR / run_name
         checkpoint = work / CHECKPOINT_NAME
-        curve: list[float] = []
-        bar = host.progress(steps)
-
-        def on_step(step: int, total: int, losses=None, preview=None, **info) -> None:
-            if losses and "total_loss" in losses:
-                curve.append(float(losses["total_loss"]))
-            bar(step, total, preview=preview)
+        log = TrainingLog(host.progress(steps))
 
         data = AdaptationData.from_identity(identity, face_model, model.cfg.secc_resolution)
         adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
-                                resume=checkpoint if resume and checkpoint.is_file() else None, on_step=on_step)
+                                resume=checkpoint if resume and checkpoint.is_file() else None, on_step=log)
         host.soft_empty_cache()
-        return io.NodeOutput(adapter, loss_curve_image(curve).to(host.intermediate_device()))
+        history = adapter.metadata.get("validation", {}).get("history")  # the whole run's, also after a resume
+        return io.NodeOutput(adapter, log.image(history).to(host.intermediate_device()))
 
 
 def _load_lpips(auto_download: bool, device: torch.device):

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils import ProgressFn, logger, report
+
 CURVE_HEIGHT, CURVE_WIDTH = 256, 512  # IMAGE size of the curve
 CURVE_MARGIN = 16  # pixels between the plot area and the image border (the axes sit in it)
 LINE_COLOUR = (0.1, 0.2, 0.6)  # dark blue on white
@@ -131,3 +133,33 @@ def _write(img: torch.Tensor, text: str, xy: tuple[int, int]) -> torch.Tensor:
     import numpy as np
 
     return torch.from_numpy(np.asarray(pil).copy()).float() / 255
+
+
+class TrainingLog:
+    """An ``on_step`` for :func:`~mimictalk_lib.adapt.train.train_adapter` that keeps the total
+    loss per step, the validation results and the latest validation frames, logs each validation,
+    and passes progress on to ``forward`` — at validation steps with the training report as the
+    preview image (the curves so far)."""
+
+    def __init__(self, forward: Optional[ProgressFn] = None) -> None:
+        self.forward = forward
+        self.losses: list[tuple[int, float]] = []
+        self.validation: list[dict] = []
+        self.strip: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def __call__(self, step: int, total: int, losses=None, preview=None, validation=None, validation_strip=None,
+                 **info) -> None:
+        if losses and "total_loss" in losses:
+            self.losses.append((step, float(losses["total_loss"])))
+        if validation is not None:
+            self.validation.append(validation)
+            self.strip = validation_strip if validation_strip is not None else self.strip
+            logger.info("MimicTalk validation at step %d: %s", step, ", ".join(
+                f"{k} {_fmt(_num(validation.get(k)))}" for k in ("psnr", "ssim", "lpips", "head_psnr", "head_ssim", "head_lpips")))
+            preview = self.image()[0]
+        report(self.forward, step, total, preview=preview, **info)
+
+    def image(self, validation: Optional[Sequence[dict]] = None) -> torch.Tensor:
+        """The training report (:func:`training_report_image`); ``validation`` replaces the
+        collected history (e.g. the adapter's full history after a resume)."""
+        return training_report_image(self.losses, self.validation if validation is None else validation, self.strip)

@@ -19,8 +19,10 @@ updating its running statistics; SegFormer stochastic depth and dropout; one spe
 iteration per call), and the moved statistics are part of the result (kept in the adapter).
 ``'eval'`` keeps every layer in inference behaviour (deterministic, statistics frozen).
 
-Long runs: ``on_step(step, total, losses=..., preview=...)`` after each step (a preview render of
-frame 0 every ``preview_every`` steps, [S, S, 3] in [0, 1]); it may raise to stop. Every
+Long runs: ``on_step(step, total, losses=..., preview=..., validation=..., validation_strip=...)``
+after each step (a preview render of frame 0 every ``preview_every`` steps, [S, S, 3] in [0, 1];
+validation metrics and the validation frames (real, rendered) at validation steps, else None;
+:class:`.report.TrainingLog` collects them); it may raise to stop. Every
 ``checkpoint_every`` steps, on an interrupt and on out-of-memory, a resumable checkpoint
 (:mod:`.resume`: optimiser moments, RNG states, step) and a usable adapter are written to
 ``work_dir``; ``resume=`` continues bit-for-bit with the same settings.
@@ -417,7 +419,8 @@ def train_adapter(
                     validation = trainer.run_validation(work)
                 if work is not None and trainer.step % config.checkpoint_every == 0:
                     trainer.save(work)
-                report(on_step, trainer.step, config.steps, losses=losses, preview=preview, validation=validation)
+                report(on_step, trainer.step, config.steps, losses=losses, preview=preview, validation=validation,
+                       validation_strip=trainer.val_strip if validation is not None else None)
                 if trainer.early.should_stop:
                     logger.info("early stop at step %d: validation LPIPS has not improved by %g for %d evaluations "
                                 "(best %.4g at step %d)", trainer.step, config.early_stop_margin,

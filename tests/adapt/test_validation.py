@@ -159,3 +159,19 @@ def test_early_stop_state_round_trip():
     assert f.state() == e.state() and f.should_stop
     g = EarlyStop()
     assert g.update(1, {"lpips": None, "ssim": 0.9}) and g.best == pytest.approx(0.1)
+
+
+def test_training_log_forwards_progress_and_draws_the_report():
+    from mimictalk_lib.adapt.report import TrainingLog
+
+    forwarded = []
+    log = TrainingLog(lambda d, t, **info: forwarded.append((d, info.get("preview"))))
+    strip = (torch.rand(3, 64, 64, 3), torch.rand(3, 64, 64, 3))
+    log(1, 2, losses={"total_loss": 2.0})
+    log(2, 2, losses={"total_loss": 1.0}, validation={"step": 2, "psnr": 20.0, "ssim": 0.5, "lpips": 0.3,
+                                                      "head_psnr": 18.0, "head_ssim": 0.4, "head_lpips": None},
+        validation_strip=strip)
+    assert log.losses == [(1, 2.0), (2, 1.0)] and len(log.validation) == 1 and log.strip is strip
+    assert forwarded[0] == (1, None) and forwarded[1][1].shape == (192 * 2 + 2 * 256, 768, 3)  # 4 curves + 3 frames x 2 rows
+    image = log.image()
+    assert image.shape == (1, 192 * 2 + 2 * 256, 768, 3) and 0 <= float(image.min()) and float(image.max()) <= 1

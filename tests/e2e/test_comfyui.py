@@ -81,7 +81,9 @@ def test_one_shot_twin_succeeds(server):
 
 
 def test_personalise_twin_succeeds(server):
-    prompt = with_overrides(load_twin("mimictalk_personalise"), MimicTalkTrainAdapter={"run_name": "e2e"},
+    # held-out validation on the 26-frame clip: the last 5 frames (0.2 s), measured after every step
+    prompt = with_overrides(load_twin("mimictalk_personalise"),
+                            MimicTalkTrainAdapter={"run_name": "e2e", "holdout_seconds": 0.2, "validate_every": 1},
                             MimicTalkSaveAdapter={"name": "e2e_person", "overwrite": True})
     entry = server.run(prompt, load_workflow("mimictalk_personalise"))
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -90,7 +92,12 @@ def test_personalise_twin_succeeds(server):
     saved = server.base / "models" / "mimictalk" / "adapters" / "e2e_person.safetensors"  # the default adapter folder
     from mimictalk_lib.adapt.adapter import load_adapter
 
-    assert load_adapter(saved).metadata["training"]["steps_done"] == 3
+    meta = load_adapter(saved).metadata
+    assert [h["step"] for h in meta["validation"]["history"]] == [1, 2, 3] and meta["validation"]["held_out"] == [21, 26]
+    assert meta["training"]["steps_done"] == meta["validation"]["best_step"]  # the best validated adapter is kept
+    report_id = next(k for k, v in entry["prompt"][2].items() if v["_meta"]["title"] == "Training report")
+    (report,) = entry["outputs"][report_id]["images"]  # the curves, shown by the preview node
+    assert (server.base / report["type"] / report["subfolder"] / report["filename"]).stat().st_size > 0
 
 
 def test_evaluate_twin_succeeds(server):
