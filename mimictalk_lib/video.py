@@ -8,7 +8,8 @@ does both:
   given at once or as an iterator of chunks so memory stays flat for long clips) -> H.264 yuv420p
   (libx264, ``crf``) in an mp4, with optional AAC audio interleaved as the frames arrive, and
   optional container metadata (string key/values; ComfyUI stores its ``prompt``/``workflow`` JSON
-  there, written with ``movflags=use_metadata_tags`` as core ``SaveVideo`` does).
+  there, written with ``movflags=use_metadata_tags`` as core ``SaveVideo`` does). The audio may be
+  a file path: its track is then decoded as the frames arrive, never held whole.
 * :func:`read_video` -- frames (uint8), fps, per-frame timestamps and the audio track.
   :func:`read_audio` -- only the audio track (``None`` when the file has none).
 * :func:`iter_video` / :func:`iter_frames` -- the one decoder of video (and image) files, frame by
@@ -192,9 +193,54 @@ class WrittenVideo:
         return self.num_frames / self.fps
 
 
+class _AudioFeed:
+    """The audio a :class:`VideoWriter` muxes, taken in order: from an in-memory :class:`Audio`, or
+    streamed from a file (:func:`open_audio`), so full-rate audio from a file is never held whole.
+    At most the first two channels."""
+
+    def __init__(self, audio: Any, sample_rate: Optional[int]):
+        self._chunks: Optional[Iterator[np.ndarray]] = None
+        if isinstance(audio, (str, os.PathLike)):
+            source = open_audio(audio)
+            if source is None:
+                raise InputError(f"'{os.fspath(audio)}' has no audio track to put in the video; pick a file with sound")
+            self.rate, channels, self._chunks = source.rate, source.channels, source.chunks()
+            self._wave = None
+        else:
+            a = as_audio(audio, sample_rate)
+            self.rate, channels, self._wave = a.sample_rate, a.channels, a.waveform
+        if channels > 2:
+            logger.warning("audio has %d channels; writing the first two (stereo)", channels)
+        self.channels = min(channels, 2)
+        self._pending = np.zeros((self.channels, 0), np.float32)
+        self._pos = 0  # samples taken
+
+    def take(self, n: int) -> np.ndarray:
+        """Up to ``n`` next samples, float32 ``[C, m]`` (``m < n`` only at the end of the audio)."""
+        if self._wave is not None:
+            part = self._wave[: self.channels, self._pos : self._pos + n].numpy()
+            self._pos += part.shape[1]
+            return part
+        parts, have = [self._pending], self._pending.shape[1]
+        while have < n and self._chunks is not None:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._chunks = None
+                break
+            parts.append(chunk[: self.channels])
+            have += chunk.shape[1]
+        pending = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        part, self._pending = pending[:, :n], pending[:, n:]
+        self._pos += part.shape[1]
+        return part
+
+
 class VideoWriter:
     """Streaming mp4 writer: ``write(chunk)`` any number of times, then ``close()`` (or use it as a
-    context manager). H.264 yuv420p + AAC; audio is interleaved as the frames arrive.
+    context manager). H.264 yuv420p + AAC; audio is interleaved as the frames arrive. ``audio`` is
+    an :class:`Audio`, a ComfyUI AUDIO dict, a waveform with ``sample_rate``, or the path of an
+    audio/video file, whose track is then decoded as the frames arrive (full-rate audio is never
+    held whole; its length limit is :func:`max_audio_seconds`).
 
     ``audio_mode`` (AUDIO_MODES) fits the audio to the final video duration; ``odd_size`` 'pad'
     repeats the last row/column to make odd frame sizes even (H.264 4:2:0 needs even sizes),
@@ -222,10 +268,7 @@ class VideoWriter:
             raise InputError(f"crf must be a number in [0, 51] (lower = better quality), got {crf!r}")
         self.path = Path(path)
         self.rate = _check_fps(fps)
-        self.audio = as_audio(audio, sample_rate)
-        if self.audio is not None and self.audio.channels > 2:
-            logger.warning("audio has %d channels; writing the first two (stereo)", self.audio.channels)
-            self.audio = Audio(self.audio.waveform[:2], self.audio.sample_rate)
+        self.audio = None if audio is None else _AudioFeed(audio, sample_rate)
         self.audio_mode, self.crf, self.preset, self.odd_size = audio_mode, crf, preset, odd_size
         self.metadata = dict(metadata or {})
         self.num_frames = 0
@@ -258,31 +301,38 @@ class VideoWriter:
         stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._video, self._size = stream, (height, width)
         if self.audio is not None:
-            audio = self._container.add_stream("aac", rate=_aac_rate(self.audio.sample_rate))
+            audio = self._container.add_stream("aac", rate=_aac_rate(self.audio.rate))
             audio.codec_context.layout = "mono" if self.audio.channels == 1 else "stereo"
             self._audio_stream = audio
 
     def _mux(self, packets) -> None:
         self._container.mux(packets)
 
-    def _send_audio(self, stop: int) -> None:
-        """Encode the input-rate audio samples [sent, stop) (zeros beyond the waveform's end)."""
-        if self._audio_stream is None or stop <= self._audio_sent:
+    def _send_audio(self, stop: Optional[int], pad_to: int = 0) -> None:
+        """Encode the next input-rate audio samples up to sample ``stop`` (``None``: to the end of
+        the audio), then silence up to sample ``pad_to``; in pieces of at most 10 s."""
+        if self._audio_stream is None:
             return
-        wave = self.audio.waveform
-        part = wave[:, self._audio_sent: stop]
-        if part.shape[1] < stop - self._audio_sent:  # silence after the end
-            part = torch.cat([part, part.new_zeros(part.shape[0], stop - self._audio_sent - part.shape[1])], dim=1)
-        arr = np.ascontiguousarray(part.clamp(-1, 1).numpy(), dtype=np.float32)  # planar [C, n]
+        piece = 10 * self.audio.rate
+        while stop is None or self._audio_sent < stop:
+            part = self.audio.take(piece if stop is None else min(piece, stop - self._audio_sent))
+            if part.shape[1] == 0:
+                break
+            self._encode_audio(part)
+        while self._audio_sent < pad_to:  # silence after the end
+            self._encode_audio(np.zeros((self.audio.channels, min(piece, pad_to - self._audio_sent)), np.float32))
+
+    def _encode_audio(self, part: np.ndarray) -> None:
+        arr = np.ascontiguousarray(np.clip(part, -1, 1), dtype=np.float32)  # planar [C, n]
         frame = self._av.AudioFrame.from_ndarray(arr, format="fltp", layout="mono" if arr.shape[0] == 1 else "stereo")
-        frame.sample_rate = self.audio.sample_rate
-        frame.pts, frame.time_base = self._audio_sent, Fraction(1, self.audio.sample_rate)  # lets the muxer trim the AAC priming
+        frame.sample_rate = self.audio.rate
+        frame.pts, frame.time_base = self._audio_sent, Fraction(1, self.audio.rate)  # lets the muxer trim the AAC priming
         self._mux(self._audio_stream.encode(frame))
-        self._audio_sent = stop
+        self._audio_sent += arr.shape[1]
 
     def _video_samples(self) -> int:
         """Input-rate audio samples spanned by the frames written so far."""
-        return math.ceil(self.num_frames * self.audio.sample_rate / self.rate)
+        return math.ceil(self.num_frames * self.audio.rate / self.rate)
 
     # -- public
 
@@ -303,7 +353,7 @@ class VideoWriter:
             self._mux(self._video.encode(frame))
             self.num_frames += 1
         if self.audio is not None:  # interleave: audio up to the current video time
-            self._send_audio(min(self._video_samples(), self.audio.num_samples))
+            self._send_audio(self._video_samples())
 
     def close(self) -> WrittenVideo:
         """Flush the encoders, finish the audio per ``audio_mode`` and close the file."""
@@ -315,8 +365,9 @@ class VideoWriter:
         try:
             self._mux(self._video.encode(None))
             if self.audio is not None:
-                target = fit_audio_length(self.audio, self._video_samples(), self.audio_mode).num_samples
-                self._send_audio(target)
+                video = self._video_samples()  # AUDIO_MODES: 'fit' and 'trim' stop at the video's end, 'fit' and 'pad' fill it
+                self._send_audio(video if self.audio_mode in ("fit", "trim") else None,
+                                 pad_to=video if self.audio_mode in ("fit", "pad") else 0)
                 self._mux(self._audio_stream.encode(None))
         except BaseException:
             self.abort()

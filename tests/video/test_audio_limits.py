@@ -75,3 +75,35 @@ def test_streamed_16khz_equals_the_whole_file_resampled(tmp_path):
     ref = soxr.resample(whole.mean(axis=1), rate, 16000, quality="soxr_hq")
     got = load_audio(path).numpy()
     assert got.shape[0] == int(np.ceil(whole.shape[0] * 16000 / rate)) and np.array_equal(got, ref[: got.shape[0]])
+
+
+def test_writer_streams_audio_from_a_file_path(tmp_path):
+    """A file path as the writer's audio: decoded as the frames arrive, the same track as muxing the
+    decoded waveform, for every audio mode."""
+    import torch
+
+    from mimictalk_lib.video import write_video
+
+    speech = tmp_path / "speech.wav"
+    write_long_wav(speech, 3.0, rate=44_100, tone_seconds=3.0)
+    frames = torch.zeros(25, 32, 32, 3, dtype=torch.uint8)  # 1 s
+    for mode in ("fit", "keep", "pad", "trim"):
+        a = write_video(tmp_path / f"path_{mode}.mp4", frames, audio=speech, audio_mode=mode)
+        b = write_video(tmp_path / f"wave_{mode}.mp4", frames, audio=read_audio(speech), audio_mode=mode)
+        assert a.audio_samples == b.audio_samples == (44_100 if mode in ("fit", "trim") else 3 * 44_100), mode
+        got, want = read_audio(a.path), read_audio(b.path)
+        assert torch.equal(got.waveform, want.waveform) and got.sample_rate == want.sample_rate == 44_100, mode
+
+
+def test_muxing_a_second_of_video_with_two_hours_of_audio_under_3gb(tmp_path):
+    path = tmp_path / "two_hours.wav"
+    write_long_wav(path, 7200.0)
+    out = tmp_path / "short.mp4"
+    proc = run_limited(f"""
+        import torch
+        from mimictalk_lib.video import read_audio, write_video
+        written = write_video({str(out)!r}, torch.zeros(25, 32, 32, 3, dtype=torch.uint8), audio={str(path)!r})
+        print("WROTE", written.audio_samples, abs(read_audio({str(out)!r}).waveform.shape[1] - 48000) < 2048)
+    """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "WROTE 48000 True" in proc.stdout  # 1 s at 48 kHz (decoded: + AAC frame padding)
