@@ -346,3 +346,20 @@ def test_random_bytes_say_not_a_checkpoint(tmp_path):
         with pytest.raises(CheckpointError, match="is not an upstream .*checkpoint, or it is damaged") as err:
             load_legacy_checkpoint(path)
         assert "weights_only" not in str(err.value)
+
+
+def test_a_storage_size_claim_beyond_the_file_is_refused_without_eating_memory(tmp_path):
+    """A legacy file whose tensor storage claims 2·10^9 floats (8 GB) but holds 3: CheckpointError
+    in a child limited to 3 GB of address space, which then exits normally."""
+    path = tmp_path / "big.ckpt"
+    torch.save({"state_dict": {"model": {"w": torch.ones(3)}}}, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    at = raw.index(b"cpuq\nK\x03N") + 5  # numel 3 in the persistent id ('storage', FloatStorage, key, 'cpu', 3)
+    path.write_bytes(raw[:at] + pickle.LONG1 + b"\x08" + (2 * 10**9).to_bytes(8, "little") + raw[at + 2:])
+    script = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n" + CHILD
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300,
+                          cwd=str(pathlib.Path(__file__).resolve().parents[2]), env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == f"REFUSED {path}" and proc.stdout.splitlines()[-1].startswith("CHILD-OK")
