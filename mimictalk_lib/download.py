@@ -59,6 +59,8 @@ LOCK_TIMEOUT_S = 120
 """How long a process waits for another one's lock-file update."""
 STALE_STAGING_S = 24 * 3600
 """A staging folder of a process that is gone, or older than this, is left over from a crash."""
+MAX_ARCHIVE_MEMBER_BYTES = 16 << 30
+"""Largest file taken out of a downloaded archive (the official checkpoints are under 2 GB)."""
 PROBE_TIMEOUT_S = 2.0
 """Connection timeout of the up-front network check (offline: fail in seconds, not after retries)."""
 
@@ -319,6 +321,8 @@ def _extract_member(archive: Path, member: str, out: Path, spec: ManifestFile) -
                 raise DriveProblem(f"the archive has no {member} (it holds: {', '.join(names[:8])})") from None
             if spec.size is not None and info.file_size != spec.size:
                 raise DriveProblem(f"{member} in the archive is {info.file_size} bytes, expected {spec.size}")
+            if info.file_size > MAX_ARCHIVE_MEMBER_BYTES:  # zipfile reads no more than this declared size
+                raise DriveProblem(f"{member} in the archive declares {info.file_size:,} bytes, more than any model file")
             with zf.open(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, _HASH_CHUNK)
     except zipfile.BadZipFile as e:
