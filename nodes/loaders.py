@@ -140,7 +140,8 @@ class LoadRenderer(io.ComfyNode):
             inputs=[
                 io.Combo.Input("weights", options=choices, default=choices[0],
                                tooltip="mimictalk_base_renderer / real3dportrait_renderer: the official checkpoints "
-                                       "in models/mimictalk (manual download, see README); or a converted model folder."),
+                                       "in models/mimictalk (downloaded from the authors' Google Drive when auto_download is on; "
+                                       "by hand otherwise, see README); or a converted model folder."),
                 *precision_and_download(),
             ],
             outputs=[Renderer.Output(display_name="renderer", tooltip="The loaded renderer.")],
@@ -217,8 +218,9 @@ class LoadAudio2Motion(io.ComfyNode):
             description="Loads MimicTalk's ICS-A2M motion generator and the HuBERT-large audio encoder it listens with.",
             inputs=[
                 io.Combo.Input("a2m", options=a2m, default=a2m[0],
-                               tooltip="ics_a2m: the official checkpoint folder in models/mimictalk (manual "
-                                       "download, see README); or a converted model folder."),
+                               tooltip="ics_a2m: the official checkpoint folder in models/mimictalk (downloaded from the "
+                                       "authors' Google Drive when auto_download is on; by hand otherwise, see README); "
+                                       "or a converted model folder."),
                 io.Combo.Input("hubert", options=hubert, default=hubert[0],
                                tooltip="hubert_large: facebook/hubert-large-ls960-ft (downloaded automatically); or "
                                        "a folder holding a Hugging Face HuBERT (config.json + weights)."),
