@@ -7,7 +7,12 @@ Upstream MimicTalk / Real3D-Portrait checkpoints (``model_ckpt_steps_<N>.ckpt``)
 child name -> that child's state dict}; the loaders read ``state_dict['model']``
 (mimictalk_architecture.md §6). We only ever read them with ``torch.load(weights_only=True)``,
 whose restricted unpickler builds tensors, containers and plain scalars and refuses anything else;
-a full unpickle (arbitrary code execution) never happens.
+a full unpickle (arbitrary code execution) never happens. numpy is never handed the file's data:
+the only numpy objects upstream files hold are plain scalars (the float in
+``checkpoint_callback_best``), and our own stand-ins registered under numpy's global names rebuild
+them as Python numbers from a standard numeric dtype code and the scalar's bytes, refusing
+anything else. Every failure is a CheckpointError saying the file is not an upstream checkpoint or
+is damaged.
 """
 
 from __future__ import annotations
