@@ -60,13 +60,15 @@ def borders(args) -> None:
     variants = [("in-context prompt + cross-fade (live default)", base),
                 ("in-context prompt, no cross-fade", dataclasses.replace(base, fade=0)),
                 ("independent windows (no in-context motion)", dataclasses.replace(base, context=0, fade=0))]
-    rows = []
-    for label, s in variants:
+    short = ["live default", "no cross-fade", "independent windows"]
+    rows, motions = [], []
+    for (label, s), name in zip(variants, short):
         stream = MotionStream(a2m, hubert, None, s, pitch="off", generator=torch.Generator().manual_seed(0))
         hop = s.hop * SAMPLES_PER_FRAME
         start = time.perf_counter()
         motion = torch.cat([stream.push(wav[k: k + hop]) for k in range(0, len(wav) - hop + 1, hop)])
         per_hop = (time.perf_counter() - start) / max(1, len(wav) // hop)
+        motions.append((name, s, motion))
         border, inside = border_jumps(motion, s.hop, s.fade, first=s.hop - s.fade)
         rows.append([label, s.hop, s.context, s.fade, len(motion), f"{border.mean():.4f}", f"{inside.mean():.4f}",
                      f"{border.mean() / inside.mean():.2f}", f"{border.max() / inside.max():.2f}", f"{per_hop * 1000:.0f}"])
@@ -75,6 +77,37 @@ def borders(args) -> None:
           f"CFG {base.cfg_scale}, {base.method}")
     common.print_table(["windows", "hop", "context", "fade", "frames", "border jump (mean)", "inside jump (mean)",
                         "border / inside (mean)", "border / inside (max)", "ms per hop"], rows)
+    if args.figure:
+        _figure(args.figure, motions, "tiny" if args.tiny else "full-size")
+
+
+def _figure(path: str, motions, size: str, frames: int = 100) -> None:
+    """One panel per variant: |m[i+1] - m[i]| over the first `frames` frames (blue), window
+    borders shaded grey (the frames counted as border jumps)."""
+    import av
+
+    from mimictalk_lib.adapt.report import CURVE_MARGIN, LINE_COLOUR, PANEL_HEIGHT, PANEL_WIDTH, figure, plot_panel
+
+    panels = []
+    for label, s, motion in motions:
+        part = motion[: frames + 1]
+        jumps = (part[1:] - part[:-1]).norm(dim=-1)
+        panel = plot_panel([(range(len(jumps)), jumps.tolist(), LINE_COLOUR)], height=PANEL_HEIGHT, width=PANEL_WIDTH,
+                           title=f"{label} (context {s.context}, fade {s.fade}): |m[i+1] - m[i]|")
+        top, bottom = CURVE_MARGIN + 14, PANEL_HEIGHT - CURVE_MARGIN
+        for start in range(s.hop - s.fade, len(jumps) + 1, s.hop):
+            for i in range(max(0, start - 1), min(len(jumps), start + s.fade)):
+                col = round(CURVE_MARGIN + i / max(1, len(jumps) - 1) * (PANEL_WIDTH - 1 - 2 * CURVE_MARGIN))
+                area = panel[top:bottom, col]
+                panel[top:bottom, col] = torch.where(area.sum(-1, keepdim=True) > 2.9, torch.tensor([0.8, 0.8, 0.8]), area)
+        panels.append(panel)
+    img = (figure(panels, columns=1)[0] * 255).round().to(torch.uint8).numpy()
+    with av.open(path, "w", format="image2") as c:  # PNG through PyAV's encoder, as the tests write images
+        stream = c.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = img.shape[1], img.shape[0], "rgb24"
+        for packet in list(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24"))) + list(stream.encode(None)):
+            c.mux(packet)
+    print(f"# figure ({size} model, first {frames} frames): {path}")
 
 
 def session(args) -> None:
@@ -134,6 +167,7 @@ def main() -> None:
     ap.add_argument("--table", choices=("borders", "session", "both"), default="both")
     ap.add_argument("--seconds", type=float, default=None, help="audio length / session run time (default 10; tiny 2)")
     ap.add_argument("--audio", default=None, help="speech file for the borders table (default: a synthetic voiced signal)")
+    ap.add_argument("--figure", default=None, help="also draw the borders table's motion changes into this PNG")
     ap.add_argument("--steps", type=int, default=6, help="ODE grid points per window (default 6, the live default)")
     args = ap.parse_args()
     args.seconds = common.tiny_default(args.seconds, 10.0, 2.0, args.tiny)

@@ -35,16 +35,17 @@ def test_load_avatar_needs_exactly_one_who(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_live_tiny_prints_both_tables(repo_root):
+def test_bench_live_tiny_prints_both_tables(repo_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "bench.live", "--tiny"], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "bench.live", "--tiny", "--figure", str(tmp_path / "borders.png")],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     borders = [line for line in lines if line.startswith("| in-context") or line.startswith("| independent")]
     assert len(borders) == 3 and all(float(row.split("|")[8]) > 0 for row in borders), done.stdout
     session = [line for line in lines if line.startswith("| cpu |")]
     assert len(session) == 1 and int(session[0].split("|")[3]) > 0, done.stdout
+    assert (tmp_path / "borders.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 PORTRAIT_SNIPPET = """
