@@ -175,3 +175,16 @@ def test_session_bound_and_disconnect(browser, live_server):
                 except Exception:  # noqa: BLE001 - already closed
                     pass
     wait_for(lambda: http(f"{live_server.url}status")[1]["sessions"] == 0, 60, "every session to end")
+
+
+def test_bad_requests_are_refused_with_the_reason(live_server):
+    url = live_server.url
+    status, body = http(f"{url}offer", b"junk", "POST")
+    assert status == 400 and "an offer is JSON" in body["error"]
+    status, body = http(f"{url}offer", json.dumps({"sdp": "garbage", "type": "offer"}).encode(), "POST")
+    assert status == 400 and "could not be answered" in body["error"]
+    assert http(f"{url}status")[1]["sessions"] == 0  # a refused offer leaves no session behind
+    status, body = http(f"{url}speech/s999", b"RIFF", "POST")
+    assert status == 404 and "no live session" in body["error"]
+    status, body = http(f"{url}stats/s999")
+    assert status == 404
