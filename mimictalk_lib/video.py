@@ -25,6 +25,7 @@ the nearest rate it supports; more than two channels are reduced to the first tw
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -606,18 +607,13 @@ class AudioSource:
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp")  # float planar [C, n]
             frames = container.decode(stream)
-            for frame in _chain(frames, [None]):
+            for frame in itertools.chain(frames, [None]):  # None flushes the resampler
                 for out in resampler.resample(frame):
                     arr = out.to_ndarray()
                     done += arr.shape[1]
                     if done > limit:
                         check_audio_length(done / self.rate, self.max_seconds, self.what)
                     yield arr
-
-
-def _chain(*iterables):
-    for it in iterables:
-        yield from it
 
 
 def open_audio(path: Union[str, os.PathLike], *, max_seconds: Optional[float] = None,
