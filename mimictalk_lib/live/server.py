@@ -305,6 +305,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hubert", help="HuBERT weights (default hubert_large)")
     p.add_argument("--bfm", help="Basel Face Model folder (default bfm)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="model precision (default fp32; bf16 / fp16 on a GPU only)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     p.add_argument("--max-sessions", type=int, default=2, help="clients served at once (default 2); more get HTTP 503")
@@ -339,6 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         avatar = load_avatar(models_dir=models, adapter=args.adapter, portrait=args.portrait, renderer=args.renderer,
                              a2m=args.a2m, hubert=args.hubert, bfm=args.bfm, device=torch.device(args.device),
+                             dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype],
                              settings=settings, pitch=args.pitch, max_lag=args.max_lag)
         server = LiveServer(avatar, max_sessions=args.max_sessions, speech_file=args.speech)
         warm = avatar.session(name="warm-up")  # first-call costs (JIT, allocations) before anyone waits

@@ -25,6 +25,9 @@ def test_serve_is_a_command_and_checks_its_arguments(repo_root, tmp_path):
     done = subprocess.run([sys.executable, "-m", "mimictalk_lib", "serve", "--adapter", "nowhere.safetensors",
                            "--models-dir", str(tmp_path)], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "neither a file/folder nor a model" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "mimictalk_lib", "serve", "--adapter", "a.safetensors", "--dtype", "fp16",
+                           "--models-dir", str(tmp_path)], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "GPU" in done.stderr, done.stderr[-2000:]  # half precision is refused on the CPU
 
 
 def test_load_avatar_needs_exactly_one_who(tmp_path):
