@@ -53,6 +53,8 @@ def plot_panel(series: Sequence[Series], *, log: bool = False, height: int = CUR
                 img[(rows + dr).clamp(0, height - 1), cols] = torch.tensor(colour, dtype=img.dtype)
         if title:
             title = f"{title}  [{_fmt(10 ** y_lo if log else y_lo)} .. {_fmt(10 ** y_hi if log else y_hi)}]"
+    elif title:
+        title = f"{title}: not measured"
     img[height - 1 - CURVE_MARGIN + 2, CURVE_MARGIN:width - CURVE_MARGIN] = AXIS_GREY  # x axis
     img[CURVE_MARGIN:height - CURVE_MARGIN + 2, CURVE_MARGIN - 2] = AXIS_GREY  # y axis
     return _write(img, title, (CURVE_MARGIN, 2)) if title else img
@@ -106,7 +108,7 @@ def training_report_image(
     panels = [plot_panel([([s for s, _ in losses], [v for _, v in losses], LINE_COLOUR)], log=True,
                          height=PANEL_HEIGHT, width=PANEL_WIDTH, title="training loss")]
     steps = [v["step"] for v in validation]
-    for name, unit in (("lpips", ""), ("psnr", " dB"), ("ssim", "")):
+    for name, unit in (("lpips", ""), ("psnr", " (dB)"), ("ssim", "")):
         panels.append(plot_panel(
             [(steps, [_num(v.get(name)) for v in validation], LINE_COLOUR),
              (steps, [_num(v.get("head_" + name)) for v in validation], SECOND_COLOUR)],
