@@ -18,6 +18,7 @@ stopped with SIGINT, then killed if it lingers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,8 +41,8 @@ START_TIMEOUT, RUN_TIMEOUT = 240, 900
 EXAMPLE_INPUTS = {"mimictalk_clip.mp4": "clip.mp4"}
 """Files the shipped workflows name that the tiny inputs hold under another name (the frontend
 previews them on load: a missing one is a 404 in the page)."""
-SETTINGS = {"Comfy.TutorialCompleted": True}
-"""The browser test's user settings: no first-run templates dialog over the canvas."""
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+"""The browser's user settings: no first-run templates dialog or minimap over the canvas."""
 
 
 def in_ci() -> bool:
@@ -103,9 +104,20 @@ def serve(tmp_path_factory):
         skip_or_fail("set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) to run the real-ComfyUI tests")
     if not (Path(comfy_dir) / "main.py").is_file():
         skip_or_fail(f"COMFYUI_DIR={comfy_dir} holds no main.py")
+    yield from running(Path(comfy_dir), tmp_path_factory.mktemp("comfy_e2e"))
+
+
+@contextlib.contextmanager
+def server_in(comfy_dir: Path, base: Path):
+    """:func:`running` as a context manager, for scripts (tests/frontend/resave.py)."""
+    yield from running(comfy_dir, base)
+
+
+def running(comfy_dir: Path, base: Path):
+    """Start ComfyUI from ``comfy_dir`` with every folder under the empty folder ``base``; yield
+    the :class:`Server` once it answers; stop it afterwards."""
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     tiny = tiny_root()
-    base = tmp_path_factory.mktemp("comfy_e2e")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     (base / "input").mkdir()

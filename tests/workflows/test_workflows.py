@@ -17,6 +17,7 @@ from tests.nodes.harness import (
 from tests.nodes.tiny_assets import SPEECH_SECONDS, motion_frames
 
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+FRONTEND_ONLY = ("MarkdownNote", "Note")  # the notes: kept by the frontend, never in a prompt
 UPLOAD_VALUES = {"image_upload": 1, "video_upload": 1, "audio_upload": 2}  # saved after the widgets by the frontend
 PACK_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 
@@ -32,6 +33,34 @@ def test_the_workflows_ship_with_their_twins():
     assert sorted(p.stem for p in API_TWINS.glob("*.json")) == NAMES
 
 
+def without_notes(wf: dict) -> dict:
+    return {**wf, "nodes": [n for n in wf["nodes"] if n["type"] not in FRONTEND_ONLY]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_has_a_note_and_a_group_per_stage(name):
+    """First-time users open these from the templates browser: a note says what to load where,
+    and every node sits in one of the stage groups (tests/frontend/resave.py lays them out)."""
+    wf = load_workflow(name)
+    (note,) = [n for n in wf["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert "models/mimictalk" in note["widgets_values"][0] and "**Run**" in note["widgets_values"][0]
+    groups = wf["groups"]
+    assert len(groups) == 3 and [g["title"][0] for g in groups] == ["1", "2", "3"]
+    for node in without_notes(wf)["nodes"]:
+        x, y = node["pos"]
+        inside = [g["title"] for g in groups if g["bounding"][0] <= x and x + node["size"][0] <= g["bounding"][0] + g["bounding"][2]
+                  and g["bounding"][1] <= y and y <= g["bounding"][1] + g["bounding"][3]]
+        assert len(inside) == 1, (name, node["type"], inside)
+
+
+def test_every_workflow_has_its_thumbnail():
+    from PIL import Image
+
+    for name in NAMES:  # served as /api/workflow_templates/comfyui-mimictalk/<name>.jpg
+        with Image.open(WORKFLOWS / f"{name}.jpg") as im:
+            assert im.format == "JPEG" and 200 <= im.width <= 800 and (WORKFLOWS / f"{name}.jpg").stat().st_size < 100_000
+
+
 def _widgets(schema):
     return [i for i in schema.inputs or [] if i.io_type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
 
@@ -43,7 +72,7 @@ def test_workflow_is_statically_valid(name, schemas, pack):
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(link[0] for link in wf["links"])
     core = {cls.define_schema().node_id for cls in submodule(pack, "nodes.executor").CORE_NODES}
-    for node in wf["nodes"]:
+    for node in without_notes(wf)["nodes"]:
         assert node["type"] in schemas, f"unknown node type {node['type']}"
         cls, schema = schemas[node["type"]]
         props = node["properties"]
@@ -84,7 +113,7 @@ def test_links_connect_matching_types(name, schemas):
         assert slot["link"] == link_id and slot["type"] == typ
         target = next(i for i in schemas[nodes[dst]["type"]][1].inputs if i.id == slot["name"])
         assert target.io_type == typ, (name, nodes[dst]["type"], slot["name"])
-    for node in wf["nodes"]:  # every required socket is connected
+    for node in without_notes(wf)["nodes"]:  # every required socket is connected
         linked = {s["name"] for s in node.get("inputs", []) if s.get("link") is not None}
         for i in schemas[node["type"]][1].inputs or []:
             if i not in _widgets(schemas[node["type"]][1]) and not i.optional:
@@ -94,7 +123,7 @@ def test_links_connect_matching_types(name, schemas):
 @pytest.mark.parametrize("name", NAMES)
 def test_api_twin_regenerates_from_the_ui_workflow(name, schemas, pack):
     convert = submodule(pack, "nodes.workflow").ui_to_api
-    assert convert(load_workflow(name), schemas) == load_twin(name)
+    assert convert(without_notes(load_workflow(name)), schemas) == load_twin(name)
     assert json.loads(json.dumps(load_twin(name))) == load_twin(name)
 
 
