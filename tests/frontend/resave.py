@@ -26,7 +26,8 @@ from tests.frontend.page import FRONTEND_ONLY, Page, launch, open_with_file_choo
 from tests.nodes.harness import API_TWINS, WORKFLOWS
 
 THUMB_SIZE = (480, 360, 28)  # width, height, margin
-TITLES = {"mimictalk_talk": "Talk", "mimictalk_one_shot": "One shot", "mimictalk_personalise": "Personalise"}
+TITLES = {"mimictalk_talk": "Talk", "mimictalk_one_shot": "One shot", "mimictalk_personalise": "Personalise",
+          "mimictalk_dub": "Dub a video", "mimictalk_evaluate": "Evaluate"}
 
 PALE_BLUE, GREEN, YELLOW = "#3f789e", "#8A8", "#b58b2a"  # LiteGraph's group colours
 
@@ -40,6 +41,16 @@ STAGES = {  # title, colour, columns of node ids (top to bottom)
         ("1 · Your photo → identity", PALE_BLUE, [[1, 2], [6, 7]]),
         ("2 · Speech → motion", GREEN, [[3, 4], [8]]),
         ("3 · Render → video", YELLOW, [[5, 9], [10]]),
+    ],
+    "mimictalk_dub": [
+        ("1 · Your video → identity", PALE_BLUE, [[1, 2, 5], [6, 7]]),
+        ("2 · New speech", GREEN, [[3, 4]]),
+        ("3 · Dub → video", YELLOW, [[8]]),
+    ],
+    "mimictalk_evaluate": [
+        ("1 · Held-out clip → identity", PALE_BLUE, [[1, 2], [4]]),
+        ("2 · Renderer + your adapter", GREEN, [[3, 5], [6]]),
+        ("3 · Scores", YELLOW, [[7], [8]]),
     ],
     "mimictalk_personalise": [
         ("1 · Your clip → identity", PALE_BLUE, [[1, 2], [4, 5]]),
@@ -65,6 +76,20 @@ A talking head from **one photo** and speech, without training.
 2. **Load Image**: upload a portrait (one face, looking at the camera).
 3. **Load Audio**: upload the speech (an audio or a video file).
 4. **Run**. *Identity preview* shows the fitted face; the mp4 is saved in `ComfyUI/output/MimicTalk/`.""",
+    "mimictalk_dub": f"""## MimicTalk · dub
+Makes the face in **a video** say new speech; the rest of each frame (background, body) stays.
+
+1. {WEIGHTS}
+2. **Load the video to dub**: upload a video with one face.
+3. **New speech**: upload the speech (an audio or a video file).
+4. **Run**. Dub Video saves the mp4 in `ComfyUI/output/MimicTalk/`; its *report* counts frames without a face.""",
+    "mimictalk_evaluate": f"""## MimicTalk · evaluate
+Scores a trained **adapter** against real frames of the person: PSNR, SSIM and LPIPS (full frame and head).
+
+1. {WEIGHTS}
+2. **Load Video**: a clip of the same person (its held-out end was not used in training).
+3. **Load Adapter**: the adapter to score, from `models/mimictalk/adapters/`.
+4. **Run**. *Metrics plot* shows per-frame curves and real-above-rendered samples; *table* and *json* hold the numbers.""",
     "mimictalk_personalise": f"""## MimicTalk · personalise
 Trains an **adapter** for one person from a short talking clip (one face, seconds to minutes).
 
