@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -18,13 +17,11 @@ import pytest
 import torch
 
 from tests.e2e.comfy_server import skip_or_fail
+from tests.frontend.page import CHROMIUM_FLAGS, chromium_path
 from tests.nodes.harness import tiny_root
 from tests.nodes.tiny_assets import write_wav
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"]
 MIC_RATE = 48_000
 SPEECH_S, PAUSE_S = 0.6, 0.9  # the fake microphone: 0.6 s of speech every 1.5 s (it loops)
 START_TIMEOUT_S = 240
@@ -98,7 +95,7 @@ def live_server(live_assets):
 
 @pytest.fixture(scope="module")
 def browser(live_assets):
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = chromium_path()
     if not chromium:
         skip_or_fail("no Chromium found (install Debian's 'chromium' or set CHROMIUM to its path)")
     try:
@@ -106,8 +103,8 @@ def browser(live_assets):
     except ImportError:
         skip_or_fail("the 'playwright' package is not installed (pip install -r requirements-test.txt)")
     mic = live_assets["mic"]
-    flags = CHROMIUM_FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                              f"--use-file-for-fake-audio-capture={mic}"]
+    flags = CHROMIUM_FLAGS + ["--autoplay-policy=no-user-gesture-required", "--use-fake-device-for-media-stream",
+                              "--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={mic}"]
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, args=flags, chromium_sandbox=False)
         yield b
