@@ -154,11 +154,11 @@ def session(args) -> None:
           f"{avatar.settings.steps} ODE grid points, max lag {avatar.max_lag} s; {args.seconds:.0f} s run")
     common.print_table(
         ["device", "seconds", "frames sent", "frames sent/s", "dropped %", "speech events", "latency mean ms",
-         "latency p90 ms", "latency max ms"],
+         "latency p90 ms", "latency max ms", "motion ms per hop", "render ms per frame"],
         [["cpu", f"{summary['uptime_s']:.1f}", summary["frames_sent"], f"{summary['frames_sent'] / summary['uptime_s']:.1f}",
           f"{100 * summary['frames_dropped'] / max(1, clock_frames):.0f}", len(lat),
           f"{lat.mean() * 1000:.0f}" if len(lat) else "-", f"{np.percentile(lat, 90) * 1000:.0f}" if len(lat) else "-",
-          f"{lat.max() * 1000:.0f}" if len(lat) else "-"]])
+          f"{lat.max() * 1000:.0f}" if len(lat) else "-", summary["motion_ms_per_step"], summary["render_ms_per_frame"]]])
 
 
 def main() -> None:

@@ -113,6 +113,9 @@ class Stats:
     sent_times: deque = field(default_factory=lambda: deque(maxlen=100))
     errors: int = 0
     last_error: str = ""
+    motion_s: float = 0.0  # time spent on audio features + motion sampling
+    render_s: float = 0.0  # time spent rendering frames
+    steps: int = 0
 
     def fps(self, now: float) -> float:
         recent = [t for t in self.sent_times if now - t <= 2.0]
@@ -193,7 +196,10 @@ class LiveSession:
         for k in range(n_in):
             self._audio_hist.append(wav[k * SAMPLES_PER_FRAME: (k + 1) * SAMPLES_PER_FRAME])
         first = self.motion.frames_out
+        t0 = time.perf_counter()
         motion = self.motion.push(wav)  # frames [first, first + len)
+        self.stats.motion_s += time.perf_counter() - t0
+        self.stats.steps += 1
         n = motion.shape[0]
         audio = [self._audio_hist.popleft() for _ in range(n)]
         if n == 0:
@@ -204,7 +210,9 @@ class LiveSession:
         if keep < n:
             self.renderer.skip(motion[: n - keep], d_euler[: n - keep], d_trans[: n - keep])
             self.stats.frames_dropped += n - keep
+        t0 = time.perf_counter()
         images = self.renderer.render(motion[n - keep:], d_euler[n - keep:], d_trans[n - keep:], closure[n - keep:])
+        self.stats.render_s += time.perf_counter() - t0
         frames = [OutFrame(first + n - keep + i, images[i].numpy(), audio[n - keep + i]) for i in range(keep)]
         self.stats.frames_rendered += keep
         with self._out_lock:
@@ -241,6 +249,8 @@ class LiveSession:
             "latency_mean_ms": round(1000 * float(np.mean(lat))) if lat else None, "speech_events": len(lat),
             "queued_speech_s": round(self.timeline.queued_seconds(), 2), "errors": s.errors, "last_error": s.last_error,
             "uptime_s": round(now, 1),
+            "motion_ms_per_step": round(1000 * s.motion_s / s.steps) if s.steps else None,
+            "render_ms_per_frame": round(1000 * s.render_s / s.frames_rendered) if s.frames_rendered else None,
         }
 
 
