@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from ..utils import ProgressFn
 from .clip import load_clip, track
-from .fit3dmm import FitSchedule, fit_clip
+from .fit3dmm import FitSchedule, check_fit_quality, fit_clip, fit_quality
 from .identity import Identity
 from .prepare import _Progress, as_face_model, as_landmarker
 
@@ -63,6 +63,7 @@ def style_prompt_from_clip(
     clip = track(clip, landmarker, missing="interpolate", what=what, on_step=progress.stage("landmarks"))
     fit = fit_clip(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
                    on_step=progress.stage("fit"))
+    check_fit_quality(fit_quality(face_model, fit, clip.landmarks.to(device), clip.frames.shape[1]), what)
     features = extract_audio_features(audio, hubert, with_f0=with_f0, on_step=progress.stage("audio"))
     return StylePrompt.from_clip(features, fit.exp.cpu(), valid=~clip.bad, max_frames=max_frames)
 

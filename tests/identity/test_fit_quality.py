@@ -129,3 +129,13 @@ def test_thresholds_warn_refuse_and_the_override(monkeypatch, caplog):
     monkeypatch.setenv(MAX_FIT_ERROR_ENV, "none")
     with pytest.raises(InputError, match="MIMICTALK_MAX_FIT_ERROR must be a positive fraction"):
         check_fit_quality(quality(0.01), "photo")
+
+
+def test_style_clip_with_a_mismatched_landmark_file_is_refused(face_model, clip):
+    from mimictalk_lib.identity.style import style_prompt_from_clip
+
+    frames = torch.full((FRAMES, 512, 512, 3), 128, dtype=torch.uint8)
+    with pytest.raises(InputError, match="style clip: the 3DMM fit does not match the face"):
+        style_prompt_from_clip(frames, fps=25, crop="none", landmarker=FixedLandmarker(clip["landmarks"]),
+                               face_model=mismatched(face_model), hubert=None, audio=torch.zeros(16000),
+                               schedule=SCHEDULE)
