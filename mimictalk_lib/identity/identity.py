@@ -189,6 +189,9 @@ class Identity:
             raise CheckpointError(f"{path}: identity file lacks tensors {missing}; prepare it again.")
         if version != RAW_FORMAT_VERSION:
             what = f"identity file {path}"
+            if tensors["exp"].dim() != 2 or tensors["plate"].dim() != 3:
+                raise CheckpointError(f"{what}: exp {list(tensors['exp'].shape)} / plate {list(tensors['plate'].shape)} "
+                                      "are not an identity's; the file is damaged")
             t, size = tensors["exp"].shape[0], tensors["plate"].shape[0]
             if meta.get("segmaps_codec") != SEGMAP_CODEC or tensors["frames_video"].dim() != 1 or tensors["segmaps_zlib"].dim() != 1:
                 raise CheckpointError(f"{what}: unknown frame or map storage; the file is damaged or from a newer pack")

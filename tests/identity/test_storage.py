@@ -120,6 +120,7 @@ def test_damaged_or_lying_files_are_refused_before_allocating(tmp_path, monkeypa
         "garbage video": dict(frames_video=torch.randint(0, 256, (5000,), dtype=torch.uint8)),
         "deflate bomb": dict(segmaps_zlib=torch.frombuffer(bytearray(zlib.compress(bytes(200 * 1024 * 1024))), dtype=torch.uint8)),
         "truncated maps": dict(segmaps_zlib=load_safetensors(good)[0]["segmaps_zlib"][:50].clone()),
+        "scalar exp": dict(exp=torch.zeros(())),
     }
     for name, change in cases.items():
         bad = tamper(good, tmp_path / "bad.safetensors", **change)
