@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mimictalk_lib.a2m import AudioFeatures, continue_motion, sample_motion
+from mimictalk_lib.a2m import AudioFeatures, continue_motion
 from mimictalk_lib.errors import InputError
 from mimictalk_lib.face.blink import BLINK_PERIOD
 from mimictalk_lib.live import IdleMotion, MotionStream, StreamSettings
