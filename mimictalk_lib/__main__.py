@@ -1,8 +1,9 @@
 """``python -m mimictalk_lib <command> ...``: the library's command-line entry points.
 
-- ``talk``: speech + a personalised adapter (or a portrait photo) -> an mp4, without a ComfyUI
-  server: runs the pack's own talk / one-shot workflow (``workflows/*.json``, converted to an API
-  graph) through the pack's in-process executor, with the same node classes ComfyUI runs;
+- ``talk``: speech + a personalised adapter (or a portrait photo) -> an mp4, without ComfyUI: loads
+  the renderer, face model and ICS-A2M, extracts the audio features, samples the motion, renders
+  and writes the video through the same library functions the pack's nodes call, with the
+  defaults of the pack's talk / one-shot workflows;
 - ``dub``: a video + new speech -> the same video saying it (``mimictalk_lib.dub.cli``, library direct);
 - ``download``: list, check or fetch the manifest's model files (``mimictalk_lib.download``);
 - ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``);
@@ -13,49 +14,56 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-PACK_DIR = Path(__file__).resolve().parents[1]
-WORKFLOWS = {"adapter": "mimictalk_talk", "portrait": "mimictalk_one_shot"}
 DEFAULT_RENDERER = {"adapter": "mimictalk_base_renderer", "portrait": "real3dportrait_renderer"}
 
-
-def load_pack(pack_dir: Path = PACK_DIR):
-    """Import the node pack the way ComfyUI does (by file location, module name = the folder path
-    with '.' -> '_x_'); returns its ``nodes`` package."""
-    name = str(pack_dir).replace(".", "_x_")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, pack_dir / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(f"{name}.nodes")
+SETTINGS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    # name: (default, the same setting as NODE.INPUT of the pack's workflows, for --set)
+    "steps": (20, ("MimicTalkAudioToMotion.steps",)),
+    "solver": ("midpoint", ("MimicTalkAudioToMotion.solver",)),
+    "cfg_scale": (1.5, ("MimicTalkAudioToMotion.cfg_scale",)),
+    "temperature": (0.3, ("MimicTalkAudioToMotion.temperature",)),
+    "seed": (0, ("MimicTalkAudioToMotion.seed",)),
+    "mouth_amp": (1.0, ("MimicTalkAudioToMotion.mouth_amp",)),
+    "trim": ("audio", ("MimicTalkAudioToMotion.trim",)),
+    "chunk_size": (4, ("MimicTalkRender.chunk_size",)),
+    "pose": ("static", ("MimicTalkRender.pose",)),
+    "map_to_init_pose": (True, ("MimicTalkRender.map_to_init_pose",)),
+    "blink": ("period", ("MimicTalkRender.blink",)),
+    "deterministic": (True, ("MimicTalkRender.deterministic",)),
+    "render_seed": (0, ("MimicTalkRender.seed",)),
+    "crf": (19, ("MimicTalkVideoCombine.crf",)),
+    "audio_fit": ("fit", ("MimicTalkVideoCombine.audio_fit",)),
+    "precision": ("auto", ("MimicTalkLoadRenderer.precision", "MimicTalkLoadAudio2Motion.precision")),
+    "crop": ("auto", ("MimicTalkPrepareIdentity.crop",)),
+    "fit_iterations": (200, ("MimicTalkPrepareIdentity.fit_iterations",)),
+    "check_base": (True, ("MimicTalkApplyAdapter.check_base",)),
+}
+"""Every setting of ``talk`` with its default (the shipped workflows' widget values)."""
 
 
 def _talk_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mimictalk_lib talk",
-        description="Make a talking-head video from speech, without a ComfyUI server. With --adapter it runs the "
-                    "pack's talk workflow (a personalised MimicTalk adapter); with --portrait the one-shot workflow "
-                    "(a single photo, Real3D-Portrait renderer). Weights come from the models folder (see README); "
-                    "missing ones are downloaded when the manifest allows it, unless offline.")
+        description="Make a talking-head video from speech, without ComfyUI. With --adapter it renders a personalised "
+                    "MimicTalk adapter (like the pack's talk workflow); with --portrait a single photo one-shot with "
+                    "the Real3D-Portrait renderer (like the one-shot workflow). Weights come from the models folder "
+                    "(see README); missing ones are downloaded when the manifest allows it, unless offline.")
     p.add_argument("--audio", required=True, help="speech: an audio or video file")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--adapter", help="a personalised adapter (.safetensors saved by Save Adapter; a path, or a name "
-                                       "under <models-dir>/adapters)")
+    who.add_argument("--adapter", help="a personalised adapter (.safetensors saved by Save Adapter, or an official "
+                                       ".ckpt; a path, or a name under <models-dir>/adapters)")
     who.add_argument("--portrait", help="a portrait photo (one-shot; needs the optional mediapipe package)")
     p.add_argument("--out", required=True, help="the mp4 to write")
     p.add_argument("--models-dir", help="the mimictalk model folder (default $MIMICTALK_MODELS_DIR or ./models/mimictalk)")
     p.add_argument("--renderer", help="renderer weights (default: mimictalk_base_renderer with --adapter, "
-                                      "real3dportrait_renderer with --portrait; or a converted folder in the models dir)")
+                                      "real3dportrait_renderer with --portrait; or a converted folder: a path, or a "
+                                      "name in the models dir)")
     p.add_argument("--a2m", help="audio-to-motion weights (default ics_a2m)")
     p.add_argument("--hubert", help="HuBERT weights (default hubert_large)")
     p.add_argument("--steps", type=int, help="ODE steps of the motion sampler (default 20)")
@@ -63,90 +71,177 @@ def _talk_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance (default 1.5)")
     p.add_argument("--pose", choices=("static", "identity"), help="head pose (default static)")
     p.add_argument("--no-download", action="store_true", help="never download; use only files already present")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=JSON",
-                   help="set any widget of the graph, e.g. --set MimicTalkRender.chunk_size=8 (repeatable)")
-    p.add_argument("--save-graph", help="also write the API-format graph that was run to this file")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                   help="change any other setting, e.g. --set chunk_size=8 (repeatable); the workflows' NODE.INPUT "
+                        "names work too (--set MimicTalkRender.chunk_size=8). Settings: " + ", ".join(SETTINGS))
+    p.add_argument("--save-settings", help="also write the settings that were used to this JSON file")
     return p
 
 
-def _settings(args: argparse.Namespace, who: str) -> dict[str, dict[str, Any]]:
-    """{node class: {input: value}} for the workflow, from the command line."""
-    table: dict[str, dict[str, Any]] = {
-        "MimicTalkLoadAudio": {"audio": str(Path(args.audio).resolve())},
-        "MimicTalkLoadRenderer": {"weights": args.renderer or DEFAULT_RENDERER[who]},
-        "MimicTalkVideoCombine": {"filename_prefix": "mimictalk"},
-    }
-    if who == "adapter":
-        adapter = Path(args.adapter)
-        table["MimicTalkLoadAdapter"] = {"adapter": str(adapter.resolve()) if adapter.exists() else args.adapter}
-    else:
-        table["LoadImage"] = {"image": str(Path(args.portrait).resolve())}
-    optional = {("MimicTalkLoadAudio2Motion", "a2m"): args.a2m, ("MimicTalkLoadAudio2Motion", "hubert"): args.hubert,
-                ("MimicTalkAudioToMotion", "steps"): args.steps, ("MimicTalkAudioToMotion", "seed"): args.seed,
-                ("MimicTalkRender", "seed"): args.seed, ("MimicTalkAudioToMotion", "cfg_scale"): args.cfg_scale,
-                ("MimicTalkRender", "pose"): args.pose}
-    for (cls, name), value in optional.items():
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting (defaults, then the flags, then ``--set``)."""
+    settings = {name: default for name, (default, _) in SETTINGS.items()}
+    aliases = {alias: name for name, (_, names) in SETTINGS.items() for alias in names}
+    for name, value in (("steps", args.steps), ("seed", args.seed), ("render_seed", args.seed),
+                        ("cfg_scale", args.cfg_scale), ("pose", args.pose)):
         if value is not None:
-            table.setdefault(cls, {})[name] = value
-    if args.no_download:
-        for cls in ("MimicTalkLoadRenderer", "MimicTalkLoadAudio2Motion", "MimicTalkLoadFaceModel", "MimicTalkPrepareIdentity"):
-            table.setdefault(cls, {})["auto_download"] = False
+            settings[name] = value
     for item in args.set:
         key, sep, raw = item.partition("=")
-        cls, dot, name = key.partition(".")
-        if not (sep and dot and cls and name):
-            raise SystemExit(f"--set {item!r}: expected NODE.INPUT=VALUE, e.g. MimicTalkRender.chunk_size=8")
+        name = aliases.get(key, key)
+        if not sep or name not in settings:
+            raise SystemExit(f"--set {item!r}: unknown setting {key!r}; expected NAME=VALUE with NAME one of "
+                             f"{', '.join(SETTINGS)} (e.g. --set chunk_size=8)")
         try:
-            value = json.loads(raw)
+            settings[name] = json.loads(raw)
         except ValueError:
-            value = raw  # a bare string
-        table.setdefault(cls, {})[name] = value
-    return table
+            settings[name] = raw  # a bare string
+    return settings
+
+
+def _device():
+    """Where the models run: the current accelerator, else the CPU."""
+    import torch
+
+    accel = getattr(torch, "accelerator", None)
+    current = accel.current_accelerator() if accel is not None and accel.is_available() else None
+    return torch.device(current) if current is not None else torch.device("cpu")
+
+
+def _dtype(precision: str, device):
+    """The compute dtype for ``precision``: auto is fp32 on the CPU and bf16 on an accelerator with it."""
+    import torch
+
+    from .utils import check_device_dtype
+
+    named = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision != "auto":
+        if precision not in named:
+            raise SystemExit(f"--set precision={precision!r}: use auto, fp32, bf16 or fp16")
+        check_device_dtype(device, named[precision])
+        return named[precision]
+    backend = torch.get_device_module(device.type) if device.type != "cpu" else None
+    supported = getattr(backend, "is_bf16_supported", None)
+    return torch.bfloat16 if supported is not None and supported() else torch.float32
+
+
+def _weights(name: str, assets: Sequence[str], folders: Sequence[Path], allow_download: bool) -> Path:
+    """A manifest asset (verified, downloaded when allowed), a path the user gave, or a name in a
+    model folder."""
+    from . import download
+    from .errors import AssetMissingError
+
+    if name in assets:
+        return download.ensure_asset(name, folders, allow_download=allow_download, on_step=_log_progress("download"))
+    given = Path(name).expanduser()
+    if given.exists():
+        return given
+    found = next((d / name for d in folders if (d / name).exists()), None)
+    if found is None:
+        raise AssetMissingError(f"weights '{name}' not found: not a path, and not in the model folders "
+                                f"({', '.join(map(str, folders))}); use one of {', '.join(assets)} or a converted model folder")
+    return found
+
+
+def _adapter_path(name: str, folders: Sequence[Path]) -> Path:
+    from .errors import InputError
+
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    found = next((d / "adapters" / name for d in folders if (d / "adapters" / name).is_file()), None)
+    if found is None:
+        raise InputError(f"--adapter '{name}': no such file, and not in the adapter folders "
+                         f"({', '.join(str(d / 'adapters') for d in folders)})")
+    return found
+
+
+def _log_progress(stage: str) -> Callable[..., None]:
+    """An ``on_step`` that logs every 10 %."""
+    from .utils import logger
+
+    last = [-1]
+
+    def on_step(done: int, total: int, **info) -> None:
+        if total > 0 and (pct := int(100 * done / total) // 10) != last[0]:
+            last[0] = pct
+            logger.info("MimicTalk: %s %d/%d", info.get("stage", stage), done, total)
+
+    return on_step
+
+
+def run_talk(args: argparse.Namespace, settings: dict[str, Any], folders: Sequence[Path], out: Path):
+    """The talk / one-shot flow through the library; returns the ``WrittenVideo``."""
+    import torch
+
+    from .a2m import load_a2m, load_hubert
+    from .adapt.adapter import load_adapter, personalise
+    from .adapt.official_import import import_official_checkpoint
+    from .errors import InputError
+    from .identity import FitSchedule, prepare_photo_identity
+    from .models import A2M_ASSETS, HUBERT_ASSETS, RENDERER_ASSETS, load_face_model_from, mediapipe_files
+    from .pipeline import audio_to_motion, build_session, render_to_video, renderer_model
+    from .renderer import load_renderer
+    from .video import read_audio
+
+    allow = not args.no_download
+    device = _device()
+    dtype = _dtype(settings["precision"], device)
+    portrait = args.portrait is not None
+    renderer = load_renderer(_weights(args.renderer or DEFAULT_RENDERER["portrait" if portrait else "adapter"],
+                                      RENDERER_ASSETS, folders, allow), device=device, dtype=dtype)
+    face_model = load_face_model_from(folders, allow_download=allow, need_mp468=portrait)
+    a2m = load_a2m(_weights(args.a2m or A2M_ASSETS[0], A2M_ASSETS, folders, allow), device, dtype)
+    hubert = load_hubert(_weights(args.hubert or HUBERT_ASSETS[0], HUBERT_ASSETS, folders, allow), device, dtype)
+    identity = None
+    if portrait:
+        identity = prepare_photo_identity(
+            Path(args.portrait), face_model=face_model, crop=settings["crop"], device=device,
+            schedule=FitSchedule.with_iterations(settings["fit_iterations"]), size=renderer.model.cfg.image_resolution,
+            on_step=_log_progress("identity"), **mediapipe_files(folders, allow_download=allow))
+    else:
+        path = _adapter_path(args.adapter, folders)
+        adapter = import_official_checkpoint(path, renderer.model) if path.suffix == ".ckpt" else load_adapter(path)
+        renderer = personalise(renderer.model, adapter, check_base_model=settings["check_base"])
+    audio = read_audio(args.audio)
+    if audio is None or audio.num_samples == 0:
+        raise InputError(f"--audio '{args.audio}' has no audio track; pick a file with sound")
+    motion = audio_to_motion(
+        a2m, hubert, audio, style=identity, steps=settings["steps"], cfg_scale=settings["cfg_scale"],
+        temperature=settings["temperature"], method=settings["solver"],
+        generator=torch.Generator().manual_seed(settings["seed"]), mouth_amp=settings["mouth_amp"],
+        trim=settings["trim"], on_step=_log_progress("motion"))
+    session = build_session(renderer, face_model, identity, motion, pose=settings["pose"],
+                            map_to_init_pose=settings["map_to_init_pose"], blink=settings["blink"],
+                            blink_seed=settings["render_seed"])
+    model = renderer_model(renderer)
+    return render_to_video(
+        session, out, audio=audio, chunk_size=settings["chunk_size"], deterministic=settings["deterministic"],
+        generator=torch.Generator(device=model.device).manual_seed(settings["render_seed"]),
+        on_step=_log_progress("render"), audio_mode=settings["audio_fit"], crf=settings["crf"],
+        metadata={"mimictalk_settings": settings})
 
 
 def talk(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the talk / one-shot workflow headless; returns the process exit code."""
+    """Render a talking head from the command line; returns the process exit code."""
+    from . import download
+    from .errors import AssetMissingError, MimicTalkError
+
     args = _talk_parser().parse_args(argv)
-    who = "adapter" if args.adapter else "portrait"
-    if args.models_dir:
-        os.environ["MIMICTALK_MODELS_DIR"] = str(Path(args.models_dir).resolve())
-    out = Path(args.out).resolve()
-    nodes = load_pack()
-    lib = importlib.import_module(nodes.__name__.rsplit(".", 1)[0] + ".mimictalk_lib")
-    errors = importlib.import_module(lib.__name__ + ".errors")
-    executor = importlib.import_module(nodes.__name__ + ".executor")
-    workflow_mod = importlib.import_module(nodes.__name__ + ".workflow")
+    settings = _settings(args)
+    folders = [Path(args.models_dir).expanduser().resolve()] if args.models_dir else download.default_model_dirs()
+    out = Path(args.out).expanduser().resolve()
+    if args.save_settings:
+        Path(args.save_settings).write_text(json.dumps(settings, indent=1), encoding="utf-8")
     logging_to_stderr()
-
-    ui_graph = json.loads((PACK_DIR / "workflows" / f"{WORKFLOWS[who]}.json").read_text(encoding="utf-8"))
-    schemas = executor.schemas(list(nodes.NODE_LIST) + executor.CORE_NODES)
-    prompt = workflow_mod.ui_to_api(ui_graph, schemas)
-    settings = _settings(args, who)
-    unknown = set(settings) - {n["class_type"] for n in prompt.values()}
-    if unknown:
-        raise SystemExit(f"--set: the {WORKFLOWS[who]} graph has no node of type {sorted(unknown)}")
-    for node in prompt.values():
-        node["inputs"].update(settings.get(node["class_type"], {}))
-    if args.save_graph:
-        Path(args.save_graph).write_text(json.dumps(prompt, indent=1), encoding="utf-8")
-
-    with tempfile.TemporaryDirectory(prefix="mimictalk-talk-") as work:
-        nodes.host.set_standalone_directories(output=work, input=Path.cwd(), temp=Path(work) / "temp")
-        try:
-            result = executor.run_prompt(prompt, nodes.NODE_LIST, extra_data={"extra_pnginfo": {"workflow": ui_graph}})
-        except (errors.MimicTalkError, executor.PromptError) as e:
-            print(str(e), file=sys.stderr)
-            if isinstance(e, errors.AssetMissingError):  # the run stops at the first missing file: list them all
-                print(f"\nEvery model file and whether it is present: python -m mimictalk_lib.download status "
-                      f"--models-dir {os.environ.get('MIMICTALK_MODELS_DIR', 'models/mimictalk')}", file=sys.stderr)
-            return 1
-        saved = [f for u in result.ui.values() for f in u.get("images", []) if str(f.get("filename", "")).endswith(".mp4")]
-        if len(saved) != 1:
-            print(f"mimictalk talk: expected one video from the graph, got {saved}", file=sys.stderr)
-            return 1
-        produced = Path(work) / saved[0]["subfolder"] / saved[0]["filename"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(produced), out)
+    try:
+        run_talk(args, settings, folders, out)
+    except MimicTalkError as e:
+        print(str(e), file=sys.stderr)
+        if isinstance(e, AssetMissingError):  # the run stops at the first missing file: list them all
+            print(f"\nEvery model file and whether it is present: python -m mimictalk_lib.download status "
+                  f"--models-dir {os.pathsep.join(map(str, folders))}", file=sys.stderr)
+        return 1
     print(out)
     return 0
 

@@ -3,26 +3,29 @@ the outputs) over ``mimictalk_lib``. Everything host-specific goes through ``nod
 
 Node modules by role: ``loaders`` (renderer, face model, audio-to-motion), ``identity``,
 ``train``, ``adapters`` (save / load / apply), ``motion``, ``render``, ``video`` (load audio,
-video combine), ``evaluate``. ``NODE_LIST`` is what the extension returned by the pack's ``comfy_entrypoint``
-serves; outside ComfyUI the same classes run on ``nodes.v3api`` (see ``nodes.executor``).
+video combine), ``evaluate``, ``dub``. ``NODE_LIST`` is what the extension returned by the pack's
+``comfy_entrypoint`` serves. Without a ComfyUI that can host them (``host.HOSTED`` false) the node
+modules are not imported: scripts and ``python -m mimictalk_lib`` use the library directly.
 """
 
 from __future__ import annotations
 
-from . import adapters, dub, evaluate, host, identity, loaders, motion, render, train, video
+from . import host
 
-NODE_LIST: list[type] = [
-    *loaders.NODES, *identity.NODES, *train.NODES, *adapters.NODES, *motion.NODES, *render.NODES, *video.NODES,
-    *evaluate.NODES, *dub.NODES,
-]
-"""Every node class the extension registers (node ids prefixed ``MimicTalk``)."""
+if host.HOSTED:
+    from . import adapters, dub, evaluate, identity, loaders, motion, render, train, video
 
+    NODE_LIST: list[type] = [
+        *loaders.NODES, *identity.NODES, *train.NODES, *adapters.NODES, *motion.NODES, *render.NODES, *video.NODES,
+        *evaluate.NODES, *dub.NODES,
+    ]
+    """Every node class the extension registers (node ids prefixed ``MimicTalk``)."""
 
-class MimicTalkExtension(host.ComfyExtension):
-    """The pack's V3 extension: no global state to set up, just the node list."""
+    class MimicTalkExtension(host.ComfyExtension):
+        """The pack's V3 extension: no global state to set up, just the node list."""
 
-    async def on_load(self) -> None:
-        return None
+        async def on_load(self) -> None:
+            return None
 
-    async def get_node_list(self) -> list[type]:
-        return list(NODE_LIST)
+        async def get_node_list(self) -> list[type]:
+            return list(NODE_LIST)

@@ -4,12 +4,11 @@ everything adaptation and rendering need about the person (``mimictalk_lib.ident
 from __future__ import annotations
 
 from ..mimictalk_lib.errors import InputError
+from ..mimictalk_lib.models import BFM_ASSET, mediapipe_files
 from . import host
 from .types import FaceModel, Identity, Renderer
 
 io = host.io
-
-LANDMARKER_ASSET, SEGMENTER_ASSET = "mediapipe_face_landmarker", "mediapipe_selfie_multiclass"
 
 
 class PrepareIdentity(io.ComfyNode):
@@ -67,9 +66,8 @@ class PrepareIdentity(io.ComfyNode):
             from ..mimictalk_lib import download
             from ..mimictalk_lib.face import check_face_model_files
 
-            check_face_model_files(download.asset_dir("bfm2009", host.model_dirs()), need_mp468=True)
-        models = dict(landmarker=_model_file(LANDMARKER_ASSET, auto_download),
-                      segmenter=_model_file(SEGMENTER_ASSET, auto_download))
+            check_face_model_files(download.asset_dir(BFM_ASSET, host.model_dirs()), need_mp468=True)
+        models = mediapipe_files(host.model_dirs(), allow_download=auto_download)
         device = host.torch_device()
         schedule = FitSchedule.with_iterations(fit_iterations)
         size = renderer_model(renderer.renderer).cfg.image_resolution if renderer is not None else FRAME_SIZE
@@ -87,15 +85,6 @@ class PrepareIdentity(io.ComfyNode):
                 parts = video.get_components()
                 identity = prepare_identity(parts.images, fps=float(parts.frame_rate), missing=missing_faces, **common)
         return io.NodeOutput(identity, contact_sheet(identity).to(host.intermediate_device()))
-
-
-def _model_file(asset_id: str, auto_download: bool):
-    """The one file of a manifest asset (verified; downloaded when missing and allowed)."""
-    from ..mimictalk_lib.manifest import load_manifest
-
-    folder = host.ensure_asset(asset_id, allow_download=auto_download)
-    (spec,) = load_manifest().get(asset_id).files
-    return folder / spec.name
 
 
 NODES = [PrepareIdentity]

@@ -10,26 +10,22 @@ manual assets say where to get them) plus every converted model folder found the
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import nn
 
 from ..mimictalk_lib import download
-from ..mimictalk_lib.errors import AssetMissingError, DownloadError
-from ..mimictalk_lib.utils import logger
+from ..mimictalk_lib.errors import AssetMissingError
+from ..mimictalk_lib.models import (A2M_ASSETS, BFM_ASSET, HUBERT_ASSETS, RENDERER_ASSETS, converted_models, is_a2m,
+                                    is_hubert, is_renderer, load_face_model_from)
 from . import host
 from .types import A2MHandle, Audio2Motion, FaceModel, Renderer, RendererHandle
 
 io = host.io
 
-RENDERER_ASSETS = ("mimictalk_base_renderer", "real3dportrait_renderer")
-A2M_ASSETS = ("ics_a2m",)
-HUBERT_ASSETS = ("hubert_large",)
-BFM_ASSET, BFM_DERIVED_ASSET = "bfm2009", "bfm_derived_upstream"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *host.PRECISIONS)
 
 PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on GPUs that support them, fp32 "
                      "otherwise or with --force-fp32); bf16/fp16 are refused on the CPU.")
@@ -39,34 +35,6 @@ AUTO_DOWNLOAD_TOOLTIP = ("Download missing files listed in the pack's models man
 
 
 # ---------------------------------------------------------------- finding weights
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def converted_models(is_kind: Callable[[dict], bool]) -> list[str]:
-    """Folders (relative to a model folder) holding ``model.safetensors`` and a ``config.json``
-    that ``is_kind`` accepts, over every registered ``mimictalk`` folder."""
-    found = set()
-    for root in host.model_dirs():
-        if root.is_dir():
-            for cfg in root.rglob("config.json"):
-                if (cfg.parent / "model.safetensors").is_file() and is_kind(_read_json(cfg)):
-                    found.add(cfg.parent.relative_to(root).as_posix())
-    return sorted(found)
-
-
-def _our_kind(kind: str) -> Callable[[dict], bool]:
-    return lambda cfg: cfg.get("kind") == kind
-
-
-def _hubert(cfg: dict) -> bool:
-    return cfg.get("model_type") == "hubert"
 
 
 def locate(name: str) -> Optional[Path]:
@@ -129,7 +97,7 @@ class LoadRenderer(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        choices = list(RENDERER_ASSETS) + converted_models(_our_kind("renderer"))
+        choices = list(RENDERER_ASSETS) + converted_models(host.model_dirs(), is_renderer)
         return io.Schema(
             node_id="MimicTalkLoadRenderer",
             display_name="MimicTalk Load Renderer",
@@ -191,17 +159,7 @@ class LoadFaceModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, auto_download):
-        from ..mimictalk_lib.face import check_face_model_files, load_face_model
-
-        folder = download.asset_dir(BFM_ASSET, host.model_dirs())
-        check_face_model_files(folder)  # the licence-restricted files first: their message says how to get them
-        if auto_download:
-            try:
-                host.ensure_asset(BFM_DERIVED_ASSET, allow_download=True)
-            except (DownloadError, AssetMissingError) as e:  # optional files: computed when absent
-                logger.warning("MimicTalk: upstream face helper files unavailable (%s); computing them instead",
-                               str(e).splitlines()[0])
-        return io.NodeOutput(load_face_model(folder))
+        return io.NodeOutput(load_face_model_from(host.model_dirs(), allow_download=auto_download))
 
 
 class LoadAudio2Motion(io.ComfyNode):
@@ -209,8 +167,8 @@ class LoadAudio2Motion(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        a2m = list(A2M_ASSETS) + converted_models(_our_kind("ics_a2m"))
-        hubert = list(HUBERT_ASSETS) + converted_models(_hubert)
+        a2m = list(A2M_ASSETS) + converted_models(host.model_dirs(), is_a2m)
+        hubert = list(HUBERT_ASSETS) + converted_models(host.model_dirs(), is_hubert)
         return io.Schema(
             node_id="MimicTalkLoadAudio2Motion",
             display_name="MimicTalk Load Audio-to-Motion",

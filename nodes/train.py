@@ -8,12 +8,12 @@ import re
 import torch
 
 from ..mimictalk_lib.errors import InputError
+from ..mimictalk_lib.models import load_lpips_from
 from . import host
 from .types import Adapter, FaceModel, Identity, Renderer
 
 io = host.io
 
-LPIPS_ASSET = "lpips_alex"
 CHECKPOINTS_SUBDIR = "checkpoints"
 """Runs keep a resumable checkpoint and their latest adapter in
 ``models/mimictalk/adapters/checkpoints/<run_name>/`` (listed by Load Adapter)."""
@@ -109,7 +109,8 @@ class TrainAdapter(io.ComfyNode):
                              early_stop_patience=early_stop_patience)
         host.free_memory()
         model = renderer.module()
-        lpips = _load_lpips(auto_download, model.device) if perceptual_loss else None
+        lpips = load_lpips_from(host.model_dirs(), model.device, allow_download=auto_download,
+                                on_step=host.progress(1)) if perceptual_loss else None
         work = host.adapter_dirs()[0] / CHECKPOINTS_SUBDIR / run_name
         checkpoint = work / CHECKPOINT_NAME
         log = TrainingLog(host.progress(steps))
@@ -120,15 +121,6 @@ class TrainAdapter(io.ComfyNode):
         host.soft_empty_cache()
         history = adapter.metadata.get("validation", {}).get("history")  # the whole run's, also after a resume
         return io.NodeOutput(adapter, log.image(history).to(host.intermediate_device()))
-
-
-def _load_lpips(auto_download: bool, device: torch.device):
-    from ..mimictalk_lib.adapt.lpips import load_lpips
-    from ..mimictalk_lib.manifest import load_manifest
-
-    folder = host.ensure_asset(LPIPS_ASSET, allow_download=auto_download, on_step=host.progress(1))
-    alexnet, heads = (folder / f.name for f in load_manifest().get(LPIPS_ASSET).files)
-    return load_lpips(alexnet, heads, device)
 
 
 NODES = [TrainAdapter]

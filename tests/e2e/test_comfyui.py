@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.e2e.comfy_server import PACK_FOLDER
-from tests.nodes.harness import import_pack, load_twin, load_workflow, node_list, submodule, video_facts, with_overrides
+from tests.nodes.harness import fakehost_module, import_pack, load_twin, load_workflow, node_list, submodule, video_facts, with_overrides
 from tests.nodes.tiny_assets import motion_frames
 
 
@@ -32,7 +32,7 @@ def test_server_loaded_the_pack(server):
 
 def test_object_info_matches_our_schemas(server):
     pack = import_pack()
-    executor = submodule(pack, "nodes.executor")
+    executor = fakehost_module(pack, "executor")
     info = server.get("/object_info")
     for cls in node_list(pack) + executor.CORE_NODES:
         schema = cls.define_schema()

@@ -109,6 +109,11 @@ def main():
 
         out["folders"] = {k: v[0] for k, v in folder_paths.folder_names_and_paths.items() if "mimictalk" in k}
         out["models_dir"] = folder_paths.models_dir
+    out["hosted"] = host.HOSTED
+    out["node_modules"] = sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith(sys_module_name + ".nodes."))
+    if not host.HOSTED:  # no host: nothing of the node layer runs (scripts use the library directly)
+        print(json.dumps(out))
+        return
     out["host_model_dirs"] = [str(p) for p in host.model_dirs()]
     out["host_adapter_dirs"] = [str(p) for p in host.adapter_dirs()]
     out["host_device"] = str(host.torch_device())

@@ -69,9 +69,8 @@ def test_pack_without_comfyui_imports_quietly(repo_root, tmp_path):
     assert not r["has_entrypoint"] and not r["has_node_class_mappings"]
     assert r["state_unchanged"], r["state_diff"]
     assert r["logs"] == [] and r["comfy_after_pack"] == []
-    # standalone host: model folders from MIMICTALK_MODELS_DIR
-    assert r["host_model_dirs"] == [str(tmp_path / "standalone-models")]
-    assert r["host_adapter_dirs"] == [str(tmp_path / "standalone-models" / "adapters")]
+    # no host: the node modules are not even imported (scripts and the CLI use the library directly)
+    assert r["hosted"] is False and r["node_modules"] == ["host"]
 
 
 def test_old_comfyui_without_v3_api_logs_one_line_and_registers_nothing(repo_root, tmp_path):

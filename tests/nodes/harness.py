@@ -69,6 +69,12 @@ def submodule(pack: ModuleType, name: str) -> ModuleType:
     return importlib.import_module(f"{pack.__name__}.{name}")
 
 
+def fakehost_module(pack: ModuleType, name: str) -> ModuleType:
+    """A module of the fake host's test tooling (``executor``, ``workflow``), imported once ``pack``
+    is imported (the fake ``comfy_api`` / ``folder_paths`` are then on ``sys.path``)."""
+    return importlib.import_module(f"tests.fakehost.{name}")
+
+
 def lib(pack: ModuleType, name: str) -> ModuleType:
     """A module of the pack's own copy of the library (``lib(pack, "errors").InputError``)."""
     return submodule(pack, f"mimictalk_lib.{name}")
@@ -147,7 +153,7 @@ def with_overrides(prompt: dict, overrides: Optional[dict] = None, **per_class: 
 
 def run(pack: ModuleType, prompt: dict, extra_data: Optional[dict] = None):
     nodes = submodule(pack, "nodes")
-    return submodule(pack, "nodes.executor").run_prompt(prompt, nodes.NODE_LIST, extra_data=extra_data)
+    return fakehost_module(pack, "executor").run_prompt(prompt, nodes.NODE_LIST, extra_data=extra_data)
 
 
 def video_facts(path: Path) -> dict:

@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from tests.nodes.harness import node_list, submodule
+from tests.nodes.harness import fakehost_module, node_list, submodule
 
 WIDGETS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 @pytest.fixture(scope="module")
 def schemas(pack):
-    executor = submodule(pack, "nodes.executor")
+    executor = fakehost_module(pack, "executor")
     return executor.schemas(node_list(pack))
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.nodes.harness import (
-    API_TWINS, REPO, WORKFLOWS, load_twin, load_workflow, node_list, run, submodule, video_facts, with_overrides,
+    API_TWINS, REPO, WORKFLOWS, fakehost_module, load_twin, load_workflow, node_list, run, video_facts, with_overrides,
 )
 from tests.nodes.tiny_assets import SPEECH_SECONDS, motion_frames
 
@@ -24,7 +24,7 @@ PACK_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read
 
 @pytest.fixture(scope="module")
 def schemas(pack):
-    executor = submodule(pack, "nodes.executor")
+    executor = fakehost_module(pack, "executor")
     return executor.schemas(node_list(pack) + executor.CORE_NODES)
 
 
@@ -71,7 +71,7 @@ def test_workflow_is_statically_valid(name, schemas, pack):
     assert wf["version"] == 0.4 and set(wf) >= {"nodes", "links", "last_node_id", "last_link_id", "extra"}
     nodes = {n["id"]: n for n in wf["nodes"]}
     assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(link[0] for link in wf["links"])
-    core = {cls.define_schema().node_id for cls in submodule(pack, "nodes.executor").CORE_NODES}
+    core = {cls.define_schema().node_id for cls in fakehost_module(pack, "executor").CORE_NODES}
     for node in without_notes(wf)["nodes"]:
         assert node["type"] in schemas, f"unknown node type {node['type']}"
         cls, schema = schemas[node["type"]]
@@ -122,7 +122,7 @@ def test_links_connect_matching_types(name, schemas):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_twin_regenerates_from_the_ui_workflow(name, schemas, pack):
-    convert = submodule(pack, "nodes.workflow").ui_to_api
+    convert = fakehost_module(pack, "workflow").ui_to_api
     assert convert(without_notes(load_workflow(name)), schemas) == load_twin(name)
     assert json.loads(json.dumps(load_twin(name))) == load_twin(name)
 
@@ -132,11 +132,11 @@ def test_converter_rejects_a_wrong_widget_count(schemas, pack):
     render = next(n for n in wf["nodes"] if n["type"] == "MimicTalkRender")
     render["widgets_values"] = render["widgets_values"][:-1]  # e.g. the seed's control value forgotten
     with pytest.raises(ValueError, match="widgets_values"):
-        submodule(pack, "nodes.workflow").ui_to_api(wf, schemas)
+        fakehost_module(pack, "workflow").ui_to_api(wf, schemas)
 
 
 def test_executor_rejects_an_invalid_graph(pack):
-    executor = submodule(pack, "nodes.executor")
+    executor = fakehost_module(pack, "executor")
     prompt = with_overrides(load_twin("mimictalk_talk"), MimicTalkLoadRenderer={"precision": "fp16"},
                             MimicTalkRender={"chunk_size": 0})
     with pytest.raises(executor.PromptError) as e:

@@ -1,5 +1,6 @@
-"""A small in-process executor for API-format graphs, so the pack's workflows run without a
-ComfyUI server (``python -m mimictalk_lib talk``, and the tests' fake host).
+"""The fake host's prompt executor: runs API-format graphs in-process with the real node
+classes, for the node and workflow tests (``tests.fakehost.executor``; import it after the fake
+host is on ``sys.path``, e.g. through ``tests.nodes.harness.executor()``).
 
 It does what ComfyUI's prompt executor does for the graphs the pack ships (comfyui_conventions.md
 §1.2, §4.2): validates every node (types exist, required inputs present, link types match, INT /
@@ -8,27 +9,26 @@ FLOAT ranges and combo values unless the node's ``validate_inputs`` takes them o
 ``torch.inference_mode()`` with the hidden values (prompt, extra_pnginfo, unique_id), checks for
 Cancel between nodes, and collects each node's ``ui`` output. No caching, lists or lazy inputs.
 
-Standalone, the few core nodes the shipped workflows use (``LoadImage``, ``LoadVideo``,
-``PreviewImage``) run as the minimal equivalents below; inside ComfyUI the real ones do.
+The few core nodes the shipped workflows use (``LoadImage``, ``LoadVideo``, ``PreviewImage``) run
+as the minimal equivalents below; ``tests/e2e`` checks their ids and widget order against core's.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import comfy.model_management
+import folder_paths
 import torch
-
-from ..mimictalk_lib.errors import InputError, MimicTalkError
-from . import host
-
-io, ui = host.io, host.ui
+from comfy_api.latest import InputImpl, io, ui
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
-class PromptError(MimicTalkError, ValueError):
+class PromptError(ValueError):
     """The graph is invalid (what ComfyUI answers with HTTP 400); ``node_errors`` per node id."""
 
     def __init__(self, message: str, node_errors: Optional[dict] = None):
@@ -39,24 +39,34 @@ class PromptError(MimicTalkError, ValueError):
 # ---------------------------------------------------------------- core node equivalents
 
 
+def _input_files(content_types: list[str]) -> list[str]:
+    folder = Path(folder_paths.get_input_directory())
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return folder_paths.filter_files_content_types(names, content_types)
+
+
+def _input_path(name: str) -> Path:
+    return Path(folder_paths.get_annotated_filepath(name))
+
+
 class LoadImage(io.ComfyNode):
     """Core LoadImage (same id and inputs): one image file -> IMAGE [1, H, W, 3] and an empty MASK."""
 
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="LoadImage", display_name="Load Image", category="image",
-                         inputs=[io.Combo.Input("image", options=host.input_files(["image"]), upload=io.UploadType.image)],
+                         inputs=[io.Combo.Input("image", options=_input_files(["image"]), upload=io.UploadType.image)],
                          outputs=[io.Image.Output(), io.Mask.Output()])
 
     @classmethod
     def validate_inputs(cls, image):
-        return True if host.input_path(image).is_file() else f"Invalid image file: {image}"
+        return True if _input_path(image).is_file() else f"Invalid image file: {image}"
 
     @classmethod
     def execute(cls, image):
-        from ..mimictalk_lib.video import read_video
+        from mimictalk_lib.video import read_video
 
-        frames = read_video(host.input_path(image), with_audio=False, max_frames=1).frames  # uint8 [1, H, W, 3]
+        frames = read_video(_input_path(image), with_audio=False, max_frames=1).frames  # uint8 [1, H, W, 3]
         return io.NodeOutput(frames.float() / 255, torch.zeros(1, 64, 64))  # core: empty 64x64 mask without alpha
 
 
@@ -66,16 +76,16 @@ class LoadVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(node_id="LoadVideo", display_name="Load Video", category="image/video",
-                         inputs=[io.Combo.Input("file", options=host.input_files(["video"]), upload=io.UploadType.video)],
+                         inputs=[io.Combo.Input("file", options=_input_files(["video"]), upload=io.UploadType.video)],
                          outputs=[io.Video.Output()])
 
     @classmethod
     def validate_inputs(cls, file):
-        return True if host.input_path(file).is_file() else f"Invalid video file: {file}"
+        return True if _input_path(file).is_file() else f"Invalid video file: {file}"
 
     @classmethod
     def execute(cls, file):
-        return io.NodeOutput(host.video_from_file(host.input_path(file)))
+        return io.NodeOutput(InputImpl.VideoFromFile(str(_input_path(file))))
 
 
 class PreviewImage(io.ComfyNode):
@@ -233,7 +243,7 @@ def run_prompt(prompt: dict, classes: Iterable[type], *, extra_data: Optional[di
     result = RunResult(order=order)
     extra_pnginfo = (extra_data or {}).get("extra_pnginfo")
     for node_id in order:
-        host.throw_if_interrupted()
+        comfy.model_management.throw_exception_if_processing_interrupted()
         node = prompt[node_id]
         cls, schema = nodes[node["class_type"]]
         kwargs = {k: (result.outputs[v[0]][v[1]] if is_link(v) else v) for k, v in node.get("inputs", {}).items()}
@@ -244,10 +254,10 @@ def run_prompt(prompt: dict, classes: Iterable[type], *, extra_data: Optional[di
         if isinstance(out, tuple):
             out = io.NodeOutput(*out)
         if not isinstance(out, io.NodeOutput):
-            raise InputError(f"node {node_id} ({node['class_type']}) returned {type(out).__name__}, not a NodeOutput")
+            raise TypeError(f"node {node_id} ({node['class_type']}) returned {type(out).__name__}, not a NodeOutput")
         values = tuple(out.args)
         if len(values) != len(schema.outputs or []):
-            raise InputError(f"node {node_id} ({node['class_type']}) returned {len(values)} values for "
+            raise TypeError(f"node {node_id} ({node['class_type']}) returned {len(values)} values for "
                              f"{len(schema.outputs or [])} outputs")
         result.outputs[node_id] = values
         if out.ui is not None:

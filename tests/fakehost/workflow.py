@@ -1,5 +1,5 @@
 """UI-format workflows (what ComfyUI saves and ``workflows/`` ships, version 0.4) -> API-format
-prompts (what ``/prompt`` and :mod:`nodes.executor` run), for the pack's nodes and the few core
+prompts (what ``/prompt`` and the fake host's executor run), for the pack's nodes and the few core
 nodes its workflows use (``executor.CORE_NODES``: their widget order is pinned there).
 
 ComfyUI converts in the browser only (comfyui_conventions.md §4.2); this converter does the same
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .executor import is_widget
+from tests.fakehost.executor import is_widget
 
 UPLOAD_EXTRAS = {"image_upload": 1, "video_upload": 1, "audio_upload": 2}
 """Values the frontend saves after the widgets of a node with an upload combo: the upload button

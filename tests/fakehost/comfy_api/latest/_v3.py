@@ -1,11 +1,11 @@
-"""A standalone stand-in for the part of ComfyUI's V3 node API (``comfy_api.latest``) the pack's
-nodes use, so the same node classes run without ComfyUI (``python -m mimictalk_lib talk``).
+"""The fake host's V3 node API: a stand-in for the part of ComfyUI's ``comfy_api.latest`` the
+pack's nodes use, so the real node classes run in tests without ComfyUI.
 
-``nodes.host`` exposes ComfyUI's real ``io`` / ``ui`` / ``ComfyExtension`` when the pack runs
-inside ComfyUI and this module otherwise. It follows the public signatures and behaviour of
-ComfyUI 0.3.64's V3 API as documented in ``comfyui_conventions.md`` §1.3 (keyword names,
-``Schema.validate`` / ``finalize``, ``NodeOutput``, ``ui.PreviewVideo`` dicts); it is written
-from that description, not from ComfyUI's code, and covers only what the pack needs.
+It follows the public signatures and behaviour of ComfyUI 0.3.64's V3 API as documented in
+``comfyui_conventions.md`` §1.3 (keyword names, ``Schema.validate`` / ``finalize``,
+``NodeOutput``, ``ui.PreviewVideo`` dicts); it is written from that description, not from
+ComfyUI's code, and covers only what the tests need. The real-ComfyUI end-to-end test
+(``tests/e2e``) is the authority on the node layer.
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class ComfyExtension(ABC):
 
 
 class VideoFromFile:
-    """A core-style ``VIDEO`` value for a file on disk (standalone ``InputImpl.VideoFromFile``):
+    """A core-style ``VIDEO`` value for a file on disk (``InputImpl.VideoFromFile``):
     ``get_stream_source()`` gives the path, ``get_components()`` decodes it with PyAV into
     ComfyUI's conventions (IMAGE frames 0..1, AUDIO dict or None, frame rate)."""
 
@@ -292,14 +292,14 @@ class VideoFromFile:
         return self._file
 
     def get_components(self) -> SimpleNamespace:
-        from ..mimictalk_lib.video import read_video
+        from mimictalk_lib.video import read_video
 
         clip = read_video(self._file)
         return SimpleNamespace(images=clip.frames.float() / 255, frame_rate=Fraction(clip.fps).limit_denominator(1000),
                                audio=clip.audio.to_comfy() if clip.audio is not None else None, metadata=clip.metadata)
 
     def get_dimensions(self) -> tuple[int, int]:
-        from ..mimictalk_lib.video import read_video
+        from mimictalk_lib.video import read_video
 
         frames = read_video(self._file, with_audio=False, max_frames=1).frames
         return int(frames.shape[2]), int(frames.shape[1])
