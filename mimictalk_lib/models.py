@@ -26,7 +26,7 @@ BFM_ASSET, BFM_DERIVED_ASSET = "bfm2009", "bfm_derived_upstream"
 LANDMARKER_ASSET, SEGMENTER_ASSET = "mediapipe_face_landmarker", "mediapipe_selfie_multiclass"
 LPIPS_ASSET = "lpips_alex"
 
-Folders = Sequence[Path]
+Folders = Optional[Sequence[Path]]  # None: download.default_model_dirs()
 
 
 def _read_json(path: Path) -> dict:

@@ -369,20 +369,13 @@ def load_optional_models(model_dirs=None, *, perceptual: bool = True, landmarks:
     MediaPipe face landmarker (``mediapipe_face_landmarker``, optional ``mediapipe`` package) from
     the model folders (default :func:`~mimictalk_lib.download.default_model_dirs`). What is
     missing becomes a note saying how to get it, not an error."""
-    from ..adapt.lpips import load_lpips
-    from ..download import ensure_asset
     from ..errors import MimicTalkError
-    from ..manifest import load_manifest
+    from ..models import LANDMARKER_ASSET, asset_file, load_lpips_from
 
-    manifest, notes, lpips, landmarker = load_manifest(), [], None, None
-
-    def files(asset_id: str):
-        folder = ensure_asset(asset_id, model_dirs, allow_download=allow_download, on_step=on_step, manifest=manifest)
-        return [folder / f.name for f in manifest.get(asset_id).files]
-
+    notes, lpips, landmarker = [], None, None
     if perceptual:
         try:
-            lpips = load_lpips(*files("lpips_alex")[:2], device=device)
+            lpips = load_lpips_from(model_dirs, device, allow_download=allow_download, on_step=on_step)
         except MimicTalkError as e:
             notes.append(f"LPIPS: not measured; its weights are missing ({_first_line(e)}). "
                          "Get them with: python -m mimictalk_lib download fetch lpips_alex")
@@ -390,7 +383,8 @@ def load_optional_models(model_dirs=None, *, perceptual: bool = True, landmarks:
         try:
             from ..identity.landmarks import MediaPipeLandmarker
 
-            landmarker = MediaPipeLandmarker(files("mediapipe_face_landmarker")[0])
+            landmarker = MediaPipeLandmarker(asset_file(LANDMARKER_ASSET, model_dirs, allow_download=allow_download,
+                                                        on_step=on_step))
         except MimicTalkError as e:
             notes.append(f"landmark metrics (distance, blink rate, pose jitter): not measured; {_first_line(e)}")
     return lpips, landmarker, notes
