@@ -7,7 +7,6 @@ extra_model_paths.yaml entry); new ones are saved into the first of those folder
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -33,15 +32,18 @@ def adapter_files() -> list[str]:
     for root in host.adapter_dirs():
         if root.is_dir():
             for p in root.rglob("*"):
-                if p.suffix in ADAPTER_EXTENSIONS and p.is_file() and p.name != TRAINING_STATE:
-                    found.add(p.relative_to(root).as_posix())
+                if p.suffix in ADAPTER_EXTENSIONS and p.name != TRAINING_STATE and host.find_inside(
+                        rel := p.relative_to(root).as_posix(), [root]) is not None:
+                    found.add(rel)
     return sorted(found)
 
 
 def locate_adapter(name: str) -> Optional[Path]:
-    if os.path.isabs(name):
-        return Path(name) if os.path.isfile(name) else None
-    return next((d / name for d in host.adapter_dirs() if (d / name).is_file()), None)
+    """The adapter file ``name`` inside an adapter folder (confined: :func:`host.find_inside`), or
+    None (also for a file that is no adapter by its name: not listed by :func:`adapter_files`)."""
+    if not isinstance(name, str) or not name.endswith(ADAPTER_EXTENSIONS) or name.rsplit("/", 1)[-1] == TRAINING_STATE:
+        return None
+    return host.find_inside(name, host.adapter_dirs())
 
 
 class SaveAdapter(io.ComfyNode):
@@ -109,8 +111,7 @@ class LoadAdapter(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, adapter):
         if locate_adapter(adapter) is None:
-            folders = ", ".join(str(d) for d in host.adapter_dirs())
-            return f"adapter file '{adapter}' not found in the adapter folders ({folders})"
+            return host.outside_message("adapter file", adapter, host.adapter_dirs())
         return True
 
     @classmethod

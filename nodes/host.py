@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Sequence
 
 import torch
@@ -97,6 +97,37 @@ def adapter_dirs() -> list[Path]:
     return dirs + [d for d in (m / ADAPTER_SUBDIR for m in model_dirs()) if d not in dirs]
 
 
+def find_inside(name: Any, folders: Sequence[os.PathLike | str], *, folder_ok: bool = False) -> Optional[Path]:
+    """The file ``name`` (a widget value) in the first of ``folders`` holding it, confined like
+    ComfyUI's ``folder_paths.get_full_path``: only a relative name (no absolute path, no drive,
+    no ``..``), and the file, its symlinks resolved, must still lie inside that folder (also
+    resolved). None when there is no such file. ``folder_ok``: a folder counts too (converted
+    models are folders)."""
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        return None
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or PureWindowsPath(name).drive or PureWindowsPath(name).is_absolute() or ".." in rel.parts:
+        return None
+    for folder in folders:
+        try:
+            base = Path(folder).resolve()
+            path = (base / rel).resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable folder
+            continue
+        if base in path.parents and (path.is_file() or folder_ok and path.is_dir()):
+            return path
+    return None
+
+
+def outside_message(what: str, name: Any, folders: Sequence[os.PathLike | str]) -> str:
+    """The validation error for a widget value :func:`find_inside` refused: what, the value and
+    the folders it must be in."""
+    where = ", ".join(str(f) for f in folders) or "(none registered)"
+    return (f"{what} '{name}' was not found in its folders ({where}): pick one from the list. Only names inside "
+            "these folders are accepted (no absolute path, no '..', no link pointing outside them); put the file "
+            "there, or add its folder to ComfyUI's extra_model_paths.yaml.")
+
+
 def ensure_asset(asset_id: str, *, allow_download: bool, on_step: Optional[ProgressFn] = None,
                  include_optional: bool = False) -> Path:
     """``mimictalk_lib.download.ensure_asset`` over the host's model folders."""
@@ -119,10 +150,30 @@ def input_files(content_types: Sequence[str]) -> list[str]:
     return sorted(folder_paths.filter_files_content_types(names, list(content_types)))
 
 
-def input_path(name: str) -> Path:
-    """The file an input widget names: ``name`` in the input folder (``"x.wav [output]"``
-    annotations select another ComfyUI folder); an absolute path is used as it is."""
-    return Path(folder_paths.get_annotated_filepath(name))
+def annotated_folder(name: str) -> tuple[str, Path]:
+    """(file name, folder) of an input widget value: the input folder, or the output / temp folder
+    for a ``"x.wav [output]"`` / ``"x.wav [temp]"`` annotation (as ComfyUI's annotated paths)."""
+    for kind, folder in (("input", folder_paths.get_input_directory), ("output", folder_paths.get_output_directory),
+                         ("temp", folder_paths.get_temp_directory)):
+        if name.endswith(f" [{kind}]"):
+            return name[: -len(kind) - 3], Path(folder())
+    return name, input_directory()
+
+
+def input_path(name: str) -> Optional[Path]:
+    """The file an input widget names, confined to its folder (:func:`annotated_folder`,
+    :func:`find_inside`); None when there is no such file there."""
+    if not isinstance(name, str):
+        return None
+    file, folder = annotated_folder(name)
+    return find_inside(file, [folder])
+
+
+def check_input_file(what: str, name: str) -> bool | str:
+    """validate_inputs helper for an input-folder widget: True, or the message naming the folder."""
+    if input_path(name) is not None:
+        return True
+    return outside_message(what, name, [annotated_folder(name)[1] if isinstance(name, str) else input_directory()])
 
 
 # ---------------------------------------------------------------- devices and precision

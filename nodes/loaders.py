@@ -10,7 +10,6 @@ manual assets say where to get them) plus every converted model folder found the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,19 +37,17 @@ AUTO_DOWNLOAD_TOOLTIP = ("Download missing files listed in the pack's models man
 
 
 def locate(name: str) -> Optional[Path]:
-    """The first registered model folder's ``name`` (file or folder), or an absolute path."""
-    if os.path.isabs(name):
-        return Path(name) if os.path.exists(name) else None
-    return next((d / name for d in host.model_dirs() if (d / name).exists()), None)
+    """A converted model (file or folder) named ``name`` inside a registered model folder
+    (confined: :func:`host.find_inside`)."""
+    return host.find_inside(name, host.model_dirs(), folder_ok=True)
 
 
 def check_choice(name: str, assets: Sequence[str], what: str) -> bool | str:
     """validate_inputs helper: a manifest id, or a file/folder present in a model folder."""
     if name in assets or locate(name) is not None:
         return True
-    folders = ", ".join(str(d) for d in host.model_dirs())
-    return (f"{what} '{name}' was not found in the mimictalk model folders ({folders}); choose one of "
-            f"{', '.join(assets)} or a converted model folder there")
+    return (host.outside_message(what, name, host.model_dirs())
+            + f" The choices are {', '.join(assets)} or a converted model folder there.")
 
 
 def resolve(name: str, assets: Sequence[str], auto_download: bool) -> Path:

@@ -36,19 +36,21 @@ class LoadAudio(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, audio):
-        path = host.input_path(audio)
-        return True if path.is_file() else f"audio file not found: '{audio}' (looked for {path})"
+        return host.check_input_file("audio file", audio)
 
     @classmethod
     def fingerprint_inputs(cls, audio, audioUI=None):  # noqa: N803 - the player (see the schema), ignored
         path = host.input_path(audio)
-        return (str(path), path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else (audio, "missing")
+        return (str(path), path.stat().st_size, path.stat().st_mtime_ns) if path is not None else (audio, "missing")
 
     @classmethod
     def execute(cls, audio, audioUI=None):  # noqa: N803 - the player (see the schema), ignored
         from ..mimictalk_lib.video import read_audio
 
-        sound = read_audio(host.input_path(audio))
+        path = host.input_path(audio)
+        if path is None:
+            raise InputError(f"Load Audio: {host.check_input_file('audio file', audio)}")
+        sound = read_audio(path)
         if sound is None or sound.num_samples == 0:
             raise InputError(f"'{audio}' has no audio track; pick a file with sound")
         return io.NodeOutput(sound.to_comfy())
