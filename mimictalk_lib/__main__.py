@@ -22,29 +22,41 @@ from typing import Any, Callable, Optional, Sequence
 
 DEFAULT_RENDERER = {"adapter": "mimictalk_base_renderer", "portrait": "real3dportrait_renderer"}
 
-SETTINGS: dict[str, tuple[Any, tuple[str, ...]]] = {
-    # name: (default, the same setting as NODE.INPUT of the pack's workflows, for --set)
-    "steps": (20, ("MimicTalkAudioToMotion.steps",)),
-    "solver": ("midpoint", ("MimicTalkAudioToMotion.solver",)),
-    "cfg_scale": (1.5, ("MimicTalkAudioToMotion.cfg_scale",)),
-    "temperature": (0.3, ("MimicTalkAudioToMotion.temperature",)),
-    "seed": (0, ("MimicTalkAudioToMotion.seed",)),
-    "mouth_amp": (1.0, ("MimicTalkAudioToMotion.mouth_amp",)),
-    "trim": ("audio", ("MimicTalkAudioToMotion.trim",)),
-    "chunk_size": (4, ("MimicTalkRender.chunk_size",)),
-    "pose": ("static", ("MimicTalkRender.pose",)),
-    "map_to_init_pose": (True, ("MimicTalkRender.map_to_init_pose",)),
-    "blink": ("period", ("MimicTalkRender.blink",)),
-    "deterministic": (True, ("MimicTalkRender.deterministic",)),
-    "render_seed": (0, ("MimicTalkRender.seed",)),
-    "crf": (19, ("MimicTalkVideoCombine.crf",)),
-    "audio_fit": ("fit", ("MimicTalkVideoCombine.audio_fit",)),
-    "precision": ("auto", ("MimicTalkLoadRenderer.precision", "MimicTalkLoadAudio2Motion.precision")),
-    "crop": ("auto", ("MimicTalkPrepareIdentity.crop",)),
-    "fit_iterations": (200, ("MimicTalkPrepareIdentity.fit_iterations",)),
-    "check_base": (True, ("MimicTalkApplyAdapter.check_base",)),
+SETTINGS: dict[str, tuple[str, ...]] = {
+    # name: the same setting as NODE.INPUT of the pack's workflows (accepted by --set too)
+    "steps": ("MimicTalkAudioToMotion.steps",),
+    "solver": ("MimicTalkAudioToMotion.solver",),
+    "cfg_scale": ("MimicTalkAudioToMotion.cfg_scale",),
+    "temperature": ("MimicTalkAudioToMotion.temperature",),
+    "seed": ("MimicTalkAudioToMotion.seed",),
+    "mouth_amp": ("MimicTalkAudioToMotion.mouth_amp",),
+    "trim": ("MimicTalkAudioToMotion.trim",),
+    "chunk_size": ("MimicTalkRender.chunk_size",),
+    "pose": ("MimicTalkRender.pose",),
+    "map_to_init_pose": ("MimicTalkRender.map_to_init_pose",),
+    "blink": ("MimicTalkRender.blink",),
+    "deterministic": ("MimicTalkRender.deterministic",),
+    "render_seed": ("MimicTalkRender.seed",),
+    "crf": ("MimicTalkVideoCombine.crf",),
+    "audio_fit": ("MimicTalkVideoCombine.audio_fit",),
+    "precision": ("MimicTalkLoadRenderer.precision", "MimicTalkLoadAudio2Motion.precision"),
+    "crop": ("MimicTalkPrepareIdentity.crop",),
+    "fit_iterations": ("MimicTalkPrepareIdentity.fit_iterations",),
+    "check_base": ("MimicTalkApplyAdapter.check_base",),
 }
-"""Every setting of ``talk`` with its default (the shipped workflows' widget values)."""
+"""Every setting of ``talk`` (defaults: :func:`default_settings`)."""
+
+
+def default_settings() -> dict[str, Any]:
+    """The defaults of every setting: the library's (the shipped workflows' widget values)."""
+    from .a2m import DEFAULT_CFG_SCALE, DEFAULT_STEPS, DEFAULT_TEMPERATURE
+    from .identity import FitSchedule
+    from .video import DEFAULT_CRF
+
+    return dict(steps=DEFAULT_STEPS, solver="midpoint", cfg_scale=DEFAULT_CFG_SCALE, temperature=DEFAULT_TEMPERATURE,
+                seed=0, mouth_amp=1.0, trim="audio", chunk_size=4, pose="static", map_to_init_pose=True,
+                blink="period", deterministic=True, render_seed=0, crf=DEFAULT_CRF, audio_fit="fit", precision="auto",
+                crop="auto", fit_iterations=FitSchedule().pose_iters, check_base=True)
 
 
 def _talk_parser() -> argparse.ArgumentParser:
@@ -80,8 +92,8 @@ def _talk_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """Every setting (defaults, then the flags, then ``--set``)."""
-    settings = {name: default for name, (default, _) in SETTINGS.items()}
-    aliases = {alias: name for name, (_, names) in SETTINGS.items() for alias in names}
+    settings = default_settings()
+    aliases = {alias: name for name, names in SETTINGS.items() for alias in names}
     for name, value in (("steps", args.steps), ("seed", args.seed), ("render_seed", args.seed),
                         ("cfg_scale", args.cfg_scale), ("pose", args.pose)):
         if value is not None:

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..mimictalk_lib import download
-from ..mimictalk_lib.utils import ProgressFn, check_device_dtype, logger
+from ..mimictalk_lib.utils import ProgressFn, check_device_dtype, logger  # noqa: F401 - logger: the pack entry logs through it
 
 try:  # ComfyUI's model-folder registry: present whenever we run inside ComfyUI
     import folder_paths

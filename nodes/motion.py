@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from ..mimictalk_lib.a2m.ode import SOLVERS
+from ..mimictalk_lib.pipeline import TRIM_MODES
 from . import host
 from .types import Audio2Motion, Identity, Motion
 
 io = host.io
-
-SOLVERS = ("euler", "midpoint", "rk4")
-TRIM_MODES = ("audio", "upstream", "none")
 
 
 class AudioToMotion(io.ComfyNode):

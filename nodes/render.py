@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from ..mimictalk_lib.pipeline import BLINK_MODES, POSE_MODES
 from . import host
 from .types import FaceModel, Identity, Motion, Renderer
 
 io = host.io
 
-POSE_MODES = ("static", "identity")
-BLINK_MODES = ("period", "none")
 MAX_CHUNK = 64
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from ..mimictalk_lib.errors import InputError
 from ..mimictalk_lib.models import load_lpips_from
 from . import host

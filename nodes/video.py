@@ -4,11 +4,10 @@ audio -> H.264/AAC mp4 with the workflow embedded, ``mimictalk_lib.video``)."""
 from __future__ import annotations
 
 from ..mimictalk_lib.errors import InputError
+from ..mimictalk_lib.video import AUDIO_MODES
 from . import host
 
 io, ui = host.io, host.ui
-
-AUDIO_FIT = ("fit", "trim", "pad", "keep")
 AUDIO_PLAYER = "AUDIO_UI"
 """The frontend's audio player widget type (core Load Audio's ``audioUI``)."""
 
@@ -75,7 +74,7 @@ class VideoCombine(io.ComfyNode):
                                 tooltip="Output file name prefix; '/' makes subfolders of the output folder."),
                 io.Int.Input("crf", default=DEFAULT_CRF, min=0, max=51,
                              tooltip="H.264 quality: lower is better and larger (19 is visually near-lossless)."),
-                io.Combo.Input("audio_fit", options=list(AUDIO_FIT), default="fit",
+                io.Combo.Input("audio_fit", options=list(AUDIO_MODES), default="fit",
                                tooltip="fit: trim or pad the audio with silence to the video; trim / pad: only that; "
                                        "keep: write it unchanged."),
                 io.Audio.Input("audio", optional=True, tooltip="The sound track (e.g. the speech that drove the motion)."),

@@ -40,6 +40,7 @@ def _rk4_38(f: Velocity, t0, dt, t1, y):
 
 
 STEPPERS = {"euler": _euler, "midpoint": _midpoint, "rk4": _rk4_38}
+SOLVERS = tuple(STEPPERS)  # the method names, in the order a UI lists them
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 
