@@ -25,7 +25,7 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         from ..mimictalk_lib.adapt.train import AdaptConfig
-        from ..mimictalk_lib.lora.targets import LORA_MODES
+        from ..mimictalk_lib.renderer.lora_targets import LORA_MODES
 
         d = AdaptConfig()
         return io.Schema(

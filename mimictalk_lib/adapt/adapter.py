@@ -204,7 +204,7 @@ def _metadata_error(path, what: str) -> CheckpointError:
 def _checked_metadata(meta: Any, path) -> tuple[dict, LoraSpec]:
     """The adapter metadata with every field :func:`load_adapter` uses checked for type and range."""
     from ..lora.layers import CONV_LORA_FORMS
-    from ..lora.targets import LORA_MODES
+    from ..renderer.lora_targets import LORA_MODES
 
     if not isinstance(meta, dict):
         raise _metadata_error(path, f"a {type(meta).__name__} instead of a JSON object")

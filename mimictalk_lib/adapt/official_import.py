@@ -21,8 +21,8 @@ from torch import nn
 from ..checkpoint import find_latest_checkpoint, load_legacy_checkpoint, model_state_dict
 from ..errors import CheckpointError
 from ..lora.inject import LoraSpec
-from ..lora.official import official_lora_keys, split_official_lora
-from ..lora.targets import LORA_MODES, parse_lora_mode
+from ..renderer.official_lora import official_lora_keys, split_official_lora
+from ..renderer.lora_targets import LORA_MODES, parse_lora_mode
 from .adapter import (
     NORM_SUFFIXES,
     Adapter,

@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import InputError, MimicTalkError
 from ..lora.inject import LoraSpec, inject_lora, lora_parameters, lora_state_dict, share_copy
-from ..lora.targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, parse_lora_mode
+from ..renderer.lora_targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, parse_lora_mode
 from ..utils import ProgressFn, check_device_dtype, logger, report
 from .adapter import Adapter, AdapterIdentity, base_fingerprint, base_parameters, norm_state, save_adapter
 from .data import AdaptationData, signed

@@ -1,8 +1,9 @@
 """LoRA for the MimicTalk renderer.
 
-* :mod:`.targets` -- which layers each upstream ``lora_mode`` adapts.
-* :mod:`.official` -- the official (loralib-style) checkpoint layout and exact merging of it
-  into base weights (no renderer import, so the loader can use it freely).
+* which layers each upstream ``lora_mode`` adapts (``renderer.lora_targets``) and the official
+  (loralib-style) checkpoint layout with its exact merging (``renderer.official_lora``) belong to
+  the renderer, which loads official checkpoints: ``lora/`` (the peft side) sits above
+  ``renderer/`` and the renderer never imports it. ``.targets`` / ``.official`` re-export them.
 * :mod:`.layers` -- peft custom LoRA layers for the StyleGAN layers and the loralib-form conv.
 * :mod:`.inject` -- ``inject_lora`` / ``lora_state_dict`` / ``load_lora_state_dict`` / ``merge_lora``.
 
@@ -11,7 +12,7 @@ not saved with an adapter, so :func:`register_custom_layers` is called on every 
 every load.
 """
 
-from .targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, LORA_MODES, parse_lora_mode  # noqa: F401
+from ..renderer.lora_targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, LORA_MODES, parse_lora_mode  # noqa: F401
 
 
 def register_custom_layers(config, conv_lora: str = "upstream"):

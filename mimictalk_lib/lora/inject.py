@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import CheckpointError, InputError
 from ..renderer.stylegan import Conv2dLayer, FullyConnectedLayer, SynthesisLayer, ToRGBLayer
 from .layers import CONV_LORA_FORMS, register_custom_layers
-from .targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, LORA_ALPHA, check_rank, parse_lora_mode, part_of
+from ..renderer.lora_targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, LORA_ALPHA, check_rank, parse_lora_mode, part_of
 
 ADAPTER_NAME = "default"
 _LORA_ABLE = (FullyConnectedLayer, Conv2dLayer, SynthesisLayer, ToRGBLayer, nn.Conv2d)

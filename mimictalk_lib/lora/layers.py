@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..renderer.stylegan import Conv2dLayer, FullyConnectedLayer, SynthesisLayer, ToRGBLayer
-from .targets import check_rank
+from ..renderer.lora_targets import check_rank
 
 CONV_LORA_FORMS = ("upstream", "peft")
 """How plain ``nn.Conv2d`` targets (``to_plane_cnn``) are adapted: ``'upstream'`` = loralib's

@@ -26,6 +26,7 @@ import torch
 from ..errors import CheckpointError
 from .img2plane import CanoBackboneConfig, Plane2GridConfig
 from .segformer import SeccBackboneConfig
+from .official_lora import has_official_lora, split_official_lora
 from .superres import SuperResConfig
 
 MIMICTALK_HEAD_THRESHOLD = 1.0
@@ -242,8 +243,6 @@ _TOP_LEVEL = frozenset({"cano_img2plane_backbone", "plane2grid_module", "secc_im
 
 def _split_lora(sd: Mapping[str, torch.Tensor]) -> tuple[Mapping[str, torch.Tensor], int, str]:
     """(base-layout view without LoRA keys and conv aliases, LoRA rank, LoRA mode)."""
-    from ..lora.official import has_official_lora, split_official_lora
-
     if not has_official_lora(sd):
         return sd, 0, "none"
     base, info = split_official_lora(sd)

@@ -12,7 +12,7 @@ detects the layout (architecture reference §2.2, §2.6, §3.6):
 
 infers the :class:`RendererConfig` from shapes, loads strictly and returns a
 :class:`LoadedRenderer`. Official LoRA is merged into the base weights at load
-(:func:`mimictalk_lib.lora.official.merge_official_lora`: exact maths, the alias keys are folded
+(:func:`mimictalk_lib.renderer.official_lora.merge_official_lora`: exact maths, the alias keys are folded
 there) unless ``merge_lora=False``, which keeps the 1085-key layout and applies it on the fly.
 Our own state dicts keep the upstream key names, so one loader serves every format.
 """
@@ -31,6 +31,7 @@ from ..errors import CheckpointError
 from ..utils import check_device_dtype, logger
 from .config import NUM_KEYS, RendererConfig, infer_renderer_config
 from .model import Renderer
+from .official_lora import merge_official_lora
 
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -59,7 +60,7 @@ class LoadedRenderer:
     cano_planes: Optional[torch.Tensor] = None  # personalised tri-grid [1, 3, C·D, P, P] (fp32)
     person: Optional[PersonData] = None
     lora_args: Optional[dict] = None  # upstream {'lora_mode': ..., 'lora_r': ...}
-    lora: Any = None  # the split-off official LoRA (mimictalk_lib.lora.official.OfficialLora) when merged
+    lora: Any = None  # the split-off official LoRA (mimictalk_lib.renderer.official_lora.OfficialLora) when merged
 
 
 def load_renderer(
@@ -95,8 +96,6 @@ def load_renderer(
 
     lora = None
     if cfg.lora_rank and merge_lora:
-        from ..lora.official import merge_official_lora
-
         sd, lora = merge_official_lora(sd, cfg.lora_rank)
         cfg = cfg.with_lora(0)
     with torch.device("meta"):  # no random init: every tensor comes from the state dict

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..utils import ProgressFn, check_device_dtype, check_shape, report
 from .config import RendererConfig
+from .official_lora import attach_official_lora
 from .img2plane import CanoImg2PlaneBackbone, Plane2Grid
 from .segformer import SeccImg2PlaneBackbone
 from .superres import NUM_LANDMARKS, SRReference, SuperResolution
@@ -237,65 +238,3 @@ class Renderer(nn.Module):
                 parts.append(out.to(output_device, output_dtype))
                 report(on_step, part.stop, total)
         return RenderOutput.cat(parts)
-
-
-# --- official LoRA layout held in the model (personalised checkpoints, applied on the fly) --------
-
-
-class OfficialLoraConv2d(nn.Module):
-    """loralib ``LoRAConv2d`` layout around a plain ``nn.Conv2d`` (``to_plane_cnn.N``): the conv
-    under ``conv``, its weight and bias *also* registered as ``weight``/``bias`` (the same
-    tensors, so both names are in the state dict, as upstream), and ``lora_A``/``lora_B``.
-    forward = conv with ``W + dW`` (dW per :func:`~mimictalk_lib.lora.official.official_lora_delta`).
-    """
-
-    def __init__(self, conv: nn.Conv2d, a_shape: tuple[int, ...], b_shape: tuple[int, ...], rank: int):
-        super().__init__()
-        self.conv = conv
-        self.weight = conv.weight
-        self.bias = conv.bias
-        kw = dict(device=conv.weight.device, dtype=conv.weight.dtype)
-        self.lora_A = nn.Parameter(torch.zeros(a_shape, **kw))
-        self.lora_B = nn.Parameter(torch.zeros(b_shape, **kw))
-        self.lora_rank = rank
-        # load_state_dict(assign=True) replaces the two names separately: tie them again.
-        self.register_load_state_dict_post_hook(OfficialLoraConv2d._retie)
-
-    @staticmethod
-    def _retie(module: "OfficialLoraConv2d", incompatible_keys) -> None:
-        module.weight, module.bias = module.conv.weight, module.conv.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..lora.official import official_lora_delta
-
-        w = self.conv.weight
-        return self.conv._conv_forward(x, w + official_lora_delta(self.lora_A, self.lora_B, w.shape, self.lora_rank), self.conv.bias)
-
-
-def _inject_official_delta(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Forward pre-hook of a StyleGAN layer holding official ``lora_A``/``lora_B``: pass dW to its
-    ``delta_weight`` hook (which adds it after the gain or to the raw weight, per layer type)."""
-    from ..lora.official import official_lora_delta
-
-    kwargs["delta_weight"] = official_lora_delta(module.lora_A, module.lora_B, module.weight.shape, module.lora_rank)
-    return args, kwargs
-
-
-def attach_official_lora(model: Renderer, mode: str, rank: int) -> None:
-    """Give ``model`` the official LoRA parameters of ``mode`` / ``rank`` (zeros: identity until
-    loaded), so its state dict has exactly the personalised layout's keys (1085 for
-    'secc2plane_sr', r=2) and the LoRA is applied on the fly."""
-    from ..lora.official import official_lora_shapes
-
-    shapes = official_lora_shapes({k: v for k, v in model.state_dict().items()}, mode, rank)
-    for prefix, (a_shape, b_shape) in shapes.items():
-        module = model.get_submodule(prefix)
-        if isinstance(module, nn.Conv2d):
-            parent_name, _, child = prefix.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, OfficialLoraConv2d(module, a_shape, b_shape, rank))
-            continue
-        kw = dict(device=module.weight.device, dtype=module.weight.dtype)
-        module.lora_A = nn.Parameter(torch.zeros(a_shape, **kw))
-        module.lora_B = nn.Parameter(torch.zeros(b_shape, **kw))
-        module.lora_rank = rank
-        module.register_forward_pre_hook(_inject_official_delta, with_kwargs=True)
