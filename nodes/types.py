@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..mimictalk_lib.pipeline import as_personalised
 from . import host
 
 Renderer = host.io.Custom("MIMICTALK_RENDERER")
@@ -29,9 +30,8 @@ Motion = host.io.Custom("MIMICTALK_MOTION")
 class RendererHandle:
     """What ``MIMICTALK_RENDERER`` carries.
 
-    ``renderer`` is what the pipeline takes (a ``LoadedRenderer`` or ``PersonalisedRenderer``:
-    the ``Renderer`` module under ``.model`` plus a personalised tri-grid and person data when
-    present); ``managed`` is the same module under the host's memory management
+    ``renderer`` is what the pipeline takes (a ``LoadedRenderer``, or a ``PersonalisedRenderer``:
+    the ``Renderer`` module under ``.model`` plus the learned tri-grid and person data); ``managed`` is the same module under the host's memory management
     (:func:`nodes.host.manage_model`), loaded with :meth:`module`."""
 
     renderer: Any
@@ -45,7 +45,7 @@ class RendererHandle:
 
     @property
     def personalised(self) -> bool:
-        return getattr(self.renderer, "cano_planes", None) is not None and not callable(self.renderer.cano_planes)
+        return as_personalised(self.renderer) is not None
 
 
 @dataclass(frozen=True)

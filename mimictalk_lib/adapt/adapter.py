@@ -42,34 +42,20 @@ from ..checkpoint import (
 )
 from ..errors import CheckpointError
 from ..lora.inject import LoraSpec, inject_lora, load_lora_state_dict, merge_lora, share_copy
+from ..renderer.loading import PERSON_FIELDS, PersonalisedRenderer, PersonData
 from ..utils import logger
 
 ADAPTER_FORMAT = "mimictalk-adapter"
 ADAPTER_VERSION = 1
 NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "weight_u", "weight_v")
 """Buffers that change when the renderer runs in train mode (BatchNorm, spectral norm)."""
-IDENTITY_FIELDS = ("src_frame", "id", "src_kp", "src_exp", "src_euler", "src_trans", "bg", "torso_ref", "segmap")
+IDENTITY_FIELDS = PERSON_FIELDS
 PROBES_PER_TENSOR = 8
 PROBE_RTOL, PROBE_ATOL = 2e-2, 1e-3  # loose enough for a bf16 / fp16 copy of the same base
 
 
-@dataclass
-class AdapterIdentity:
-    """Identity data stored with an adapter (CPU tensors; optional fields may be None)."""
-
-    src_frame: Optional[torch.Tensor] = None  # [1, 3, S, S] in [-1, 1]: frame 0 (upstream person_ds.gt_img)
-    id: Optional[torch.Tensor] = None  # [1, 80] BFM identity coefficients
-    src_kp: Optional[torch.Tensor] = None  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
-    src_exp: Optional[torch.Tensor] = None  # [1, 64] frame-0 expression (source SECC)
-    src_euler: Optional[torch.Tensor] = None  # [1, 3] frame-0 head pose (radians)
-    src_trans: Optional[torch.Tensor] = None  # [1, 3] frame-0 BFM translation
-    bg: Optional[torch.Tensor] = None  # [1, 3, S, S] background plate in [-1, 1]
-    torso_ref: Optional[torch.Tensor] = None  # [1, 3, S, S] inpainted torso of frame 0 in [-1, 1]
-    segmap: Optional[torch.Tensor] = None  # [1, 6, S, S] one-hot segmentation of frame 0
-    video_id: str = ""
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f: getattr(self, f) for f in IDENTITY_FIELDS if getattr(self, f) is not None}
+AdapterIdentity = PersonData
+"""Identity data stored with an adapter: the renderer's one person type."""
 
 
 @dataclass
@@ -312,17 +298,6 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
 
 
 # --- applying ---------------------------------------------------------------------------------
-
-
-@dataclass
-class PersonalisedRenderer:
-    """A base renderer personalised by an adapter (what inference needs)."""
-
-    model: nn.Module  # the renderer (LoRA merged, or peft layers applied on the fly); eval mode
-    cano_planes: torch.Tensor  # [1, 3, C·D, P, P] fp32, on the model's device
-    identity: AdapterIdentity
-    spec: LoraSpec
-    metadata: dict[str, Any]
 
 
 def personalise(

@@ -29,12 +29,12 @@ Modules by flow: :mod:`.motion` (speech -> motion), :mod:`.source` (who is rende
 from .motion import FPS, TRIM_MODES, UPSTREAM_DROPPED_FRAMES, audio_to_motion, motion_frames_for, style_prompt
 from .render import (BLINK_MODES, POSE_MODES, SRC_EXP_MODES, FrameChunk, Pose, TalkingHead, TalkingSession,
                      build_session, iter_talking_head, render_talking_head, render_to_video)
-from .source import (MIN_FACE_AREA, TalkingSource, make_source, one_shot_source, personalised_source,
-                     renderer_model)
+from .source import (MIN_FACE_AREA, TalkingSource, as_personalised, make_source, one_shot_source,
+                     personalised_source, renderer_model)
 
 __all__ = [
     "BLINK_MODES", "FPS", "FrameChunk", "MIN_FACE_AREA", "POSE_MODES", "Pose", "SRC_EXP_MODES", "TRIM_MODES",
-    "TalkingHead", "TalkingSession", "TalkingSource", "UPSTREAM_DROPPED_FRAMES", "audio_to_motion", "build_session",
+    "TalkingHead", "TalkingSession", "TalkingSource", "UPSTREAM_DROPPED_FRAMES", "as_personalised", "audio_to_motion", "build_session",
     "iter_talking_head", "make_source", "motion_frames_for", "one_shot_source", "personalised_source",
     "render_talking_head", "render_to_video", "renderer_model", "style_prompt",
 ]

@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..face.model import N_ID
 from ..identity.frames import to_uint8_frames
 from ..identity.torso import inpaint_torso
+from ..renderer.loading import LoadedRenderer, PersonalisedRenderer
 from ..utils import logger
 
 MIN_FACE_AREA = 0.2  # real3d_infer --min_face_area_percent: face box / image area for one-shot sources
@@ -52,14 +53,19 @@ def _signed(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def as_personalised(renderer: Any) -> Optional[PersonalisedRenderer]:
+    """The :class:`~mimictalk_lib.renderer.PersonalisedRenderer` ``renderer`` is or holds (an
+    official personalised checkpoint's :class:`~mimictalk_lib.renderer.LoadedRenderer`), or None
+    for a base renderer."""
+    if isinstance(renderer, PersonalisedRenderer):
+        return renderer
+    return renderer.personalised if isinstance(renderer, LoadedRenderer) else None
+
+
 def renderer_model(renderer: Any) -> nn.Module:
-    """The :class:`~mimictalk_lib.renderer.Renderer` inside a loaded / personalised renderer (or a
-    handle holding one of those under ``.model``)."""
-    model = renderer
-    for _ in range(3):  # Renderer <- LoadedRenderer / PersonalisedRenderer <- a node's handle
-        if isinstance(model, nn.Module):
-            break
-        model = getattr(model, "model", None)
+    """The :class:`~mimictalk_lib.renderer.Renderer` of a ``Renderer``, ``LoadedRenderer`` or
+    ``PersonalisedRenderer``."""
+    model = renderer.model if isinstance(renderer, (LoadedRenderer, PersonalisedRenderer)) else renderer
     if not isinstance(model, nn.Module) or not hasattr(model, "render"):
         raise InputError(f"expected a MimicTalk renderer, got {type(renderer).__name__}")
     return model
@@ -96,33 +102,23 @@ def one_shot_source(renderer: Any, identity, *, frame: int = 0) -> TalkingSource
     )
 
 
-def _learned_planes(renderer: Any) -> Optional[torch.Tensor]:
-    """The personalised tri-grid a loaded / adapted renderer carries (None for a base model; a
-    bare ``Renderer`` has a ``cano_planes`` *method* instead)."""
-    planes = getattr(renderer, "cano_planes", None)
-    return planes if isinstance(planes, torch.Tensor) else None
-
-
 def personalised_source(renderer: Any, identity=None) -> TalkingSource:
     """MimicTalk personalised source: the learned tri-grid and the person data of ``renderer``
-    (an adapted :class:`~mimictalk_lib.adapt.adapter.PersonalisedRenderer`, or a
-    :class:`~mimictalk_lib.renderer.LoadedRenderer` of an official personalised checkpoint).
+    (a :class:`~mimictalk_lib.renderer.PersonalisedRenderer`: an adapter applied with
+    ``personalise``, or an official personalised checkpoint's :class:`~mimictalk_lib.renderer.LoadedRenderer`).
 
     What the adapter lacks (an official checkpoint has only id, source frame and keypoints) comes
     from ``identity``, the identity prepared from the same person (for an official checkpoint:
     from its source frame): torso reference, plate, segmentation, source pose and expression,
     clip poses. The adapter's own id and keypoints always win, as upstream."""
-    planes = _learned_planes(renderer)
-    person = getattr(renderer, "identity", None) or getattr(renderer, "person", None)
-    if planes is None or person is None:
+    personalised = as_personalised(renderer)
+    if personalised is None or personalised.identity is None:
         raise InputError("this renderer is not personalised (no learned tri-grid); pass an identity for one-shot rendering")
+    planes, person = personalised.cano_planes, personalised.identity
 
-    def value(*names):
-        for n in names:
-            v = getattr(person, n, None)
-            if v is not None:
-                return v.detach().float().cpu()
-        return None
+    def value(name: str) -> Optional[torch.Tensor]:
+        v = getattr(person, name)
+        return v.detach().float().cpu() if v is not None else None
 
     pid, src_kp = value("id"), value("src_kp")
     if pid is None or src_kp is None:
@@ -156,7 +152,7 @@ def personalised_source(renderer: Any, identity=None) -> TalkingSource:
 def make_source(renderer: Any, identity=None, *, frame: int = 0) -> TalkingSource:
     """Personalised source when ``renderer`` carries a learned tri-grid, else one-shot from
     ``identity`` (required then)."""
-    if _learned_planes(renderer) is not None:
+    if as_personalised(renderer) is not None:
         return personalised_source(renderer, identity)
     if identity is None:
         raise InputError("a base (not personalised) renderer needs an identity (a prepared photo or clip) to render")

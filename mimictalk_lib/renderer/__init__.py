@@ -27,6 +27,7 @@ _EXPORTS = {
     "load_renderer": ".loading",
     "LoadedRenderer": ".loading",
     "PersonData": ".loading",
+    "PersonalisedRenderer": ".loading",
 }
 
 __all__ = sorted(_EXPORTS)

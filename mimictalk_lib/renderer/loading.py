@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -40,14 +40,46 @@ LEARNABLE_TRIPLANE = "learnable_triplane"
 or at the top level of our safetensors files)."""
 
 
+PERSON_FIELDS = ("src_frame", "id", "src_kp", "src_exp", "src_euler", "src_trans", "bg", "torso_ref", "segmap")
+
+
 @dataclass
 class PersonData:
-    """Identity data stored in a personalised checkpoint (upstream ``person_ds``, §3.6)."""
+    """What a personalised renderer knows about its person (CPU tensors; optional fields may be
+    None). An official checkpoint's ``person_ds`` (§3.6) fills ``src_frame`` (upstream
+    ``gt_img``), ``id``, ``src_kp`` and ``video_id``; an adapter of this pack fills them all."""
 
-    gt_img: Optional[torch.Tensor]  # [1, 3, 512, 512] in [-1, 1]: frame 0 of the training video
-    id: Optional[torch.Tensor]  # [1, 80] BFM identity coefficients
-    src_kp: Optional[torch.Tensor]  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
-    video_id: Optional[str]
+    src_frame: Optional[torch.Tensor] = None  # [1, 3, S, S] in [-1, 1]: frame 0 of the training video
+    id: Optional[torch.Tensor] = None  # [1, 80] BFM identity coefficients
+    src_kp: Optional[torch.Tensor] = None  # [68, 3] frame-0 lm68 keypoints in [-1, 1], z = 0
+    src_exp: Optional[torch.Tensor] = None  # [1, 64] frame-0 expression (source SECC)
+    src_euler: Optional[torch.Tensor] = None  # [1, 3] frame-0 head pose (radians)
+    src_trans: Optional[torch.Tensor] = None  # [1, 3] frame-0 BFM translation
+    bg: Optional[torch.Tensor] = None  # [1, 3, S, S] background plate in [-1, 1]
+    torso_ref: Optional[torch.Tensor] = None  # [1, 3, S, S] inpainted torso of frame 0 in [-1, 1]
+    segmap: Optional[torch.Tensor] = None  # [1, 6, S, S] one-hot segmentation of frame 0
+    video_id: str = ""
+
+    @property
+    def gt_img(self) -> Optional[torch.Tensor]:
+        """Upstream's name of ``src_frame``."""
+        return self.src_frame
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in PERSON_FIELDS if getattr(self, f) is not None}
+
+
+@dataclass
+class PersonalisedRenderer:
+    """A renderer personalised to one person, the one type inference takes for it: an adapter
+    applied to a base renderer (:func:`mimictalk_lib.adapt.adapter.personalise`), or an official
+    personalised checkpoint (:attr:`LoadedRenderer.personalised`)."""
+
+    model: Renderer  # the renderer (LoRA merged, or applied on the fly); eval mode
+    cano_planes: torch.Tensor  # learned tri-grid [1, 3, C·D, P, P] fp32, on the model's device
+    identity: Optional[PersonData]  # the person's data (None: a checkpoint without person_ds)
+    spec: Any = None  # the adapter's LoraSpec (None for an official checkpoint)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,10 +89,19 @@ class LoadedRenderer:
     model: Renderer  # eval mode, on the requested device and dtype
     config: RendererConfig
     layout: str  # 'mimictalk', 'real3d' or 'personalised'
-    cano_planes: Optional[torch.Tensor] = None  # personalised tri-grid [1, 3, C·D, P, P] (fp32)
-    person: Optional[PersonData] = None
+    personalised: Optional[PersonalisedRenderer] = None  # an official personalised checkpoint's tri-grid + person
     lora_args: Optional[dict] = None  # upstream {'lora_mode': ..., 'lora_r': ...}
     lora: Any = None  # the split-off official LoRA (mimictalk_lib.renderer.official_lora.OfficialLora) when merged
+
+    @property
+    def cano_planes(self) -> Optional[torch.Tensor]:
+        """The personalised tri-grid [1, 3, C·D, P, P] (fp32), or None for a base renderer."""
+        return self.personalised.cano_planes if self.personalised is not None else None
+
+    @property
+    def person(self) -> Optional[PersonData]:
+        """The checkpoint's person data (``person_ds``), or None."""
+        return self.personalised.identity if self.personalised is not None else None
 
 
 def load_renderer(
@@ -113,8 +154,11 @@ def load_renderer(
             raise CheckpointError(f"{LEARNABLE_TRIPLANE} has shape {list(planes.shape)}, expected {list(want)} for this renderer")
         planes = planes.detach().to(device=device, dtype=torch.float32)
     person = _person_data(parts.get("person_ds"))
+    personalised = None
+    if planes is not None:
+        personalised = PersonalisedRenderer(model, planes, person, metadata={"source": "official checkpoint"})
     logger.info("loaded %s renderer (%s) on %s as %s", layout, cfg.describe(), device, dtype)
-    return LoadedRenderer(model=model, config=cfg, layout=layout, cano_planes=planes, person=person,
+    return LoadedRenderer(model=model, config=cfg, layout=layout, personalised=personalised,
                           lora_args=dict(lora_args) if lora_args else None, lora=lora)
 
 
@@ -264,5 +308,5 @@ def _dataclass_from_json(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def _person_data(ds: Optional[Mapping[str, Any]]) -> Optional[PersonData]:
     if ds is None:
         return None
-    return PersonData(gt_img=ds.get("gt_img"), id=ds.get("id"), src_kp=ds.get("src_kp"),
-                      video_id=ds.get("video_id") if isinstance(ds.get("video_id"), str) else None)
+    return PersonData(src_frame=ds.get("gt_img"), id=ds.get("id"), src_kp=ds.get("src_kp"),
+                      video_id=ds.get("video_id") if isinstance(ds.get("video_id"), str) else "")
