@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,10 +122,10 @@ def running(comfy_dir: Path, base: Path):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO, target_is_directory=True)
     (base / "input").mkdir()
-    for f in tiny["input"].iterdir():
-        (base / "input" / f.name).symlink_to(f)
+    for f in tiny["input"].iterdir():  # copies: the pack refuses links leading out of the input folder
+        shutil.copy(f, base / "input" / f.name)
     for name, tiny_name in EXAMPLE_INPUTS.items():
-        (base / "input" / name).symlink_to(tiny["input"] / tiny_name)
+        shutil.copy(tiny["input"] / tiny_name, base / "input" / name)
     (base / "user" / "default").mkdir(parents=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(SETTINGS))
     yaml = base / "extra_model_paths.yaml"

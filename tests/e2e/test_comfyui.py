@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from tests.e2e.comfy_server import PACK_FOLDER
-from tests.nodes.harness import fakehost_module, import_pack, load_twin, load_workflow, node_list, submodule, video_facts, with_overrides
+from tests.nodes.harness import fakehost_module, import_pack, load_twin, load_workflow, node_list, submodule, tiny_root, \
+    video_facts, with_overrides
 from tests.nodes.tiny_assets import motion_frames
 
 
@@ -132,3 +133,23 @@ def test_invalid_prompt_gets_a_400_with_our_message(server):
     assert status == 400 and reply["error"]["type"] == "prompt_outputs_failed_validation"
     details = [e["details"] for errs in reply["node_errors"].values() for e in errs["errors"]]
     assert any("half precision is not supported" in d and "fp16" in d for d in details), reply
+
+
+def test_files_outside_their_folders_are_refused_at_validation(server):
+    """Issue 21 item 3 on the real server: absolute paths (of files that exist) in the audio and
+    adapter widgets are refused before anything runs, with a message naming the folders."""
+    tiny = tiny_root()
+    prompt = {
+        "1": {"class_type": "MimicTalkLoadAudio", "inputs": {"audio": str(tiny["input"] / "speech.wav")}},
+        "2": {"class_type": "MimicTalkLoadAdapter",
+              "inputs": {"adapter": str(tiny["models"] / "adapters" / "person.safetensors")}},
+        "3": {"class_type": "MimicTalkSaveAdapter", "inputs": {"adapter": ["2", 0], "name": "never", "overwrite": False,
+                                                              "triplane_precision": "fp32"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "portrait.png"}},
+        "5": {"class_type": "MimicTalkVideoCombine", "inputs": {"images": ["4", 0], "fps": 25.0, "audio": ["1", 0],
+                                                               "filename_prefix": "never", "crf": 19, "audio_fit": "fit"}},
+    }
+    status, reply = server.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    assert status == 400 and set(reply["node_errors"]) == {"1", "2"}, reply
+    text = json.dumps(reply["node_errors"])
+    assert str(server.base / "input") in text and "adapters" in text and "no absolute path" in text
