@@ -20,7 +20,7 @@ from ..face.camera import camera_sequence, driving_pose
 from ..face.keypoints import smooth_keypoints, torso_keypoints
 from ..face.model import N_EXP, N_ID
 from ..face.secc import render_secc
-from ..utils import ProgressFn, check_device_dtype, check_shape, logger, report
+from ..utils import ProgressFn, check_device_dtype, check_shape, logger
 from ..video import write_video
 from .motion import FPS
 from .source import TalkingSource, make_source, renderer_model
@@ -195,27 +195,17 @@ def iter_talking_head(
     if output_dtype not in (torch.float32, torch.float16, torch.uint8):
         raise InputError(f"output_dtype must be float32, float16 or uint8, got {output_dtype}")
     model, src = session.model, session.source
-    device, total = model.device, session.num_frames
-    check_device_dtype(device, model.dtype)
-    # Inference mode is entered per chunk, never across a ``yield``: it is thread-local and would
-    # otherwise stay on in the caller's code while the generator is suspended.
+    check_device_dtype(model.device, model.dtype)
     with torch.inference_mode():
-        reference = model.prepare_reference(src.torso_ref.to(device), src.bg.to(device), src.segmap.to(device))
-        planes, cano, srcs = src.cano_planes.to(device), session.cano_secc.to(device), session.src_secc.to(device)
-        kp_s = src.src_kp.to(device)
-    for start in range(0, total, chunk_size):
-        part = slice(start, min(start + chunk_size, total))
-        with torch.inference_mode():
-            out = model.render(
-                planes, cano, srcs, session.drv_secc(part).to(device), session.camera[part].to(device), None, None, None,
-                kp_s, session.kp_d[part].to(device), deterministic=deterministic, generator=generator, reference=reference,
-            )
+        source = model.prepare_source(src.cano_planes, session.cano_secc, session.src_secc, src.src_kp,
+                                      src.torso_ref, src.bg, src.segmap)
+    for part, out in model.iter_chunks(source, session.drv_secc, session.camera, session.kp_d, chunk_size=chunk_size,
+                                       deterministic=deterministic, generator=generator, on_step=on_step):
         side = out.image.shape[-1]  # the conversions below make ordinary (not inference) CPU tensors
         mask = F.interpolate(out.alpha.float(), size=(side, side), mode="bilinear", align_corners=False)
-        chunk = FrameChunk(start, _to_image(out.image, output_dtype).cpu(), mask[:, 0].clamp(0, 1).cpu())
+        chunk = FrameChunk(part.start, _to_image(out.image, output_dtype).cpu(), mask[:, 0].clamp(0, 1).cpu())
         del out, mask
         yield chunk
-        report(on_step, part.stop, total)
 
 
 @dataclass

@@ -23,11 +23,12 @@ normally merges it into the base weights instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..utils import ProgressFn, check_device_dtype, check_shape, report
 from .config import RendererConfig
 from .official_lora import attach_official_lora
@@ -111,6 +112,23 @@ class Renderer(nn.Module):
         """Encode the per-clip SR inputs once (torso appearance volume, background features)."""
         return self.superresolution.encode_reference(ref_torso.to(self.dtype), bg.to(self.dtype), segmap.to(self.dtype))
 
+    def prepare_source(
+        self,
+        cano_planes: torch.Tensor,
+        cano_secc: torch.Tensor,
+        src_secc: torch.Tensor,
+        kp_s: torch.Tensor,
+        ref_torso: torch.Tensor,
+        bg: torch.Tensor,
+        segmap: torch.Tensor,
+    ) -> "SourceInputs":
+        """The per-identity inputs of a clip, the SR reference encoded once (shapes: :meth:`render`).
+        Batch-1 tensors move to the model's device now; T-row ones chunk by chunk
+        (:meth:`SourceInputs.rows`)."""
+        device = self.device
+        shared = [t.to(device) if t.shape[0] == 1 else t for t in (cano_planes, cano_secc, src_secc, kp_s)]
+        return SourceInputs(*shared, self.prepare_reference(ref_torso.to(device), bg.to(device), segmap.to(device)))
+
     # --- rendering ----------------------------------------------------------------------------
 
     def render(
@@ -130,7 +148,9 @@ class Renderer(nn.Module):
         generator: Optional[torch.Generator] = None,
         reference: Optional[SRReference] = None,
     ) -> RenderOutput:
-        """Render a batch of B frames (upstream ``synthesis`` with ``use_cached_backbone``).
+        """Render a batch of B frames (upstream ``synthesis`` with ``use_cached_backbone``), every
+        input given separately (training and tests); :meth:`render_source` with the
+        per-identity inputs bundled.
 
         cano_planes [B or 1, 3, C·D, P, P] (P = plane resolution); cano_secc, src_secc
         [B or 1, 3, S, S] and drv_secc [B, 3, S, S] SECC maps in [-1, 1] (S = 2P); camera [B, 25]
@@ -139,11 +159,31 @@ class Renderer(nn.Module):
         :meth:`prepare_reference` instead of the three); kp_s [B or 1, 68, 3] and kp_d
         [B, 68, 3] lm68 keypoints in [-1, 1], z = 0. ``deterministic`` selects the sampling mode
         of :mod:`.volume` (stochastic mode draws from ``generator``). Gradients flow unless the
-        caller disables them (:meth:`render_frames` runs under inference mode).
+        caller disables them (:meth:`iter_chunks` runs under inference mode).
         """
+        if reference is None:
+            if ref_torso is None or bg is None or segmap is None:
+                raise ValueError("Renderer.render: pass ref_torso, bg and segmap, or reference=prepare_reference(...)")
+            reference = self.prepare_reference(ref_torso, bg, segmap)
+        source = SourceInputs(cano_planes, cano_secc, src_secc, kp_s, reference)
+        return self.render_source(source, drv_secc, camera, kp_d, deterministic=deterministic, generator=generator)
+
+    def render_source(
+        self,
+        source: "SourceInputs",
+        drv_secc: torch.Tensor,
+        camera: torch.Tensor,
+        kp_d: torch.Tensor,
+        *,
+        deterministic: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> RenderOutput:
+        """Render B frames of ``source`` (:meth:`prepare_source`) driven by drv_secc [B, 3, S, S],
+        camera [B, 25] and kp_d [B, 68, 3] (see :meth:`render`)."""
         cfg = self.cfg
         batch = drv_secc.shape[0]
         side = cfg.secc_resolution
+        cano_planes, cano_secc, src_secc, kp_s = source.cano_planes, source.cano_secc, source.src_secc, source.kp_s
         check_shape(drv_secc, (None, 3, side, side), "drv_secc (driving SECC)")
         check_shape(cano_secc, (None, 3, side, side), "cano_secc (canonical SECC)")
         check_shape(src_secc, (None, 3, side, side), "src_secc (source SECC)")
@@ -167,13 +207,43 @@ class Renderer(nn.Module):
         depth = vol.depth.transpose(1, 2).reshape(batch, 1, r, r)
 
         x = features.to(self.dtype)
-        if reference is None:
-            if ref_torso is None or bg is None or segmap is None:
-                raise ValueError("Renderer.render: pass ref_torso, bg and segmap, or reference=prepare_reference(...)")
-            reference = self.prepare_reference(ref_torso, bg, segmap)
-        sr = self.superresolution(x[:, :3], x, None, None, alpha.to(self.dtype), None, kp_s.to(self.dtype),
-                                  kp_d.to(self.dtype), reference=reference)
+        sr = self.superresolution.composite(x[:, :3], x, alpha.to(self.dtype), kp_s.to(self.dtype), kp_d.to(self.dtype),
+                                            source.reference)
         return RenderOutput(image=sr["image"].clamp(-1, 1), image_raw=features[:, :3].clamp(-1, 1), alpha=alpha, depth=depth)
+
+    def iter_chunks(
+        self,
+        source: "SourceInputs",
+        drv_secc: torch.Tensor | Callable[[slice], torch.Tensor],
+        camera: torch.Tensor,
+        kp_d: torch.Tensor,
+        *,
+        chunk_size: int = 4,
+        deterministic: bool = True,
+        generator: Optional[torch.Generator] = None,
+        on_step: Optional[ProgressFn] = None,
+    ) -> Iterator[tuple[slice, RenderOutput]]:
+        """The one chunked render loop: render T frames ``chunk_size`` at a time under
+        ``torch.inference_mode`` and yield ``(frames, RenderOutput)`` per chunk (on the model's
+        device). camera [T, 25] and kp_d [T, 68, 3] may live anywhere (each chunk is moved);
+        ``drv_secc`` is [T, 3, S, S] or a function giving the maps of a slice of frames (made per
+        chunk, so nothing per frame at S² is held for the clip). A source with T rows (not 1) is
+        sliced per chunk. ``on_step(done, total)`` after each chunk may raise to stop. Inference
+        mode is entered per chunk, never across a ``yield`` (it is thread-local). In stochastic
+        mode the frames depend on ``chunk_size`` (one generator stream); in deterministic mode
+        they do not."""
+        check_device_dtype(self.device, self.dtype)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        device, total = self.device, int(camera.shape[0])
+        secc = drv_secc if callable(drv_secc) else (lambda part: drv_secc[part])
+        for start in range(0, total, chunk_size):
+            part = slice(start, min(start + chunk_size, total))
+            with torch.inference_mode():
+                out = self.render_source(source.rows(part, total), secc(part).to(device), camera[part].to(device),
+                                         kp_d[part].to(device), deterministic=deterministic, generator=generator)
+            yield part, out
+            report(on_step, part.stop, total)
 
     def render_frames(
         self,
@@ -195,46 +265,43 @@ class Renderer(nn.Module):
         output_dtype: torch.dtype = torch.float32,
         on_step: Optional[ProgressFn] = None,
     ) -> RenderOutput:
-        """Render a clip of T frames in chunks of ``chunk_size`` under ``torch.inference_mode``.
+        """Render a clip of T frames with :meth:`iter_chunks` and collect it.
 
         Per-frame inputs have T rows: drv_secc, camera, kp_d. Shared inputs have 1 row or T:
-        cano_planes, cano_secc, src_secc, kp_s (sliced per chunk when T); the torso reference,
-        background and segmentation are encoded once for the clip (batch 1). Inputs may live on
-        any device; each chunk is moved to the model's device, computed in the model's dtype
-        (fp32, or bf16 / fp16 on a GPU: load the model with that dtype), and its outputs are moved
-        to ``output_device`` (default: the model's device) as ``output_dtype`` right away, so the
-        compute device only ever holds one chunk. ``on_step(done, total)`` is called after each
-        chunk and may raise to stop. In stochastic mode the frames depend on ``chunk_size``
-        (one generator stream); in deterministic mode they do not.
+        cano_planes, cano_secc, src_secc, kp_s; the torso reference, background and segmentation
+        are encoded once for the clip (batch 1). Each chunk runs in the model's dtype (fp32, or
+        bf16 / fp16 on a GPU: load the model with that dtype) and its outputs are moved to
+        ``output_device`` (default: the model's device) as ``output_dtype`` right away, so the
+        compute device only ever holds one chunk.
         """
-        device, dtype = self.device, self.dtype
-        check_device_dtype(device, dtype)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            from ..errors import InputError
-
-            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        total = drv_secc.shape[0]
         for name, t in (("ref_torso", ref_torso), ("bg", bg), ("segmap", segmap)):
             check_shape(t, (1,) + tuple(t.shape[1:]), f"{name} (one reference for the whole clip)")
-        output_device = torch.device(output_device) if output_device is not None else device
-
-        # Shared (batch-1) inputs move to the device once; per-frame ones chunk by chunk.
-        shared = {name: t.to(device) if t.shape[0] == 1 else t
-                  for name, t in (("cano_planes", cano_planes), ("cano_secc", cano_secc), ("src_secc", src_secc), ("kp_s", kp_s))}
-
-        def rows(t: torch.Tensor, part: slice) -> torch.Tensor:
-            return t if t.shape[0] == 1 and t.shape[0] != total else t[part].to(device)
-
-        parts = []
+        output_device = torch.device(output_device) if output_device is not None else self.device
         with torch.inference_mode():
-            reference = self.prepare_reference(ref_torso.to(device), bg.to(device), segmap.to(device))
-            for start in range(0, total, chunk_size):
-                part = slice(start, min(start + chunk_size, total))
-                out = self.render(
-                    *(rows(shared[n], part) for n in ("cano_planes", "cano_secc", "src_secc")), rows(drv_secc, part),
-                    rows(camera, part), None, None, None, rows(shared["kp_s"], part), rows(kp_d, part),
-                    deterministic=deterministic, generator=generator, reference=reference,
-                )
-                parts.append(out.to(output_device, output_dtype))
-                report(on_step, part.stop, total)
+            source = self.prepare_source(cano_planes, cano_secc, src_secc, kp_s, ref_torso, bg, segmap)
+        parts = [out.to(output_device, output_dtype) for _, out in self.iter_chunks(
+            source, drv_secc, camera, kp_d, chunk_size=chunk_size, deterministic=deterministic, generator=generator,
+            on_step=on_step)]
         return RenderOutput.cat(parts)
+
+
+@dataclass
+class SourceInputs:
+    """The per-identity inputs of a clip (what every frame shares), on the model's device:
+    :meth:`Renderer.prepare_source`. Tensors have batch 1 (broadcast) or the clip's T frames."""
+
+    cano_planes: torch.Tensor  # [1 or T, 3, C·D, P, P] canonical tri-plane / tri-grid
+    cano_secc: torch.Tensor  # [1 or T, 3, S, S] canonical SECC map
+    src_secc: torch.Tensor  # [1 or T, 3, S, S] source SECC map
+    kp_s: torch.Tensor  # [1 or T, 68, 3] source torso keypoints
+    reference: SRReference  # torso volume and background, encoded once
+
+    def rows(self, part: slice, total: int) -> "SourceInputs":
+        """The inputs of frames ``part`` of a ``total``-frame clip on the reference's device
+        (batch-1 tensors as they are)."""
+        device = self.reference.bg.device
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t if t.shape[0] == 1 and total != 1 else t[part].to(device)
+
+        return SourceInputs(cut(self.cano_planes), cut(self.cano_secc), cut(self.src_secc), cut(self.kp_s), self.reference)

@@ -264,6 +264,28 @@ class SuperResolution(nn.Module):
         ``occlusion`` [B, 1, Rm/4, Rm/4], ``deformed_torso_hid`` [B, 64, Rm, Rm] and
         ``kp_src`` / ``kp_drv`` [B, K, 3] (the torso keypoints used).
         """
+        if reference is None:
+            if ref_torso is None or bg is None or segmap is None:
+                raise ValueError("SuperResolution: pass ref_torso, bg and segmap, or a precomputed reference=")
+            reference = self.encode_reference(ref_torso, bg, segmap)
+        return self.composite(rgb, x, weights, kp_s, kp_d, reference, noise_mode=noise_mode,
+                              fused_modconv=fused_modconv, generator=generator)
+
+    def composite(
+        self,
+        rgb: torch.Tensor,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        kp_s: torch.Tensor,
+        kp_d: torch.Tensor,
+        reference: SRReference,
+        *,
+        noise_mode: str = "none",
+        fused_modconv: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with the per-clip inputs already encoded (``reference``); the same
+        arguments and results."""
         cfg = self.cfg
         check_shape(x, (None, cfg.feature_channels, None, None), "x (SR feature image)")
         batch = x.shape[0]
@@ -271,10 +293,6 @@ class SuperResolution(nn.Module):
         check_shape(weights, (batch, 1, None, None), "weights (NeRF opacity)")
         check_shape(kp_d, (batch, NUM_LANDMARKS, 3), "kp_d (driving keypoints)")
         check_shape(kp_s, (None, NUM_LANDMARKS, 3), "kp_s (source keypoints)")
-        if reference is None:
-            if ref_torso is None or bg is None or segmap is None:
-                raise ValueError("SuperResolution: pass ref_torso, bg and segmap, or a precomputed reference=")
-            reference = self.encode_reference(ref_torso, bg, segmap)
 
         mid, neural = cfg.mid_resolution, cfg.neural_resolution
         weights = weights.detach()  # upstream: no gradient reaches the NeRF opacity through the SR
