@@ -1,10 +1,10 @@
 """One live avatar session: speech in (microphone frames, posted clips, a file) on a real-time
 sample clock -> motion -> rendered frames with their audio, produced by a worker thread.
 
-Timeline: the session's 16 kHz sample clock starts when it starts. Audio written to it is placed
-at the later of where the previous write ended and "now" (the read position), so live audio
-plays as it arrives and a posted clip plays from the moment it arrives; where nothing was
-written the stream hears silence (idle motion). The worker reads one hop at a time once that
+Timeline: the session's 16 kHz sample clock starts when it starts. Live (microphone) audio is
+placed at the clock as it arrives; a posted clip plays from the moment it arrives, after the
+clips before it; the two are mixed, so neither pushes the other back. Where nothing was written
+the stream hears silence (idle motion). The worker reads one hop at a time once that
 hop's audio is due, so speech is heard in real time, never ahead of it.
 
 Latency: a speech onset (a write after at least ``ONSET_GAP_S`` of silence) remembers its
@@ -20,6 +20,8 @@ queued frames (``max_queue``), so latency stays bounded instead of growing.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -38,6 +40,7 @@ RATE = 16_000
 SPEECH_RMS = 0.01  # a 20 ms block above this rms (-40 dBFS) is speech for onset detection
 ONSET_GAP_S = 0.3  # silence before speech that makes it a new onset
 MAX_BUFFER_S = 120.0  # audio queued ahead of the clock that a session accepts
+MAX_ONSETS = 256  # speech onsets remembered until their first frame is out
 
 
 @dataclass
@@ -47,61 +50,91 @@ class OutFrame:
     audio: np.ndarray  # float32 [640]: the 16 kHz audio of this frame
 
 
+class _Lane:
+    """Chunks of one kind of source in the order written (they never overlap each other)."""
+
+    def __init__(self):
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (first sample, samples)
+        self.end = 0  # one past the last written sample
+        self.last_speech = -1e9  # clock time of the end of the last speech block written
+
+
 class AudioTimeline:
-    """Thread-safe 16 kHz sample buffer on the session clock (see the module docstring)."""
+    """Thread-safe 16 kHz sample buffer on the session clock (see the module docstring).
+
+    Two lanes, mixed when read: live audio (microphone) lands at the clock; clips (posted files)
+    queue behind each other from the read position. So a microphone that keeps sending (room
+    noise, silence) never pushes a posted clip back, nor a clip the microphone."""
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self._lock = threading.Lock()
-        self._chunks: deque[tuple[int, np.ndarray]] = deque()  # (first sample, samples), in order
-        self._end = 0  # one past the last written sample
+        self._live, self._clips = _Lane(), _Lane()
+        self._onsets: list[tuple[int, float]] = []  # (sample, arrival time), sorted by sample
         self.read_pos = 0
-        self.onsets: deque[tuple[int, float]] = deque(maxlen=256)  # (sample, arrival time)
-        self._last_speech = -1e9  # clock time of the last speech block written
 
     def now_samples(self) -> int:
         return int(self._clock() * RATE)
 
+    @property
+    def onsets(self) -> list[tuple[int, float]]:
+        with self._lock:
+            return list(self._onsets)
+
     def write(self, wav: np.ndarray, arrival: Optional[float] = None, *, at_clock: bool = False) -> int:
         """Place mono 16 kHz float audio; returns its first sample. ``at_clock``: live audio,
-        placed no earlier than the clock's present (a late packet never lands in the past)."""
+        placed at the clock's present (a late packet never lands in the past); otherwise a clip,
+        played after the clips before it."""
         wav = np.nan_to_num(np.asarray(wav, dtype=np.float32).reshape(-1)).clip(-1, 1)
         arrival = self._clock() if arrival is None else arrival
         with self._lock:
-            start = max(self._end, self.read_pos, self.now_samples() if at_clock else 0)
+            lane = self._live if at_clock else self._clips
+            start = max(lane.end, self.read_pos, self.now_samples() if at_clock else 0)
             if start + len(wav) - self.read_pos > MAX_BUFFER_S * RATE:
                 raise InputError(f"the live session already has {MAX_BUFFER_S:.0f} s of speech queued; "
                                  "wait until it has played before sending more")
-            self._chunks.append((start, wav))
-            self._end = start + len(wav)
+            lane.chunks.append((start, wav))
+            lane.end = start + len(wav)
             block = 320
             for k in range(0, len(wav) - block + 1, block):
                 if float(np.sqrt(np.mean(wav[k: k + block] ** 2))) > SPEECH_RMS:
-                    if (start + k) / RATE - self._last_speech > ONSET_GAP_S:
+                    if (start + k) / RATE - lane.last_speech > ONSET_GAP_S:
                         # speech "comes in" when it has arrived and its turn on the clock has come
-                        self.onsets.append((start + k, max(arrival, (start + k) / RATE)))
-                    self._last_speech = (start + k + block) / RATE
+                        bisect.insort(self._onsets, (start + k, max(arrival, (start + k) / RATE)))
+                        del self._onsets[:-MAX_ONSETS]
+                    lane.last_speech = (start + k + block) / RATE
         return start
 
     def read(self, n: int) -> np.ndarray:
-        """The next n samples from the read position (silence where nothing was written)."""
+        """The next n samples from the read position: both lanes mixed, silence where nothing
+        was written."""
         out = np.zeros(n, dtype=np.float32)
         with self._lock:
             a, b = self.read_pos, self.read_pos + n
-            while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= a:
-                self._chunks.popleft()
-            for s, w in self._chunks:
-                if s >= b:
-                    break
-                lo, hi = max(a, s), min(b, s + len(w))
-                if hi > lo:
-                    out[lo - a: hi - a] = w[lo - s: hi - s]
+            for lane in (self._live, self._clips):
+                while lane.chunks and lane.chunks[0][0] + len(lane.chunks[0][1]) <= a:
+                    lane.chunks.popleft()
+                for s, w in lane.chunks:
+                    if s >= b:
+                        break
+                    lo, hi = max(a, s), min(b, s + len(w))
+                    if hi > lo:
+                        out[lo - a: hi - a] += w[lo - s: hi - s]
             self.read_pos = b
+        return out.clip(-1, 1)
+
+    def pop_onsets(self, stop: int) -> list[float]:
+        """Arrival times of the speech onsets before sample ``stop``, removed."""
+        with self._lock:
+            i = bisect.bisect_left(self._onsets, (stop, -math.inf))
+            out = [arrival for _, arrival in self._onsets[:i]]
+            del self._onsets[:i]
         return out
 
     def queued_seconds(self) -> float:
+        """Seconds of clips waiting to be played."""
         with self._lock:
-            return max(0, self._end - self.read_pos) / RATE
+            return max(0, self._clips.end - self.read_pos) / RATE
 
 
 @dataclass
@@ -233,11 +266,10 @@ class LiveSession:
         now = self.clock()
         self.stats.frames_sent += 1
         self.stats.sent_times.append(now)
-        onsets = self.timeline.onsets
         # every onset up to this frame: this is the first frame out since that speech came in
         # (the onset's own frame may have been dropped)
-        while onsets and onsets[0][0] < (frame.index + 1) * SAMPLES_PER_FRAME:
-            self.stats.latencies.append(now - onsets.popleft()[1])
+        for arrival in self.timeline.pop_onsets((frame.index + 1) * SAMPLES_PER_FRAME):
+            self.stats.latencies.append(now - arrival)
         return frame
 
     def summary(self) -> dict[str, Any]:

@@ -22,6 +22,19 @@ class Clock:
         return self.t
 
 
+def test_microphone_and_clips_mix_without_pushing_each_other_back():
+    clock = Clock()
+    tl = AudioTimeline(clock)
+    hum = np.full(320, 0.1, np.float32)  # a microphone sending 20 ms blocks
+    tl.write(hum, at_clock=True)
+    assert tl.write(np.full(16_000, 0.2, np.float32)) == 0  # a 1 s clip arrives: plays now
+    clock.t = 0.02
+    assert tl.write(hum, at_clock=True) == 320  # the microphone stays at the clock, not after the clip
+    out = tl.read(1000)
+    assert np.allclose(out[:640], 0.3) and np.allclose(out[640:], 0.2)  # mixed where both sound
+    assert tl.queued_seconds() == pytest.approx((16_000 - 1000) / RATE)
+
+
 def test_timeline_places_audio_on_the_clock():
     clock = Clock()
     tl = AudioTimeline(clock)
@@ -34,14 +47,15 @@ def test_timeline_places_audio_on_the_clock():
     gap = tl.read(32_000 - 6400)
     assert not gap.any()  # nothing written there: silence
     assert np.array_equal(tl.read(4000)[:3200], speech)
-    assert tl.write(speech) == 36_000  # written right after the read position: plays next ...
-    assert [s for s, _ in tl.onsets] == [0, 32_000]  # ... continuing the speech before it: no new onset
+    assert tl.write(speech) == 36_000  # a clip written later plays from the read position
+    tl.write(speech)  # continues that clip: no new onset
     tl.read(12_000)
     clock.t = 10.0
     assert tl.write(speech) == 48_000  # after a pause: a new onset
-    assert [s for s, _ in tl.onsets] == [0, 32_000, 48_000]
+    assert [s for s, _ in tl.onsets] == [0, 32_000, 36_000, 48_000]
     arrivals = [a for _, a in tl.onsets]
-    assert arrivals[0] == 0.0 and arrivals[1] == 2.0 and arrivals[2] == 10.0
+    assert arrivals == [0.0, 2.0, 2.25, 10.0]  # arrival, or when its turn on the clock came
+    assert tl.pop_onsets(36_000) == [0.0, 2.0] and [s for s, _ in tl.onsets] == [36_000, 48_000]
     nan = np.full(640, np.nan, np.float32)
     tl.write(nan)  # garbage samples are silence, not an error
     with pytest.raises(InputError, match="queued"):
