@@ -12,6 +12,7 @@ from .types import FaceModel, Identity, Motion, Renderer
 io = host.io
 
 MAX_CHUNK = 64
+MAX_FRAME = 2**31 - 1
 
 
 class Render(io.ComfyNode):
@@ -46,6 +47,13 @@ class Render(io.ComfyNode):
                                tooltip="Who to animate (one-shot), and the head poses for pose=identity."),
                 io.Image.Input("background", optional=True,
                                tooltip="Replaces the background plate (centre-cropped to a square)."),
+                io.Int.Input("start_frame", default=0, min=0, max=MAX_FRAME, optional=True,
+                             tooltip="First frame to render (0 = the start). With deterministic on, a part equals the "
+                                     "same frames of a full render (blinks, pose and smoothing are computed for the "
+                                     "whole motion), so several ComfyUI instances can each render a part of a long "
+                                     "clip (docs/scale.md)."),
+                io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True,
+                             tooltip="How many frames to render from start_frame (0 = to the end of the motion)."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The rendered frames."),
@@ -56,14 +64,17 @@ class Render(io.ComfyNode):
 
     @classmethod
     def execute(cls, renderer, face_model, motion, chunk_size, pose, map_to_init_pose, blink, deterministic, seed,
-                identity=None, background=None):
-        from ..mimictalk_lib.pipeline import FPS, render_talking_head
+                identity=None, background=None, start_frame=0, frame_count=0):
+        from ..mimictalk_lib.distributed.ranges import check_range, render_frame_range
+        from ..mimictalk_lib.pipeline import FPS
 
         model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
-        head = render_talking_head(
-            renderer.renderer, face_model, identity, motion, chunk_size=chunk_size, deterministic=deterministic,
-            generator=torch.Generator(device=model.device).manual_seed(seed), on_step=host.progress(motion.shape[-2]),
-            pose=pose, map_to_init_pose=map_to_init_pose, blink=blink, blink_seed=seed, background=background,
+        start, stop = check_range(motion.shape[-2], start_frame, frame_count, "MimicTalk Render start_frame / frame_count")
+        head = render_frame_range(
+            renderer.renderer, face_model, identity, motion, start, stop - start, chunk_size=chunk_size,
+            deterministic=deterministic, generator=torch.Generator(device=model.device).manual_seed(seed),
+            on_step=host.progress(stop - start), pose=pose, map_to_init_pose=map_to_init_pose, blink=blink,
+            blink_seed=seed, background=background,
         )
         out = host.intermediate_device()
         return io.NodeOutput(head.images.to(out), head.masks.to(out), float(FPS))

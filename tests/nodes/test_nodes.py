@@ -122,6 +122,13 @@ def test_render_follows_comfy_conventions(nodes, loaded):
     assert fps == 25.0 and isinstance(fps, float)
     assert torch.equal(loaded["motion"], motion)
     assert bars[n_bars].updates == [(4, t), (8, t), (12, t), (t, t)]  # one tick per chunk
+    # a part (start_frame, frame_count) is the same frames of the full render (issue 17)
+    part, part_masks, _ = call(nodes.Render, renderer=loaded["person"], face_model=loaded["face"], motion=loaded["motion"],
+                               **RENDER, start_frame=5, frame_count=6)
+    assert torch.equal(part, images[5:11]) and torch.equal(part_masks, masks[5:11])
+    with pytest.raises(Exception, match=f"start_frame / frame_count: start frame {t} is past the end"):
+        call(nodes.Render, renderer=loaded["person"], face_model=loaded["face"], motion=loaded["motion"], **RENDER,
+             start_frame=t)
 
 
 def test_render_stops_between_chunks_on_cancel(nodes, loaded, interrupt_after):
