@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.nodes.harness import DOUBLES, REPO, load_twin, run, video_facts, with_overrides
+from tests.nodes.harness import DOUBLES, REPO, load_twin, node_list, run, video_facts, with_overrides
 from tests.nodes.tiny_assets import motion_frames
 
 TINY = ["--renderer", "tiny/mimictalk_renderer", "--a2m", "tiny/ics_a2m", "--hubert", "tiny/hubert", "--steps", "3"]
@@ -84,6 +84,21 @@ def test_talk_command_and_the_node_graph_give_the_same_video(pack, tiny, tmp_pat
     other = tmp_path / "seed8.mp4"  # the comparison can fail: another seed gives other frames
     assert talk(tiny, tmp_path, "--adapter", "person.safetensors", "--out", str(other), *TINY, "--seed", "8").returncode == 0
     assert _frames(other)[0] != graph_frames
+
+
+def test_command_defaults_are_the_nodes_defaults(pack):
+    """``talk`` without --set does what the shipped graphs do: each setting's default equals the
+    default of every node widget it stands for (a drift between CLI and nodes fails here)."""
+    from mimictalk_lib import __main__ as cli
+
+    defaults = cli.default_settings()
+    schemas = {cls.define_schema().node_id: cls.define_schema() for cls in node_list(pack)}
+    assert set(defaults) == set(cli.SETTINGS)
+    for name, aliases in cli.SETTINGS.items():
+        for alias in aliases:
+            node, widget = alias.split(".")
+            (inp,) = [i for i in schemas[node].inputs if i.id == widget]
+            assert inp.default == defaults[name], (alias, inp.default, defaults[name])
 
 
 def test_the_library_never_reaches_the_nodes_package(repo_root):
