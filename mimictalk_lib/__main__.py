@@ -4,6 +4,8 @@
   the renderer, face model and ICS-A2M, extracts the audio features, samples the motion, renders
   and writes the video through the same library functions the pack's nodes call, with the
   defaults of the pack's talk / one-shot workflows;
+- ``render``: speech -> mp4(s) calling the library directly, one job or a jobs file, in-process or
+  across a Ray cluster with ``--ray [ADDRESS]`` (``mimictalk_lib.distributed.cli``);
 - ``dub``: a video + new speech -> the same video saying it (``mimictalk_lib.dub.cli``, library direct);
 - ``download``: list, check or fetch the manifest's model files (``mimictalk_lib.download``);
 - ``convert``: upstream checkpoint -> model.safetensors + config.json (``mimictalk_lib.convert``);
@@ -280,7 +282,12 @@ def _commands() -> dict[str, Callable[[Optional[Sequence[str]]], int]]:
 
         return serve_main(argv)
 
-    return {"talk": talk, "dub": dub_cli.main, "download": download.main, "convert": convert.main,
+    def render(argv):  # imported on use: ray (optional) loads only with --ray
+        from .distributed.cli import main as render_main
+
+        return render_main(argv)
+
+    return {"talk": talk, "render": render, "dub": dub_cli.main, "download": download.main, "convert": convert.main,
             "evaluate": evaluate_cli.main, "serve": serve}
 
 
