@@ -16,6 +16,7 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 """Runs keep a resumable checkpoint and their latest adapter in
 ``models/mimictalk/adapters/checkpoints/<run_name>/`` (listed by Load Adapter)."""
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+AUTO_RUN_NAME = "auto"
 
 
 class TrainAdapter(io.ComfyNode):
@@ -57,11 +58,14 @@ class TrainAdapter(io.ComfyNode):
                 io.Boolean.Input("perceptual_loss", default=True,
                                  tooltip="LPIPS perceptual loss terms (upstream; needs the 250 MB LPIPS/AlexNet weights, "
                                          "downloaded automatically). Off is faster and lower quality."),
-                io.String.Input("run_name", default="person",
-                                tooltip="Name of this run's checkpoint folder under models/mimictalk/adapters/checkpoints."),
+                io.String.Input("run_name", default=AUTO_RUN_NAME,
+                                tooltip="Name of this run's checkpoint folder under models/mimictalk/adapters/checkpoints. "
+                                        "'auto': named after the identity (its source and a fingerprint of its content), "
+                                        "so two people never share a run."),
                 io.Boolean.Input("resume", default=True,
                                  tooltip="Continue from this run's checkpoint when one exists (after a Cancel, or to add "
-                                         "steps); it must have the same renderer, clip and LoRA settings."),
+                                         "steps); only a run of the same renderer, identity and settings is resumed. "
+                                         "Off: start over in this run's folder (its checkpoint is replaced)."),
                 io.Boolean.Input("auto_download", default=True, tooltip="Download the LPIPS weights when missing."),
                 io.Float.Input("holdout_seconds", default=d.holdout_min_frames / 25, min=0.0, max=60.0, step=0.04,
                                tooltip="Held-out validation: the clip's last 10% (at least this long) is never trained "
@@ -97,16 +101,22 @@ class TrainAdapter(io.ComfyNode):
                 early_stop_patience=0):
         from ..mimictalk_lib.adapt.data import AdaptationData
         from ..mimictalk_lib.adapt.report import TrainingLog
+        from ..mimictalk_lib.adapt.resume import ResumeMismatch, default_run_name
         from ..mimictalk_lib.adapt.train import CHECKPOINT_NAME, AdaptConfig, train_adapter
 
         if renderer.personalised:
             raise InputError("Train Adapter needs the base renderer; this one is already personalised (Apply Adapter)")
+        if run_name == AUTO_RUN_NAME:
+            run_name = default_run_name(identity)
         config = AdaptConfig(steps=steps, lr=lr, lr_triplane=lr_triplane, lora_mode=lora_mode, lora_r=lora_rank,
                              batch_size=batch_size, seed=seed, holdout_fraction=0.1 if holdout_seconds > 0 else 0.0,
                              holdout_min_frames=max(1, round(holdout_seconds * 25)), validate_every=validate_every,
                              early_stop_patience=early_stop_patience)
         host.free_memory()
         model = renderer.module()
+        if model.cfg.plane2grid is None:  # the library refuses too, in its own terms
+            raise InputError("Train Adapter: the renderer input is a Real3D-Portrait renderer, which adaptation does not "
+                             "support; connect Load Renderer with weights = mimictalk_base_renderer")
         lpips = load_lpips_from(host.model_dirs(), model.device, allow_download=auto_download,
                                 on_step=host.progress(1)) if perceptual_loss else None
         work = host.adapter_dirs()[0] / CHECKPOINTS_SUBDIR / run_name
@@ -114,8 +124,15 @@ class TrainAdapter(io.ComfyNode):
         log = TrainingLog(host.progress(steps))
 
         data = AdaptationData.from_identity(identity, face_model, model.cfg.secc_resolution)
-        adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
-                                resume=checkpoint if resume and checkpoint.is_file() else None, on_step=log)
+        try:
+            adapter = train_adapter(model, data, lpips, config, device=model.device, work_dir=work,
+                                    resume=checkpoint if resume and checkpoint.is_file() else None, on_step=log)
+        except ResumeMismatch as e:
+            raise InputError(
+                f"Train Adapter: run_name '{run_name}' already holds another training run ({'; '.join(e.reasons)}), "
+                f"in {work}. Set run_name to a new name (or 'auto') to keep that run, or turn resume off to start "
+                "over in that folder (its checkpoint is replaced)."
+            ) from e
         host.soft_empty_cache()
         history = adapter.metadata.get("validation", {}).get("history")  # the whole run's, also after a resume
         return io.NodeOutput(adapter, log.image(history).to(host.intermediate_device()))

@@ -65,8 +65,8 @@ from .losses import (
 )
 from .lpips import LPIPS
 from .lpips import MIN_SIZE as LPIPS_MIN_SIZE
+from .resume import forked_rng, identity_fingerprint, own_global_rng, seeded_global_rng
 from .validation import EarlyStop, holdout_split, spread
-from .resume import forked_rng, own_global_rng, seeded_global_rng
 
 ADAM_BETAS = (0.9, 0.98)
 ADAMW_WEIGHT_DECAY = 0.01  # upstream, tri-grid only (no LoRA)
@@ -151,6 +151,12 @@ class Trainer:
         device = torch.device(device) if device is not None else next(renderer.parameters()).device
         dtype = next(renderer.parameters()).dtype
         check_device_dtype(device, dtype)
+        if renderer.cfg.plane2grid is None:
+            raise InputError(
+                "train_adapter needs the MimicTalk base renderer (tri-grid, mimictalk_base_renderer); this is a "
+                "Real3D-Portrait renderer (tri-plane), which SD-Hybrid adaptation does not support (upstream adapts "
+                "only the MimicTalk base model)"
+            )
         if data.resolution != renderer.cfg.image_resolution:
             raise InputError(
                 f"the identity is {data.resolution}x{data.resolution} but the renderer works at "
@@ -166,6 +172,7 @@ class Trainer:
                 p.requires_grad_(True)
             self.spec = LoraSpec(config.lora_mode, config.lora_r, config.conv_lora)
             self.base_structure, self.base_probe = base_fingerprint(base_parameters(renderer))
+            self.identity_sha256 = identity_fingerprint(data.identity)
             self._init_references()
             head0 = signed(data.identity.head_images([0]), device)  # [1, 3, S, S], black background
             side = renderer.cfg.secc_resolution
@@ -366,7 +373,8 @@ class Trainer:
             metadata={
                 "source": "trained",
                 "base": {"structure_sha256": self.base_structure},
-                "training": dict(self.config.to_dict(), steps_done=self.step, num_frames=ident.num_frames),
+                "training": dict(self.config.to_dict(), steps_done=self.step, num_frames=ident.num_frames,
+                                 identity_sha256=self.identity_sha256),
                 "final_losses": self.last_losses,
                 "validation": self.validation_state(),
             },
@@ -395,7 +403,8 @@ def train_adapter(
     """Run SD-Hybrid adaptation and return the adapter (see module docstring).
 
     ``lpips`` is the perceptual network (:func:`.lpips.load_lpips`); None drops the LPIPS terms
-    (tests). ``resume`` is a checkpoint written by an earlier run with the same settings; with a
+    (tests). ``resume`` is a checkpoint written by an earlier run of the same base weights,
+    identity and settings (else :class:`.resume.ResumeMismatch`); with a
     ``work_dir`` the checkpoint and adapter are also kept up to date there. Callable from inside
     ``torch.inference_mode`` (a ComfyUI node): training leaves it, and inference-mode weights and
     identity tensors are cloned where autograd needs them.

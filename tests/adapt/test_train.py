@@ -151,7 +151,7 @@ def test_out_of_memory_saves_and_explains(tiny_base, data, tmp_path, monkeypatch
     assert "checkpoint.safetensors" in str(info.value)
     assert read_safetensors_metadata(tmp_path / "checkpoint.safetensors")["step"] == 1
     monkeypatch.setattr(Trainer, "train_step", real_step)
-    with pytest.raises(CheckpointError, match="LoRA settings"):
+    with pytest.raises(CheckpointError, match="other settings: lora_r 2 .now 3."):
         train_adapter(tiny_base, data, None, AdaptConfig(**dict(cfg.to_dict(), lora_r=3)), resume=tmp_path / "checkpoint.safetensors")
 
 

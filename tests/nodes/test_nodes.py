@@ -4,7 +4,7 @@ trained is kept and usable), video writing with metadata and optional audio."""
 
 from __future__ import annotations
 
-import sys
+import importlib
 
 import pytest
 import torch
@@ -19,7 +19,9 @@ RENDER = dict(chunk_size=4, pose="static", map_to_init_pose=True, blink="period"
 
 
 def comfy(name):
-    return sys.modules[name]  # the fake host's modules, imported with the pack
+    """A fake host module (``comfy.utils``, ...). The pack imports most of them lazily, inside a
+    node's ``execute``: importing here keeps a test independent of which nodes ran before it."""
+    return importlib.import_module(name)
 
 
 def call(node, **inputs):
@@ -47,7 +49,7 @@ def loaded(nodes):
 
 
 @pytest.fixture
-def interrupt_after(monkeypatch):
+def interrupt_after(monkeypatch, pack):
     """interrupt_after(n, total=None): press Cancel right after the n-th progress update of a bar
     (of that total), as a user would while the node runs."""
     utils, mm = comfy("comfy.utils"), comfy("comfy.model_management")
