@@ -70,8 +70,13 @@ def test_silence_rule_uses_the_global_peak_in_every_chunk():
     wav = loud_then_quiet(0.02)
     whole = extract_f0(wav, num_frames=149, tracker="pyin")
     chunked = extract_f0(wav, num_frames=149, tracker="pyin", chunk_frames=40)
-    assert torch.equal(chunked > 0, whole > 0)
-    assert (chunked[28:] == 0).all() and ((chunked[:22] - whole[:22]).abs() <= whole[:22] * 0.01).all()
+    # Chunks decode other FFT lengths, so values agree only to fp32 noise; the voicing decision is
+    # compared where it is clear-cut: the loud tone (frames centred before 0.5 s) and the quiet one
+    # (after 0.56 s), not the transition frames between them, whose voicing probability may sit on
+    # pYIN's threshold. A per-chunk peak would voice every frame from 80 on.
+    assert (chunked[:22] > 0).all() and (whole[:22] > 0).all()
+    assert (chunked[28:] == 0).all() and (whole[28:] == 0).all()
+    assert ((chunked[:22] - whole[:22]).abs() <= whole[:22] * 0.01).all()
 
 
 def clip_features(num_frames=64, num_samples=None):

@@ -57,7 +57,9 @@ def test_closing_fills_the_eye_holes_progressively(secc):
     torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
     h, w = secc.shape[-2:]
     torch.testing.assert_close(out[1:, :, h // 2 + 8 :], quantize_secc(secc[1:, :, h // 2 + 8 :]) / 127.5 - 1)
-    # batched == per frame
+    # batched == per frame, exactly by construction: the painting works on integer levels (masks,
+    # integer row sums and counts, squared integer distances in float, exact below 2^24) with a few
+    # elementwise float64 ops per column (correctly rounded on every CPU), and copies levels
     for i in range(1, 4):
         assert torch.equal(apply_blink(secc[i : i + 1], closure[i : i + 1])[0], out[i])
 
@@ -103,6 +105,8 @@ def test_matches_a_per_pixel_reference(secc, p):
     out = apply_blink(secc[2:3], torch.tensor([p], dtype=torch.float64))[0]
     q = quantize_secc(secc[2]).numpy()
     want = reference_blink(q, p) / 127.5 - 1
+    # exact: both sides copy the same integer levels (see above); level / 127.5 - 1 is one division
+    # and one subtraction, correctly rounded in IEEE arithmetic on any CPU
     np.testing.assert_array_equal(out.numpy(), want.astype(np.float32))
 
 

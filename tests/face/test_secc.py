@@ -62,6 +62,17 @@ def test_orientation_eye_holes_and_top(face_model):
     assert (img[:, 0, :] == -1).all() and (img[:, size // 2, size // 2] > -1).all()
 
 
+def assert_same_map(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal SECC maps up to the fp32 noise floor. The vertices are matrix products of the BFM bases
+    with the coefficients; their BLAS kernel (so the summation order) may change with the batch size
+    on some CPUs, moving vertices by ~1e-7 of the face size. Rasterisation itself is exact
+    (elementwise ops only), so the colours move by as little (1e-5 bound), except that a pixel centre
+    lying within ~1e-7 of a triangle edge may change sides: a few such pixels are allowed (0.1 %;
+    a wrong frame or chunk would differ on most of the face)."""
+    differ = (a - b).abs().amax(dim=0) > 1e-5
+    assert differ.float().mean().item() <= 1e-3, int(differ.sum())
+
+
 def test_cano_src_drv_and_batching(face_model):
     id, exp = coeffs(5, seed=1)
     maps = secc_maps(face_model, id[0], exp, size=64, chunk_size=2)
@@ -70,7 +81,7 @@ def test_cano_src_drv_and_batching(face_model):
     torch.testing.assert_close(maps.src, maps.drv[:1])
     for i in range(5):
         one = render_secc(face_model, id[:1], exp[i : i + 1], size=64)
-        assert torch.equal(one[0], maps.drv[i])  # batched and chunked == per frame
+        assert_same_map(one[0], maps.drv[i])  # batched and chunked == per frame
     other = secc_maps(face_model, id[0], exp, src_exp=exp[3], size=64)
     torch.testing.assert_close(other.src, maps.drv[3:4])
     assert not torch.equal(maps.drv[0], maps.drv[1])  # expression changes the map

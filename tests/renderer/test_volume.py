@@ -52,7 +52,7 @@ def test_deterministic_stratified_depths_are_midpoints_of_strata():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     s1 = V.stratified_depths(near, far, 5, deterministic=False, generator=g1)
     s2 = V.stratified_depths(near, far, 5, deterministic=False, generator=g2)
-    assert torch.equal(s1, s2) and not torch.allclose(s1, d)
+    assert torch.equal(s1, s2) and not torch.allclose(s1, d)  # same generator, same op and shape: bit-exact
     lo = torch.linspace(2, 3, 5)
     assert bool(((s1.flatten() >= lo) & (s1.flatten() <= lo + 0.25)).all())
 
@@ -106,8 +106,13 @@ def test_render_volume_is_deterministic_and_chunking_free():
     b = V.render_volume(planes, dec, cams, max_rays=7, **kw)
     c = V.render_volume(planes[1:], dec, cams[1:], **kw)
     assert a.features.shape == (2, 64, 2) and a.alpha.shape == a.depth.shape == (2, 64, 1)
-    assert torch.equal(a.features, b.features) and torch.equal(a.depth, b.depth)
-    assert torch.allclose(a.features[1:], c.features, atol=1e-6)
+    # Chunks and batches only change the row count of the decoder's matrix products, whose BLAS
+    # kernel (and so summation order) may differ with the shape on some CPUs: equal up to fp32
+    # roundoff of a 2-layer MLP (a few ulps of values <= ~10), carried continuously through
+    # compositing and importance sampling. 1e-5 is ~100x that floor; a chunking bug (rays mixed up,
+    # per-chunk statistics) moves values by > 1e-2.
+    assert torch.allclose(a.features, b.features, rtol=0, atol=1e-5) and torch.allclose(a.depth, b.depth, rtol=0, atol=1e-5)
+    assert torch.allclose(a.features[1:], c.features, rtol=0, atol=1e-5)
     assert bool(((a.alpha > 0) & (a.alpha < 1)).all()) and bool(a.hit.all())
     g = torch.Generator().manual_seed(1)
     s = V.render_volume(planes, dec, cams, deterministic=False, generator=g, **kw)
