@@ -10,7 +10,7 @@ settings): LoRA matrices, the tri-grid and its initial value (the regulariser's 
 moments and step counts, the norm buffers that move in train mode, the data / render generators
 and the global RNG streams (dropout, drop-path), the cached blink levels, the step count and the
 held-out validation history (best score and step, evaluations since).
-About 4 x the tri-grid (~300 MB at full size); the adapter written beside it is ~80 MB.
+About 4 x the tri-grid (~300 MB at full size); the adapter written beside it is ~83 MB.
 """
 
 from __future__ import annotations

@@ -118,3 +118,14 @@ def test_render_volume_is_deterministic_and_chunking_free():
     s = V.render_volume(planes, dec, cams, deterministic=False, generator=g, **kw)
     assert not torch.equal(s.features, a.features)
     assert (s.features - a.features).abs().mean() < 0.05  # same scene, different samples
+
+
+def test_deterministic_default_is_listed_as_a_deliberate_difference(repo_root):
+    """Deterministic sampling is the default (upstream samples stochastically at inference), so
+    docs/fidelity.md must list it among the deliberate differences, with the switch."""
+    import inspect
+
+    assert inspect.signature(V.render_volume).parameters["deterministic"].default is True
+    doc = (repo_root / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    deliberate = doc.split("## Deliberate differences", 1)[1].split("\n## ", 1)[0]
+    assert "**Ray sampling when rendering.**" in deliberate and "deterministic=False" in deliberate
