@@ -1,12 +1,24 @@
 """Exception types raised by the library.
 
-Every message says what is wrong and how to fix it. Nodes let these propagate unchanged so
-ComfyUI shows the message to the user.
+Every message says what is wrong and how to fix it, in the terms of whoever called: the library's
+message names its functions and arguments; where the remedy differs for a node user, the error also
+carries ``in_node``, the same message naming the node and widget, which the nodes show instead
+(``nodes.messages.node_terms``). Nodes let everything else propagate unchanged so ComfyUI shows the
+message to the user.
 """
+
+from typing import Optional
 
 
 class MimicTalkError(Exception):
-    """Base class of all errors raised on purpose by mimictalk_lib."""
+    """Base class of all errors raised on purpose by mimictalk_lib.
+
+    ``in_node``: the message in a node user's terms (node and widget names instead of Python
+    functions), when it differs from the library's."""
+
+    def __init__(self, *args, in_node: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.in_node = in_node
 
 
 class InputError(MimicTalkError, ValueError):

@@ -11,6 +11,11 @@ import torch
 from .errors import InputError
 
 logger = logging.getLogger("MimicTalk")
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` with ``noun`` in the singular or plural: "1 frame", "3 frames" (nouns with a plain -s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 """The library's one logger. No handlers are attached here: the host (ComfyUI or a script)
 configures logging."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..mimictalk_lib.errors import InputError
 from ..mimictalk_lib.models import BFM_ASSET, mediapipe_files
 from . import host
+from .messages import node_terms
 from .types import FaceModel, Identity, Renderer
 
 io = host.io
@@ -54,6 +55,7 @@ class PrepareIdentity(io.ComfyNode):
         )
 
     @classmethod
+    @node_terms()
     def execute(cls, face_model, fps, crop, missing_faces, fit_iterations, auto_download, images=None, video=None,
                 renderer=None):
         from ..mimictalk_lib.identity import FitSchedule, contact_sheet, prepare_identity, prepare_photo_identity

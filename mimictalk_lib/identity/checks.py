@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
-from ..utils import logger
+from ..utils import count, logger
 from .frames import FACE_HEIGHT_FRACTION, FRAME_SIZE, TARGET_FPS, CropBox, clip_too_long, face_boxes, max_clip_seconds
 
 MAX_BAD_FRACTION = 0.25
@@ -70,11 +70,11 @@ def check_max_length(num_frames: int, what: str, max_seconds: Optional[float] = 
 
 def check_length(num_frames: int, what: str, note: str = "") -> None:
     if num_frames < MIN_SECONDS * TARGET_FPS:
-        raise InputError(
-            f"{what}: the clip is {num_frames / TARGET_FPS:.2f} s ({num_frames} frames at 25 fps){note}; "
-            f"at least {MIN_SECONDS:.0f} s is needed (a few seconds to a minute works best). For a "
-            "single image use the photo identity (prepare_photo_identity)."
-        )
+        problem = (f"{what}: the clip is {num_frames / TARGET_FPS:.2f} s ({count(num_frames, 'frame')} at 25 fps){note}; "
+                   f"at least {MIN_SECONDS:.0f} s is needed (a few seconds to a minute works best). For a single image ")
+        raise InputError(problem + "use the photo identity (prepare_photo_identity).",
+                         in_node=problem + "connect just that image to Prepare Identity's images input (a batch of "
+                                           "one makes a photo identity).")
 
 
 def bad_frame_policy(bad: torch.Tensor, what: str, reasons: dict[str, torch.Tensor]) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..utils import ProgressFn, logger
+from ..utils import ProgressFn, count, logger
 from ..video import iter_video
 from .checks import bad_frame_policy, check_face_size, check_length, check_max_length, cut_off_frames, interpolate_missing
 from .frames import (
@@ -84,10 +84,10 @@ def find_crop(
     res = landmarker.detect(search, video=False)
     several = warn_multiple_faces(res.num_faces, f"{what}: sampled frames")
     if not bool(res.detected.any()):
-        raise InputError(
-            f"{what}: no face found in any of the {samples.shape[0]} frames checked. The clip needs "
-            "one clearly visible, roughly frontal face."
-        )
+        n = samples.shape[0]
+        where = "no face found" if n == 1 else f"no face found in any of the {count(n, 'frame')} checked"
+        kind = "The image" if n == 1 else "The clip"
+        raise InputError(f"{what}: {where}. {kind} needs one clearly visible, roughly frontal face.")
     boxes = face_boxes(res.points[res.detected, :468]) * scale
     check_face_size(boxes[:, 3] - boxes[:, 1], what)
     return choose_crop(boxes), several
@@ -206,5 +206,5 @@ def track(
     clip.positions, clip.source_frames = clip.positions[keep.numpy()], clip.source_frames[keep.numpy()]
     clip.landmarks, clip.bad = points[keep], torch.zeros(int(keep.sum()), dtype=torch.bool)
     if clip.dropped:
-        check_length(clip.frames.shape[0], what, f" after dropping {len(clip.dropped)} frames without a usable face")
+        check_length(clip.frames.shape[0], what, f" after dropping {count(len(clip.dropped), 'frame')} without a usable face")
     return clip

@@ -131,13 +131,15 @@ def import_mediapipe():
     return mp, mp_python, vision
 
 
-def check_model_file(path: str | os.PathLike, what: str, manifest_name: str) -> str:
+def check_model_file(path: str | os.PathLike, what: str, asset_id: str) -> str:
+    """``path`` if it is a file; else AssetMissingError naming the manifest asset ``asset_id``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
+        missing = f"{what} model file not found: {path}. "
         raise AssetMissingError(
-            f"{what} model file not found: {path}. Download '{manifest_name}' through the model "
-            "manifest (MimicTalk model downloader node or `python -m mimictalk_lib download`) or "
-            "place the file there by hand."
+            missing + f"Download it with `python -m mimictalk_lib.download fetch {asset_id}` (or "
+            f"mimictalk_lib.download.ensure_asset('{asset_id}', ...)), or place the file there by hand.",
+            in_node=missing + "Turn on auto_download on Prepare Identity to download it, or place the file there by hand.",
         )
     return path
 
@@ -157,7 +159,7 @@ class MediaPipeLandmarker:
         min_confidence: float = 0.5,
         timestamp_stretch: int = VIDEO_TIMESTAMP_STRETCH,
     ):
-        self.model_path = check_model_file(model_path, "MediaPipe face landmarker", "face_landmarker.task")
+        self.model_path = check_model_file(model_path, "MediaPipe face landmarker", "mediapipe_face_landmarker")
         self.max_faces = int(max_faces)
         self.min_confidence = float(min_confidence)
         self.timestamp_stretch = int(timestamp_stretch)

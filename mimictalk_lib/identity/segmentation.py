@@ -47,7 +47,7 @@ class MediaPipeSegmenter:
 
     def __init__(self, model_path: str | os.PathLike):
         self.model_path = check_model_file(
-            model_path, "MediaPipe selfie-multiclass segmenter", "selfie_multiclass_256x256.tflite"
+            model_path, "MediaPipe selfie-multiclass segmenter", "mediapipe_selfie_multiclass"
         )
         self._mp, self._python, self._vision = import_mediapipe()
 

@@ -1,0 +1,78 @@
+"""Messages in the user's terms (issue 12 item 5): a library error names the library's functions;
+reached through a node it names the node and widget instead (``in_node``, shown by
+``nodes.messages.node_terms``); counts agree in number; a photo is not called a clip."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mimictalk_lib.errors import AssetMissingError, InputError
+from mimictalk_lib.identity.checks import check_length
+from mimictalk_lib.identity.clip import find_crop
+from mimictalk_lib.identity.landmarks import check_model_file
+from mimictalk_lib.utils import count
+from tests.nodes.harness import lib, submodule
+from tests.nodes.test_nodes import call, nodes  # noqa: F401  (fixture)
+
+
+def test_count_agrees_in_number():
+    assert [count(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]
+
+
+def test_short_clip_names_the_function_in_the_library_and_the_node_input_in_nodes():
+    with pytest.raises(InputError) as e:
+        check_length(1, "clip")
+    assert "(1 frame at 25 fps)" in str(e.value) and "prepare_photo_identity" in str(e.value)
+    assert "Prepare Identity's images input" in e.value.in_node and "prepare_photo_identity" not in e.value.in_node
+
+
+class NoFace:
+    def detect(self, frames, video=False, on_step=None):
+        n = frames.shape[0]
+        return SimpleNamespace(num_faces=torch.zeros(n, dtype=torch.long), detected=torch.zeros(n, dtype=torch.bool),
+                               points=torch.zeros(n, 478, 3))
+
+
+def test_a_photo_without_a_face_is_not_called_a_clip():
+    with pytest.raises(InputError) as e:
+        find_crop(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), NoFace(), "photo")
+    msg = str(e.value)
+    assert msg == "photo: no face found. The image needs one clearly visible, roughly frontal face.", msg
+    with pytest.raises(InputError, match="no face found in any of the 3 frames checked. The clip needs"):
+        find_crop(torch.zeros(3, 64, 64, 3, dtype=torch.uint8), NoFace(), "clip")
+
+
+def test_missing_mediapipe_file_names_the_cli_or_the_widget(tmp_path):
+    with pytest.raises(AssetMissingError) as e:
+        check_model_file(tmp_path / "face_landmarker.task", "MediaPipe face landmarker", "mediapipe_face_landmarker")
+    assert "python -m mimictalk_lib.download fetch mediapipe_face_landmarker" in str(e.value)
+    assert "downloader node" not in str(e.value)
+    assert "auto_download on Prepare Identity" in e.value.in_node
+
+
+def test_node_terms_rewords_only_errors_that_have_a_node_wording(pack):
+    messages, errors = submodule(pack, "nodes.messages"), lib(pack, "errors")
+    with pytest.raises(errors.AssetMissingError) as e:
+        with messages.node_terms():
+            raise errors.AssetMissingError("library words", in_node="node words")
+    assert str(e.value) == "node words" and str(e.value.__cause__) == "library words"
+    assert isinstance(e.value, FileNotFoundError)  # same type: callers' except clauses still match
+    plain = errors.InputError("only one wording")
+    with pytest.raises(errors.InputError) as e:
+        with messages.node_terms():
+            raise plain
+    assert e.value is plain
+
+
+def test_prepare_identity_shows_the_node_wording(pack, nodes, fake_mediapipe):  # noqa: F811
+    (face,) = call(nodes.LoadFaceModel, auto_download=False)
+    two_frames = torch.rand(2, 64, 64, 3)
+    with pytest.raises(lib(pack, "errors").InputError) as e:
+        call(nodes.PrepareIdentity, face_model=face, images=two_frames, fps=25.0, crop="auto",
+             missing_faces="drop", fit_iterations=2, auto_download=False)
+    msg = str(e.value)
+    assert "(2 frames at 25 fps)" in msg and "Prepare Identity's images input" in msg
+    assert "prepare_photo_identity" not in msg
