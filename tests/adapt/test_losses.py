@@ -94,17 +94,21 @@ class FakeLpips:
 
 def test_lip_losses_match_the_float64_reference():
     g = torch.Generator().manual_seed(3)
-    pred, target = torch.rand(3, 3, 64, 64, generator=g) * 2 - 1, torch.rand(3, 3, 64, 64, generator=g) * 2 - 1
-    rects = torch.tensor([[10, 50, 20, 60], [5, 30, 40, 48], [30, 30, 5, 9]])  # (x0, x1, y0, y1); last is empty
+    pred, target = torch.rand(6, 3, 64, 64, generator=g) * 2 - 1, torch.rand(6, 3, 64, 64, generator=g) * 2 - 1
+    # (x0, x1, y0, y1): 40x40; empty in x; 25x8; empty in y; exactly 31x31 (LPIPS' minimum); 30x31
+    rects = torch.tensor([[10, 50, 20, 60], [30, 30, 5, 9], [5, 30, 40, 48], [3, 40, 7, 7], [0, 31, 33, 64], [1, 31, 0, 31]])
     lp = FakeLpips()
     l1, perceptual = L.lip_losses(pred, target, rects, lp)
     p, t = pred.double().numpy(), target.double().numpy()
-    crops = [(p[0, :, 20:60, 10:50], t[0, :, 20:60, 10:50]), (p[1, :, 40:48, 5:30], t[1, :, 40:48, 5:30])]
-    want_l1 = sum(np.abs(a - b).mean() for a, b in crops)  # summed over the batch (upstream)
+    crops = {i: (p[i, :, y0:y1, x0:x1], t[i, :, y0:y1, x0:x1]) for i, (x0, x1, y0, y1) in enumerate(rects.tolist())
+             if x1 > x0 and y1 > y0}  # empty boxes are skipped, the others still count
+    assert sorted(crops) == [0, 2, 4, 5]
+    want_l1 = sum(np.abs(a - b).mean() for a, b in crops.values())  # summed over the batch (upstream)
     assert l1.item() == pytest.approx(want_l1, rel=REL)
-    # LPIPS only on crops of at least 31 x 31 (AlexNet's smallest input): sample 0 only
-    assert lp.shapes == [(1, 3, 40, 40)]
-    assert perceptual.item() == pytest.approx(((crops[0][0] - crops[0][1]) ** 2).mean(), rel=REL)
+    # LPIPS only on crops of at least 31 x 31 (AlexNet's smallest input), summed over the batch
+    assert lp.shapes == [(1, 3, 40, 40), (1, 3, 31, 31)]
+    want_lp = sum(((crops[i][0] - crops[i][1]) ** 2).mean() for i in (0, 4))
+    assert perceptual.item() == pytest.approx(want_lp, rel=REL)
 
 
 def test_lip_losses_without_usable_crops_or_lpips():
@@ -132,8 +136,11 @@ def test_total_loss_weights_only_terms_with_a_gradient():
     assert total.item() == pytest.approx(1.0 * 3.0 + 0.5 * 0.5 + 0.003 * 8.0, rel=REL)
     total.backward()
     assert x.grad.item() == pytest.approx(1.5 + 0.5 * 0.25 + 0.003 * 4.0, rel=REL)
-    with pytest.raises(RuntimeError, match="no loss term has a gradient"):
+    unweighted = L.total_loss({"mse_loss": x * 2.0, "not_a_weighted_loss": x * 7.0}, L.LOSS_WEIGHTS)  # absent: weight 0
+    assert unweighted.item() == pytest.approx(4.0, rel=REL)
+    with pytest.raises(RuntimeError) as e:
         L.total_loss({"mse_loss": torch.tensor(1.0)}, L.LOSS_WEIGHTS)
+    assert str(e.value) == "no loss term has a gradient: nothing is trainable"
 
 
 def test_upstream_weights_and_the_trigrid_regulariser_schedule():
