@@ -62,3 +62,26 @@ def _one_intra_op_thread_for_small_ops(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- order independence --------------------------------------------------------------------------
+
+# The suite runs in random order (pytest-randomly, which reseeds `random` and numpy for each test).
+# torch's global generator is reseeded here the same way, before each test's fixtures and again
+# before its body, so what a test draws without a generator of its own never depends on which
+# tests ran before it.
+TORCH_TEST_SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    import torch
+
+    torch.manual_seed(TORCH_TEST_SEED)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    import torch
+
+    torch.manual_seed(TORCH_TEST_SEED)
