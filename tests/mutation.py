@@ -61,11 +61,13 @@ def run_target(name: str, max_children: int) -> dict:
             "source_paths=mimictalk_lib\n"
             f"only_mutate={module}\n"
             f"pytest_add_cli_args_test_selection={' '.join(tests)}\n"
-            "pytest_add_cli_args=-p no:randomly -q -x\n",
+            "pytest_add_cli_args=-p no:randomly -q -x\n"
+            # what tests read besides the code (mutmut copies only the sources and tests/)
+            "also_copy=docs\n README.md\n models_manifest.json\n workflows\n requirements.txt\n requirements-test.txt\n",
             encoding="utf-8",
         )
         start = time.monotonic()
-        _mutmut(work, "run", "--max-children", str(max_children), check=False)
+        log = _mutmut(work, "run", "--max-children", str(max_children), check=False)
         seconds = time.monotonic() - start
         results = _mutmut(work, "results", "--all", "true", check=False)
         status = dict(re.findall(r"^\s*(\S+): (.+)$", results, flags=re.M))
@@ -73,6 +75,8 @@ def run_target(name: str, max_children: int) -> dict:
         survivors = {m: _mutmut(work, "show", m, check=False) for m, s in status.items() if s in ("survived", "no tests")}
     total = len(status)
     checked = total - counts["no tests"] - counts["not checked"] - counts["skipped"]
+    if not checked:  # e.g. the unmutated tests failed in the copy: mutmut checked nothing
+        raise SystemExit(f"{name}: no mutant was checked; mutmut said:\n{log[-3000:]}")
     score = (counts["killed"] + counts["timeout"]) / checked if checked else float("nan")
     return dict(name=name, module=module, tests=tests, total=total, counts=counts, score=score,
                 seconds=seconds, survivors=survivors)
