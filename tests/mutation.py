@@ -60,8 +60,9 @@ def run_target(name: str, max_children: int) -> dict:
             "[mutmut]\n"
             "source_paths=mimictalk_lib\n"
             f"only_mutate={module}\n"
-            f"pytest_add_cli_args_test_selection={' '.join(tests)}\n"
-            "pytest_add_cli_args=-p no:randomly -q -x\n"
+            # setup.cfg lists: one item per line
+            "pytest_add_cli_args_test_selection=\n" + "".join(f" {t}\n" for t in tests) +
+            "pytest_add_cli_args=\n -p\n no:randomly\n -q\n -x\n"
             # what tests read besides the code (mutmut copies only the sources and tests/)
             "also_copy=docs\n README.md\n models_manifest.json\n workflows\n requirements.txt\n requirements-test.txt\n",
             encoding="utf-8",
