@@ -34,7 +34,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "resume": ("mimictalk_lib/adapt/resume.py", ["tests/adapt/test_resume.py", "tests/adapt/test_train.py"]),
     "lora": ("mimictalk_lib/lora/layers.py", ["tests/lora/test_peft_layers.py", "tests/lora/test_renderer_lora.py"]),
     "sampler": ("mimictalk_lib/a2m/sampler.py", ["tests/a2m/test_a2m_sampler.py"]),
-    "camera": ("mimictalk_lib/face/camera.py", ["tests/face/test_camera_keypoints.py"]),
+    "camera": ("mimictalk_lib/face/camera.py", ["tests/face/test_camera_keypoints.py", "tests/face/test_camera_reference.py"]),
 }
 
 COUNTS = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "segfault", "not checked")

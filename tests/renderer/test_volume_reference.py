@@ -236,3 +236,96 @@ def test_importance_depths_match_the_float64_reference():
         mids = (z[r, :-1] + z[r, 1:]) / 2
         want = ref_sample_pdf(mids[None], smooth[None, 1:-1], np.linspace(0, 1, n)[None])[0]
         assert np.abs(got[0, r, :, 0] - want).max() < 1e-5 * 3
+
+
+# --- gaps found by mutation testing (docs/mutation.md) ------------------------------------------
+
+
+def test_decoder_matches_its_float64_formula():
+    """FC -> softplus -> FC; sigma = first output, features = sigmoid(rest) * 1.002 - 0.001."""
+    torch.manual_seed(1)
+    dec = V.OSGDecoder(4, 8, 3)
+    x = torch.randn(2, 5, 4)
+    sigma, rgb = dec(x)
+    w0, b0 = dec.net[0].weight.double(), dec.net[0].bias.double()
+    w1, b1 = dec.net[2].weight.double(), dec.net[2].bias.double()
+    g0, g1 = dec.net[0].weight_gain, dec.net[2].weight_gain  # equalized learning rate scales
+    h = torch.nn.functional.softplus(x.double() @ (w0 * g0).T + b0 * dec.net[0].bias_gain)
+    out = h @ (w1 * g1).T + b1 * dec.net[2].bias_gain
+    assert torch.allclose(sigma.double(), out[..., :1], atol=1e-5)
+    assert torch.allclose(rgb.double(), torch.sigmoid(out[..., 1:]) * 1.002 - 0.001, atol=1e-6)
+    default = V.OSGDecoder()  # the official sizes: 32 -> 64 -> 1 + 32
+    assert default.net[0].weight.shape == (64, 32) and default.net[2].weight.shape == (33, 64)
+    assert isinstance(default.net[1], torch.nn.Softplus)
+
+
+def test_samples_lie_along_the_rays_in_box_units():
+    """_query decodes the features at origin + depth * direction, scaled by 2 / box_warp into the
+    grid: planes encoding a coordinate return it at those points (box_warp 2, not 1)."""
+    side = 64
+    col = (torch.arange(side) + 0.5) / side * 2 - 1
+    planes = col.expand(side, side).reshape(1, 1, 1, side, side).expand(1, 3, 1, side, side).contiguous()
+
+    class Identity(torch.nn.Module):  # sigma = rgb = the sampled feature
+        def forward(self, f):
+            return f[..., :1], f[..., :1]
+
+    origins = torch.tensor([[[0.1, 0.0, 0.0]]])
+    dirs = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0, 2.0]]]), dim=-1)
+    depths = torch.tensor([0.2, 0.5]).view(1, 1, 2, 1)
+    rgb, _ = V._query(planes, Identity(), origins, dirs, depths, 1, box_warp=2.0)
+    pts = origins[0, 0] + depths[0, 0] * dirs[0, 0]  # [2, 3]
+    want = (pts[:, 0] + pts[:, 0] + pts[:, 2]) / 3  # planes (x, y), (x, z), (z, x) read their column: x, x, z
+    assert torch.allclose(rgb.flatten(), want, atol=1e-5)
+
+
+def test_missed_rays_use_their_own_frames_range_and_frames_without_hits_keep_markers():
+    near = torch.tensor([[[2.0], [-1.0]], [[0.5], [0.7]], [[-1.0], [-1.0]]])
+    far = torch.tensor([[[2.5], [-2.0]], [[1.5], [1.6]], [[-2.0], [-2.0]]])
+    n, f, hit = V.fill_missed_rays(near, far)
+    assert n[0, 1, 0] == 2.0 and f[0, 1, 0] == 2.0  # frame 0's own hitting near, not frame 1's 0.5
+    assert hit[2].tolist() == [False, False] and n[2].flatten().tolist() == [-1.0, -1.0]
+    assert f[2].flatten().tolist() == [-2.0, -2.0]
+
+
+def _tiny_scene(batch=2):
+    torch.manual_seed(0)
+    planes = torch.randn(batch, 3, 6, 16, 16)
+    dec = V.OSGDecoder(2, 8, 2)
+    from tests.fixtures.tiny_renderer import eg3d_camera
+
+    cams = torch.stack([eg3d_camera(), eg3d_camera(0.3, -0.2)][:batch])
+    return planes, dec, cams
+
+
+def test_coarse_only_rendering_is_plain_compositing_of_the_coarse_samples():
+    planes, dec, cams = _tiny_scene()
+    kw = dict(resolution=4, grid_depth=3, box_warp=1.0, num_coarse=7)
+    out = V.render_volume(planes, dec, cams, num_fine=0, **kw)
+    o, d = V.camera_rays(cams, 4)
+    near, far, _ = V.fill_missed_rays(*V.ray_box_limits(o, d, 1.0))
+    coarse = V.stratified_depths(near, far, 7, deterministic=True)
+    colors, densities = V._query(planes, dec, o, d, coarse, 3, 1.0)
+    feats, depth, weights = V.march_rays(colors, densities, coarse)
+    assert torch.allclose(out.features, feats, atol=1e-6) and torch.allclose(out.depth, depth, atol=1e-6)
+    assert torch.allclose(out.alpha, weights.sum(2), atol=1e-6)
+    assert not torch.allclose(out.features, V.render_volume(planes, dec, cams, num_fine=1, **kw).features, atol=1e-4)
+
+
+def test_stochastic_rendering_draws_only_from_the_given_generator():
+    planes, dec, cams = _tiny_scene()
+    kw = dict(resolution=4, grid_depth=3, box_warp=1.0, num_coarse=6, num_fine=6, deterministic=False)
+    torch.manual_seed(1)
+    a = V.render_volume(planes, dec, cams, generator=torch.Generator().manual_seed(5), **kw)
+    torch.manual_seed(2)  # another global stream: must not matter
+    b = V.render_volume(planes, dec, cams, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.features, b.features)  # same generator seed, same ops and shapes: bit-exact
+
+
+def test_empty_rays_take_their_own_frames_far_bound():
+    """A ray with no density gets the largest sample depth of its own frame (not the batch's)."""
+    colors, densities, depths = _inputs("random", seed=4)
+    depths[1] += 5.0  # frame 1 lies much farther away
+    densities[0, 0] = -80.0
+    _, depth, _ = V.march_rays(colors, densities, depths)
+    assert depth[0, 0, 0] == depths[0].max() and depth[0, 0, 0] < depths[1].max() - 4
