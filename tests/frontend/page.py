@@ -63,13 +63,14 @@ class Page:
         """Errors since the empty page was ready that the pack causes: every page error (the Load
         Audio defect was a ``TypeError`` naming no node), every console error other than a failed
         request, every failed request or warning/error toast naming the pack or its files. Failed
-        requests elsewhere (a newer frontend polling APIs this server lacks, its template logos
-        from the internet) are the frontend's and the server's; they are kept in ``messages``."""
+        requests elsewhere (a newer frontend polling APIs this server lacks, e.g. 1.58's
+        ``/api/jobs``, and its template logos from the internet) are the frontend's and the
+        server's; they are kept in ``messages``."""
         toasts = self.js("() => [...document.querySelectorAll('.p-toast-message-error, .p-toast-message-warn')]"
                          ".map(e => e.innerText)")
         found = []
         for m in self.messages[self.baseline:] + [f"toast: {t}" for t in toasts]:
-            request = m.startswith("http ") or m.startswith("console: Failed to ") or m.startswith("toast: ")
+            request = m.startswith(("http ", "console: Failed to ", "toast: ")) or "Failed to fetch" in m
             if "mimictalk" in m.lower() or not request:
                 found.append(m)
         return found
