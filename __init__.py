@@ -7,9 +7,12 @@ it only registers the ``mimictalk`` model folder (``models/mimictalk``, extendab
 or logging settings. Outside ComfyUI it imports without doing anything.
 """
 
-from .nodes import host as _host
+if __package__:  # ComfyUI imports the folder as a package; a plain-file import (pytest collecting a
+    from .nodes import host as _host  # checkout whose folder name is no identifier) has nothing to register
+else:
+    _host = None
 
-if _host.HOSTED:
+if _host is not None and _host.HOSTED:
     _host.register_model_folders()
 
     async def comfy_entrypoint():
@@ -18,5 +21,5 @@ if _host.HOSTED:
 
         return MimicTalkExtension()
 
-elif _host.IN_COMFYUI:
+elif _host is not None and _host.IN_COMFYUI:
     _host.logger.warning(_host.missing_api_message())
