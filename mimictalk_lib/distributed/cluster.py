@@ -5,7 +5,9 @@ loads the models once. Each job's motion is made once (on a worker) and shared t
 object store; the job is split into frame ranges on the render's chunk grid
 (:func:`~.ranges.frame_ranges`), which idle workers pull in order. Finished ranges come back to
 the driver, which writes each job's mp4 progressively, in frame order, with its audio
-(:class:`~mimictalk_lib.video.VideoWriter`).
+(:class:`~mimictalk_lib.video.VideoWriter`). A range more than ``2 x workers x range_frames``
+frames past its job's next unwritten frame waits, so the driver holds a bounded number of
+out-of-order ranges.
 
 Faults: actors are started with ``max_restarts=-1`` (Ray restarts a dead worker process, which
 loads the models again); a range whose worker died, or that raised, is queued again, up to
@@ -102,6 +104,7 @@ class RayRenderer:
         idle, running = list(range(len(self.actors))), {}  # ObjectRef -> (actor, job index, start, stop)
         tries: dict = {}
         done_frames = total_frames = 0
+        ahead = 2 * len(self.actors) * range_frames  # frames a job may render past its next unwritten one
 
         def fail(js: _Job, error: str) -> None:
             js.failed, js.result.error = True, error
@@ -111,10 +114,14 @@ class RayRenderer:
             logger.error("job %s failed: %s", js.job.name, error)
 
         while queue or running:
+            held = []  # ranges too far ahead of their job's next frame to write: they wait
             while idle and queue:
                 i, start, kind = heapq.heappop(queue)
                 js = state[i]
                 if js.failed:
+                    continue
+                if kind == "range" and start >= js.next_start + ahead:
+                    held.append((i, start, kind))
                     continue
                 a = idle.pop(0)
                 if kind == "motion":
@@ -124,6 +131,8 @@ class RayRenderer:
                     stop = dict(js.ranges)[start]
                     ref = self.actors[a].render_range.remote(js.job, js.motion, start, stop, chunk_size)
                     running[ref] = (a, i, start, stop)
+            for item in held:
+                heapq.heappush(queue, item)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             a, i, start, stop = running.pop(ref)
             idle.append(a)
