@@ -53,7 +53,10 @@ class RenderJob:
 def pick_device(device: str = "auto") -> torch.device:
     if device != "auto":
         return torch.device(device)
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    # the worker's accelerator (whatever backend torch has: CUDA, ROCm, XPU, MPS ...), else the CPU
+    if torch.accelerator.is_available():
+        return torch.accelerator.current_accelerator()
+    return torch.device("cpu")
 
 
 class RenderWorker:
