@@ -329,3 +329,29 @@ def test_empty_rays_take_their_own_frames_far_bound():
     densities[0, 0] = -80.0
     _, depth, _ = V.march_rays(colors, densities, depths)
     assert depth[0, 0, 0] == depths[0].max() and depth[0, 0, 0] < depths[1].max() - 4
+
+
+def test_decoder_learning_rate_multiplier_reaches_its_layers():
+    for lr_mul in (1.0, 0.5):
+        dec = V.OSGDecoder(4, 8, 3, lr_multiplier=lr_mul) if lr_mul != 1.0 else V.OSGDecoder(4, 8, 3)
+        assert dec.net[0].weight_gain == pytest.approx(lr_mul / 4**0.5) and dec.net[0].bias_gain == lr_mul
+        assert dec.net[2].weight_gain == pytest.approx(lr_mul / 8**0.5) and dec.net[2].bias_gain == lr_mul
+
+
+@pytest.mark.parametrize("num_fine", [0, 6])
+def test_empty_rays_in_a_render_take_their_frames_far_coarse_depth(num_fine):
+    """No density anywhere (decoder bias -200: every weight underflows to 0): each ray's depth is
+    its own frame's farthest coarse sample, whatever the batch or the chunking."""
+    planes, dec, cams = _tiny_scene()
+    with torch.no_grad():
+        dec.net[2].bias[0] = -200.0 / dec.net[2].bias_gain
+        dec.net[2].weight[0] = 0.0
+    kw = dict(resolution=4, grid_depth=3, box_warp=1.0, num_coarse=6, num_fine=num_fine)
+    o, d = V.camera_rays(cams, 4)
+    near, far, _ = V.fill_missed_rays(*V.ray_box_limits(o, d, 1.0))
+    far_coarse = V.stratified_depths(near, far, 6, deterministic=True).amax(dim=(1, 2, 3))  # [B]
+    assert (far_coarse[0] - far_coarse[1]).abs() > 1e-3  # the two frames differ
+    for max_rays in (1 << 15, 6):  # whole frames, and chunks of 3 rays per frame
+        out = V.render_volume(planes, dec, cams, max_rays=max_rays, **kw)
+        assert float(out.alpha.detach().abs().max()) == 0.0
+        assert torch.equal(out.depth[..., 0], far_coarse[:, None].expand(2, 16))
