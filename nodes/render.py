@@ -64,12 +64,12 @@ class Render(io.ComfyNode):
 
     @classmethod
     def execute(cls, renderer, face_model, motion, chunk_size, pose, map_to_init_pose, blink, deterministic, seed,
-                identity=None, background=None, start_frame=0, frame_count=0):
+                identity=None, background=None, start_frame=None, frame_count=None):
         from ..mimictalk_lib.distributed.ranges import check_range, render_frame_range
         from ..mimictalk_lib.pipeline import FPS
 
         model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
-        start, stop = check_range(motion.shape[-2], start_frame, frame_count, "MimicTalk Render start_frame / frame_count")
+        start, stop = check_range(motion.shape[-2], start_frame or 0, frame_count or 0, "MimicTalk Render start_frame / frame_count")
         head = render_frame_range(
             renderer.renderer, face_model, identity, motion, start, stop - start, chunk_size=chunk_size,
             deterministic=deterministic, generator=torch.Generator(device=model.device).manual_seed(seed),
