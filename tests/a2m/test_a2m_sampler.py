@@ -295,3 +295,14 @@ def test_window_seams_of_the_tiny_network(model, style):
         seams.update(range(w.start + w.context - 1, w.start + w.context + w.fade))
     inside = torch.tensor([i not in seams for i in range(len(jumps))])
     assert jumps[~inside].max() <= jumps[inside].max()
+
+
+def test_seam_crossfade_weights_are_k_over_fade_plus_one():
+    """The first `fade` new frames ramp linearly from the old window to the new one with weights
+    k / (fade + 1), k = 1..fade (neither end fully old nor fully new); frames before the window's
+    new part are left alone. Dyadic values: exact in fp32."""
+    from mimictalk_lib.a2m.sampler import Window, _place
+
+    out = torch.full((9, 2), 10.0)
+    _place(out, torch.zeros(5, 2), Window(start=2, stop=8, context=1, fade=3))
+    assert torch.equal(out[:, 0], torch.tensor([10, 10, 10, 7.5, 5, 2.5, 0, 0, 10]))

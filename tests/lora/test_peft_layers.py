@@ -5,6 +5,7 @@ import pytest
 import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Conv2d as PeftConv2d
+from torch import nn
 
 from mimictalk_lib.errors import CheckpointError, InputError
 from mimictalk_lib.lora.inject import (
@@ -18,6 +19,7 @@ from mimictalk_lib.lora.inject import (
 )
 from mimictalk_lib.lora.layers import LoraConv2dLoralib, LoraFullyConnected, LoraStyleConv2d, LoraSynthesis, LoraToRGB
 from mimictalk_lib.lora.official import merge_official_lora, official_lora_shapes, to_official_layout
+from mimictalk_lib.renderer.stylegan import Conv2dLayer, FullyConnectedLayer
 
 
 def _randomise(model, scale=0.05, seed=3):
@@ -171,3 +173,88 @@ def test_only_lora_trains_and_torgb_stays_zero(toy, toy_inputs):
     assert layers["superresolution.block1.conv1"].lora_B["default"].weight.abs().sum() > 0
     base_after, _ = _snapshot(toy)
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)  # BN stats too
+
+
+def _single_layer(kind):
+    """One base layer of each dW placement, its LoRA wrapper and an input."""
+    torch.manual_seed(0)
+    if kind == "fc":  # dW after the gain; lr_multiplier != 1 so the gain is not 1 / sqrt(in) alone
+        return LoraFullyConnected, FullyConnectedLayer(6, 5, lr_multiplier=0.5), torch.randn(4, 6)
+    if kind == "conv":
+        return LoraStyleConv2d, Conv2dLayer(4, 3, 3), torch.randn(2, 4, 7, 7)
+    return LoraConv2dLoralib, nn.Conv2d(4, 3, 3, padding=1), torch.randn(2, 4, 7, 7)
+
+
+@pytest.mark.parametrize("kind", ["fc", "conv", "loralib"])
+@torch.no_grad()
+def test_peft_merge_unmerge_and_disable_on_one_layer(kind):
+    """peft's own layer API (merge / unmerge / safe_merge / enable_adapters), which merge_lora
+    does not use: merged output == on-the-fly output, the adapter is added once, unmerge restores
+    the raw weight, a disabled layer is its base (unmerging first), a non-finite merge is refused.
+    Tolerances: fp32 sums of <= 36 products of O(1) numbers (~1e-6); the weight round trip
+    through float64 casts twice (one fp32 ulp of |W| <= ~8)."""
+    cls, base, x = _single_layer(kind)
+    raw, plain = base.weight.detach().clone(), base(x)
+    layer = cls(base, "default", r=2)
+    assert repr(layer).startswith("lora.")
+    g = torch.Generator().manual_seed(1)
+    for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+        p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    live = layer(x)
+    assert (live - plain).abs().max() > 1e-2
+
+    layer.merge()
+    assert layer.merged
+    expected = (raw.double() + layer.get_delta_weight("default").double()).float()
+    assert torch.equal(base.weight, expected)  # formed in float64, cast once: exact by construction
+    assert torch.allclose(base(x), live, atol=1e-5)  # the base alone now renders the adapted layer
+    assert torch.allclose(layer(x), live, atol=1e-5) and layer.merged  # not added twice, stays merged
+    with pytest.warns(UserWarning, match="already merged"):
+        layer.merge()  # nothing happens
+    assert torch.equal(base.weight, expected)
+
+    layer.unmerge()
+    assert not layer.merged and torch.allclose(base.weight, raw, rtol=0, atol=1e-6)
+    assert torch.allclose(layer(x), live, atol=1e-5)
+
+    layer.merge()
+    layer.enable_adapters(False)
+    assert torch.allclose(layer(x), plain, atol=1e-5) and not layer.merged
+    assert torch.allclose(base.weight, raw, rtol=0, atol=1e-6)
+    layer.enable_adapters(True)
+    assert torch.allclose(layer(x), live, atol=1e-5)
+
+    layer.update_layer("other", 2, 4.0)  # positional lora_alpha: scaling 4 / 2
+    assert layer.scaling["other"] == 2.0
+    for p in (layer.lora_A["other"].weight, layer.lora_B["other"].weight):
+        p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    layer.set_adapter(["default", "other"])
+    both = layer(x)  # two active adapters: both deltas added
+    assert (both - live).abs().max() > 1e-2
+    layer.merge()
+    assert torch.allclose(base(x), both, atol=1e-5) and torch.allclose(layer(x), both, atol=1e-5)
+    layer.unmerge()
+    layer.set_adapter("default")
+
+    layer.lora_B["default"].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        layer.merge(safe_merge=True)
+    assert not layer.merged and torch.allclose(base.weight, raw, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_loralib_conv_layer_checks_and_bias_free_conv():
+    """loralib-form conv LoRA: grouped or non-square kernels are refused with the way out named;
+    a bias-free conv computes conv(x, W + B @ A / r) (fp32 sums of 36 products: 1e-5)."""
+    for conv in (nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 3, (3, 1))):
+        with pytest.raises(InputError, match="groups=1 and a square kernel.*conv_lora='peft'"):
+            LoraConv2dLoralib(conv, "default", r=2)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 3, 3, padding=1, bias=False)
+    layer = LoraConv2dLoralib(conv, "default", r=2, lora_alpha=4.0)
+    assert layer.scaling["default"] == 2.0
+    layer.lora_B["default"].weight.normal_()
+    x = torch.randn(2, 4, 7, 7)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = torch.nn.functional.conv2d(x, conv.weight + (b @ a).view(3, 4, 3, 3) * 2.0, padding=1)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
