@@ -306,3 +306,25 @@ def test_seam_crossfade_weights_are_k_over_fade_plus_one():
     out = torch.full((9, 2), 10.0)
     _place(out, torch.zeros(5, 2), Window(start=2, stop=8, context=1, fade=3))
     assert torch.equal(out[:, 0], torch.tensor([10, 10, 10, 7.5, 5, 2.5, 0, 0, 10]))
+
+
+def test_sampler_refusals_name_the_problem(model, feats, style):
+    """Each check on its own, with its exact message: a training-mode model, a non-finite CFG
+    scale, audio without a motion frame (one frame is enough), and a style prompt whose motion
+    alone has the wrong width."""
+    model.train()
+    try:
+        with pytest.raises(ValueError, match=r"^ICS-A2M model is in training mode; call model\.eval\(\) before sampling$"):
+            sample_motion(model, feats)
+    finally:
+        model.eval()
+    with pytest.raises(InputError, match="^cfg_scale must be finite, got inf$"):
+        sample_motion(model, feats, cfg_scale=math.inf)
+    assert sample_motion(model, synthetic_features(2, seed=3), steps=2, generator=seeded(0)).shape == (1, 8)
+    empty = AudioFeatures(feats.hubert[:1], feats.f0[:1], 400)
+    assert empty.num_motion_frames == 0
+    with pytest.raises(InputError, match=r"^audio features hold no motion frame; the audio is too short\.$"):
+        sample_motion(model, empty)
+    wide = StylePrompt(torch.zeros(12, 7), style.hubert, style.f0)
+    with pytest.raises(InputError, match="^style prompt has 7-d motion and 32-d audio; the model expects 8-d motion and 32-d audio"):
+        sample_motion(model, feats, wide)
