@@ -202,6 +202,8 @@ def test_peft_merge_unmerge_and_disable_on_one_layer(kind):
         p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     live = layer(x)
     assert (live - plain).abs().max() > 1e-2
+    if kind == "conv":  # keyword arguments reach the base layer (linear activation: gain scales)
+        assert torch.allclose(layer(x, gain=0.5), live * 0.5, atol=1e-5)
 
     layer.merge()
     assert layer.merged
@@ -220,6 +222,8 @@ def test_peft_merge_unmerge_and_disable_on_one_layer(kind):
     layer.merge()
     layer.enable_adapters(False)
     assert torch.allclose(layer(x), plain, atol=1e-5) and not layer.merged
+    if kind == "conv":
+        assert torch.allclose(layer(x, gain=0.5), plain * 0.5, atol=1e-5)
     assert torch.allclose(base.weight, raw, rtol=0, atol=1e-6)
     layer.enable_adapters(True)
     assert torch.allclose(layer(x), live, atol=1e-5)
@@ -258,3 +262,23 @@ def test_loralib_conv_layer_checks_and_bias_free_conv():
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     expected = torch.nn.functional.conv2d(x, conv.weight + (b @ a).view(3, 4, 3, 3) * 2.0, padding=1)
     assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_layer_defaults_and_config():
+    """Constructor and update_layer defaults (r=2, alpha=1: upstream), the adapter shapes, a
+    config's init_lora_weights=False (both random) against the default (B zero), dropout refused."""
+    base = FullyConnectedLayer(6, 5)
+    layer = LoraFullyConnected(base, "default")
+    assert (layer.in_features, layer.out_features) == (6, 5)
+    assert layer.r["default"] == 2 and layer.scaling["default"] == 0.5
+    assert not layer.lora_B["default"].weight.any() and layer.lora_A["default"].weight.any()
+    layer.update_layer("four", 4)
+    assert layer.scaling["four"] == 0.25 and not layer.lora_B["four"].weight.any()
+    layer.update_layer("random", 2, config=LoraConfig(init_lora_weights=False))
+    assert layer.lora_B["random"].weight.any()
+    rand = LoraFullyConnected(FullyConnectedLayer(6, 5), "default", config=LoraConfig(init_lora_weights=False))
+    assert rand.lora_B["default"].weight.any()
+    plain = LoraFullyConnected(FullyConnectedLayer(6, 5), "default", config=LoraConfig())
+    assert not plain.lora_B["default"].weight.any()
+    with pytest.raises(InputError, match=r"LoRA dropout is not supported on the renderer's layers \(got 0.1\); use 0"):
+        LoraFullyConnected(FullyConnectedLayer(6, 5), "default", config=LoraConfig(lora_dropout=0.1))
