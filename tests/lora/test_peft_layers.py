@@ -282,3 +282,13 @@ def test_layer_defaults_and_config():
     assert not plain.lora_B["default"].weight.any()
     with pytest.raises(InputError, match=r"LoRA dropout is not supported on the renderer's layers \(got 0.1\); use 0"):
         LoraFullyConnected(FullyConnectedLayer(6, 5), "default", config=LoraConfig(lora_dropout=0.1))
+
+
+def test_register_custom_layers_refusals():
+    """A conv form that does not exist, and a peft without the private custom-layer hook."""
+    from mimictalk_lib.lora.layers import register_custom_layers
+
+    with pytest.raises(InputError, match=r"^conv_lora must be one of \('upstream', 'peft'\), got 'loralib'$"):
+        register_custom_layers(LoraConfig(), conv_lora="loralib")
+    with pytest.raises(InputError, match=r"no LoraConfig\._register_custom_module .*pip install 'peft>=0\.13,<0\.22'$"):
+        register_custom_layers(object())
