@@ -290,8 +290,9 @@ def test_register_custom_layers_refusals():
 
     with pytest.raises(InputError, match=r"^conv_lora must be one of \('upstream', 'peft'\), got 'loralib'$"):
         register_custom_layers(LoraConfig(), conv_lora="loralib")
-    with pytest.raises(InputError, match=r"no LoraConfig\._register_custom_module .*pip install 'peft>=0\.13,<0\.22'$"):
+    with pytest.raises(InputError, match=r"^the installed peft has no LoraConfig\._register_custom_module .*pip install 'peft>=0\.13,<0\.22'$"):
         register_custom_layers(object())
+    assert register_custom_layers(LoraConfig())._custom_modules[nn.Conv2d] is LoraConv2dLoralib  # default: upstream form
 
 
 def test_a_is_kaiming_uniform_with_a_sqrt5():
