@@ -301,3 +301,40 @@ def test_a_is_kaiming_uniform_with_a_sqrt5():
     torch.manual_seed(0)
     a = LoraFullyConnected(FullyConnectedLayer(64, 5), "default").lora_A["default"].weight
     assert 0.93 / 8 < a.abs().max().item() <= 1 / 8
+
+
+@torch.no_grad()
+def test_peft_merge_of_named_adapters_skips_foreign_ones_and_checks_only_on_request():
+    """peft's merge arguments: ``adapter_names`` merges just those (the others stay on the fly),
+    an active adapter this layer does not hold (a model-wide name targeting other modules) is
+    skipped without stopping the loop, ``safe_merge=True`` merges finite weights, and the check
+    runs only on request (peft's default ``safe_merge=False``). Weights formed in float64 and
+    cast once are exact by construction; outputs within fp32 sums of 6 products (1e-5)."""
+    cls, base, x = _single_layer("fc")
+    raw = base.weight.detach().clone()
+    layer = cls(base, "default", r=2)
+    layer.update_layer("other", 2)
+    g = torch.Generator().manual_seed(2)
+    for name in ("default", "other"):
+        for p in (layer.lora_A[name].weight, layer.lora_B[name].weight):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    layer.set_adapter(["default", "other"])
+    both = layer(x)
+
+    layer.merge(adapter_names=["other"])
+    assert layer.merged_adapters == ["other"]
+    assert torch.equal(base.weight, (raw.double() + layer.get_delta_weight("other").double()).float())
+    assert torch.allclose(layer(x), both, atol=1e-5)  # "default" still added on the fly
+    layer.unmerge()
+
+    layer.set_adapter(["ghost", "default"])  # "ghost" has no matrices in this layer
+    w0 = base.weight.detach().clone()  # the unmerge round trip moves raw by up to an ulp
+    layer.merge(safe_merge=True)
+    assert layer.merged_adapters == ["default"]
+    assert torch.equal(base.weight, (w0.double() + layer.get_delta_weight("default").double()).float())
+    layer.unmerge()
+    layer.set_adapter("default")
+
+    layer.lora_B["default"].weight[0, 0] = float("inf")
+    layer.merge()  # no check unless asked
+    assert layer.merged_adapters == ["default"] and not torch.isfinite(base.weight).all()
