@@ -32,7 +32,11 @@ class DubVideo(io.ComfyNode):
             inputs=[
                 Renderer.Input("renderer", tooltip="A personalised renderer, or a base renderer (one-shot)."),
                 FaceModel.Input("face_model", tooltip="The BFM face model."),
-                Identity.Input("identity", tooltip="The identity prepared from this video (Prepare Identity)."),
+                Identity.Input("identity", optional=True,
+                               tooltip="The identity prepared from this video (Prepare Identity). Leave it unconnected "
+                                       "for long videos: the node then prepares a light identity itself while "
+                                       "streaming the video (memory flat in its length; MediaPipe models as in "
+                                       "Prepare Identity)."),
                 Audio2Motion.Input("a2m", tooltip="The motion model from Load Audio-to-Motion."),
                 io.Audio.Input("audio", tooltip="The new speech; the output is as long as it."),
                 io.Combo.Input("length", options=list(LENGTH_MODES), default="pingpong",
@@ -64,8 +68,8 @@ class DubVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, renderer, face_model, identity, a2m, audio, length, pose, colour, chunk_size, steps, seed,
-                filename_prefix, crf, fps, video=None, images=None, source_audio=None):
+    def execute(cls, renderer, face_model, a2m, audio, length, pose, colour, chunk_size, steps, seed,
+                filename_prefix, crf, fps, identity=None, video=None, images=None, source_audio=None):
         import torch
 
         from ..mimictalk_lib.dub import dub_video
@@ -81,7 +85,12 @@ class DubVideo(io.ComfyNode):
                 source_audio = source_audio if source_audio is not None else parts.audio
         else:
             source = images
-        height, width = int(identity.meta.get("source_size", [0, 0])[0]), int(identity.meta.get("source_size", [0, 0])[1])
+        tools = {}
+        if identity is None:  # the light identity, prepared while streaming the source (dub.prepare_dub_identity)
+            tools = _face_tools(face_model)
+            height, width = _size_of(source)
+        else:
+            height, width = int(identity.meta.get("source_size", [0, 0])[0]), int(identity.meta.get("source_size", [0, 0])[1])
         folder, stem, counter, subfolder = host.save_path(filename_prefix, width, height)
         name = f"{stem}_{counter:05}_.mp4"
         metadata = None
@@ -95,10 +104,30 @@ class DubVideo(io.ComfyNode):
             source, audio, renderer=renderer.renderer, face_model=face_model, identity=identity, a2m=net, hubert=hubert,
             fps=fps_in, output=folder / name, length=length, pose=pose, colour=colour, chunk_size=chunk_size,
             seed=seed, style_audio=source_audio, crf=crf, metadata=metadata or None, motion_options={"steps": steps},
-            on_step=host.progress(1),
+            on_step=host.progress(1), prepare_options={"device": host.torch_device()} if tools else None, **tools,
         )
         return io.NodeOutput(host.video_from_file(folder / name), result.report.summary(),
                              ui=ui.PreviewVideo([ui.SavedResult(name, subfolder, io.FolderType.output)]))
+
+
+def _face_tools(face_model) -> dict:
+    """MediaPipe landmarker / segmenter files for the light identity (as Prepare Identity gets them)."""
+    from ..mimictalk_lib import download
+    from ..mimictalk_lib.face import check_face_model_files
+    from ..mimictalk_lib.models import BFM_ASSET, mediapipe_files
+
+    if getattr(face_model, "mp468", None) is None:  # fitting needs the MediaPipe-to-BFM map
+        check_face_model_files(download.asset_dir(BFM_ASSET, host.model_dirs()), need_mp468=True)
+    return mediapipe_files(host.model_dirs(), allow_download=True)
+
+
+def _size_of(source) -> tuple[int, int]:
+    if isinstance(source, str):
+        from ..mimictalk_lib.video import probe
+
+        info = probe(source)
+        return int(info.height), int(info.width)
+    return int(source.shape[1]), int(source.shape[2])
 
 
 NODES = [DubVideo]

@@ -143,7 +143,7 @@ def dub_video(
     *,
     renderer: Any,
     face_model: Any,
-    identity: Any,
+    identity: Any = None,
     motion: Optional[torch.Tensor] = None,
     a2m: Any = None,
     hubert: Any = None,
@@ -160,12 +160,18 @@ def dub_video(
     crf: float = 19,
     metadata: Optional[dict] = None,
     motion_options: Optional[dict] = None,
+    landmarker: Any = None,
+    segmenter: Any = None,
+    prepare_options: Optional[dict] = None,
     on_step: Optional[ProgressFn] = None,
 ) -> DubResult:
     """Dub ``source`` with ``audio``; see the module docstring.
 
     ``source``: a video/image file path, or frames (IMAGE batch ``[N, H, W, C]``) with ``fps``.
-    ``identity``: prepared from this source (``prepare_identity`` / ``prepare_photo_identity``).
+    ``identity``: prepared from this source (``prepare_identity`` / ``prepare_photo_identity``, or
+    the light ``dub.prepare_dub_identity``); None: the light identity is prepared here, streaming
+    the source (needs ``landmarker`` and ``segmenter``, objects or MediaPipe model paths;
+    ``prepare_options`` go to ``prepare_dub_identity``), so memory stays flat in the length.
     ``renderer``: a personalised renderer (adapter applied) or a base renderer (one-shot from the
     identity's first frame). ``length``: 'pingpong' | 'loop' | 'trim' when the audio outlasts the
     source. ``pose``: 'source' | 'static'. ``colour``: 'mean_std' | 'none'. ``blink``: 'none'
@@ -179,11 +185,18 @@ def dub_video(
     for name, value, modes in (("length", length, LENGTH_MODES), ("pose", pose, POSE_MODES), ("colour", colour, COLOUR_MODES)):
         if value not in modes:
             raise InputError(f"dub_video: {name} must be one of {modes}, got {value!r}")
-    if not hasattr(identity, "meta") or not hasattr(identity, "segmaps"):
+    if identity is None and (landmarker is None or segmenter is None):
+        raise InputError("dub_video: give the identity prepared from the source, or the landmarker and segmenter "
+                         "to prepare one while streaming it")
+    if identity is not None and (not hasattr(identity, "meta") or not hasattr(identity, "segmaps")):
         raise InputError("dub_video: identity must be a prepared identity of the source (prepare_identity)")
     speech = _as_audio(audio)
     src = open_source(source, fps)
     try:
+        model = renderer_model(renderer)
+        if identity is None:
+            options = {"size": int(model.cfg.image_resolution), **(prepare_options or {})}
+            identity = _prepare(source, src, face_model, landmarker, segmenter, options, on_step)
         _check_source_matches(identity, src)
         vfr = bool(identity.meta.get("variable_frame_rate"))
         warnings = []
@@ -208,7 +221,6 @@ def dub_video(
             passes=n_out / track.num_frames, variable_frame_rate=vfr, warnings=warnings,
         )
         logger.info("dub plan: %s", report_.summary())
-        model = renderer_model(renderer)
         frames_iter = _dub_frames(
             src, identity, track, idx, face_out, motion_out, renderer, face_model, model, pose, colour, feather, blink,
             chunk_size, generator, on_step, build_session, iter_talking_head,
@@ -220,6 +232,20 @@ def dub_video(
         return DubResult(report_, audio=speech)
     finally:
         src.close()
+
+
+def _prepare(source, src, face_model, landmarker, segmenter, options: dict, on_step):
+    """The light identity of the opened source (frames already in memory are not copied again);
+    one frame: a photo identity."""
+    from ..identity import prepare_photo_identity
+    from .identity import prepare_dub_identity
+
+    frames = getattr(src, "frames", None)
+    kw = dict(landmarker=landmarker, segmenter=segmenter, face_model=face_model, on_step=on_step, **options)
+    if frames is not None and frames.shape[0] == 1:
+        kw = {k: v for k, v in kw.items() if k not in ("keep_frames", "chunk_frames", "max_seconds")}
+        return prepare_photo_identity(frames, **kw)
+    return prepare_dub_identity(source if frames is None else frames, fps=src.fps, **kw)
 
 
 def _write(output, frames_iter, fps: float, speech, length: str, crf: float, source, metadata=None) -> Path:
@@ -262,7 +288,7 @@ def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, re
             euler, trans = track.euler[src_of], track.trans[src_of]
         else:
             euler, trans = track.euler[src_of[:1]].expand(len(src_of), 3), track.trans[src_of[:1]].expand(len(src_of), 3)
-        session = build_session(renderer, face_model, identity, motion_out[face_out], pose=(euler, trans),
+        session = build_session(renderer, face_model, getattr(identity, "subset", identity), motion_out[face_out], pose=(euler, trans),
                                 map_to_init_pose=False, blink=blink, blink_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         for chunk in iter_talking_head(session, chunk_size=step, output_dtype=torch.float32):
             n = chunk.images.shape[0]

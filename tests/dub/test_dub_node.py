@@ -40,3 +40,17 @@ def test_dub_node_needs_exactly_one_source(pack):
     errors = submodule(pack, "mimictalk_lib.errors")
     with pytest.raises(errors.InputError, match="exactly one of 'video' or 'images'"):
         node.execute(None, None, None, None, None, "pingpong", "source", "mean_std", 4, 3, 0, "x", 19, 25.0)
+
+
+@pytest.mark.slow  # light identity (MediaPipe double, short fit) + one-shot dub of 15 frames
+def test_dub_node_prepares_a_light_identity_when_none_is_connected(pack, tiny, fake_mediapipe):
+    """Identity unconnected: Dub Video prepares the light identity itself while streaming the video."""
+    prompt = with_overrides(load_twin("mimictalk_dub"), **DUB_OVERRIDES)
+    (dub_id,) = [k for k, v in prompt.items() if v["class_type"] == "MimicTalkDubVideo"]
+    del prompt[dub_id]["inputs"]["identity"]
+    for k in [k for k, v in prompt.items() if v["class_type"] in ("MimicTalkPrepareIdentity", "PreviewImage")]:
+        del prompt[k]
+    result = run(pack, prompt, EXTRA)
+    (files,) = [u["images"] for u in result.ui.values() if u.get("images")]
+    (f,) = files
+    check_dub_video(video_facts(tiny["output"] / f["subfolder"] / f["filename"]))
