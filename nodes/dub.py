@@ -25,18 +25,14 @@ class DubVideo(io.ComfyNode):
             display_name="MimicTalk Dub Video",
             category="MimicTalk/render",
             description=("Dubs a video: the same video (resolution, frame rate, background, body) with the face saying "
-                         "the new speech. The identity must be prepared from this video; the renderer is a "
+                         "the new speech. The identity must be prepared from this video (or left unconnected: the node then "
+                         "prepares a light one while streaming the video, for long videos); the renderer is a "
                          "personalised one (Apply Adapter) or a base renderer used one-shot. Mouth and expression "
                          "come from the speech (ICS-A2M, the clip as style prompt), head pose from the video; frames "
                          "without a face are kept as they are. Written to the output folder while rendering."),
             inputs=[
                 Renderer.Input("renderer", tooltip="A personalised renderer, or a base renderer (one-shot)."),
                 FaceModel.Input("face_model", tooltip="The BFM face model."),
-                Identity.Input("identity", optional=True,
-                               tooltip="The identity prepared from this video (Prepare Identity). Leave it unconnected "
-                                       "for long videos: the node then prepares a light identity itself while "
-                                       "streaming the video (memory flat in its length; MediaPipe models as in "
-                                       "Prepare Identity)."),
                 Audio2Motion.Input("a2m", tooltip="The motion model from Load Audio-to-Motion."),
                 io.Audio.Input("audio", tooltip="The new speech; the output is as long as it."),
                 io.Combo.Input("length", options=list(LENGTH_MODES), default="pingpong",
@@ -55,6 +51,11 @@ class DubVideo(io.ComfyNode):
                 io.Int.Input("crf", default=DEFAULT_CRF, min=0, max=51, tooltip="H.264 quality (lower is better)."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=0.01,
                                tooltip="Frame rate of 'images' (a connected 'video' brings its own)."),
+                Identity.Input("identity", optional=True,
+                               tooltip="The identity prepared from this video (Prepare Identity). Leave it unconnected "
+                                       "for long videos: the node then prepares a light identity itself while "
+                                       "streaming the video (memory flat in its length; MediaPipe models as in "
+                                       "Prepare Identity)."),
                 io.Video.Input("video", optional=True, tooltip="The video to dub (e.g. from Load Video)."),
                 io.Image.Input("images", optional=True, tooltip="Or its frames (with fps), or one photo."),
                 io.Audio.Input("source_audio", optional=True,
