@@ -36,6 +36,7 @@ CATEGORIES = (
     "perceptual_loss",
     "face_model",
     "face_derived",
+    "evaluation",
 )
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

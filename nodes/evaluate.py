@@ -25,7 +25,8 @@ class Evaluate(io.ComfyNode):
                          "and the head region, landmark distance (mouth and face), blink rate and head-pose jitter. "
                          "With a renderer, face model and identity (and no images) it re-renders the identity's own "
                          "motion: frames 'held_out' are the last 10% (at least 1 s) that Train Adapter never trains "
-                         "on. Metrics whose model is missing are listed as notes."),
+                         "on. With audio connected: lip sync (LSE-D / LSE-C, SyncNet); identity similarity (CSIM, face "
+                         "embedding). Metrics whose model is missing are listed as notes."),
             is_output_node=True,
             inputs=[
                 io.Combo.Input("frames", options=list(FRAMES), default="held_out",
@@ -36,7 +37,7 @@ class Evaluate(io.ComfyNode):
                 io.Boolean.Input("landmarks", default=True,
                                  tooltip="Landmark distance, blink rate and pose jitter (need the optional mediapipe "
                                          "package and the face landmarker model)."),
-                io.Boolean.Input("auto_download", default=True, tooltip="Download missing LPIPS / landmarker weights."),
+                io.Boolean.Input("auto_download", default=True, tooltip="Download missing LPIPS, landmarker, SyncNet and face-embedding weights."),
                 Identity.Input("identity", optional=True,
                                tooltip="The reference: a prepared clip (its frames, head masks and landmarks)."),
                 io.Image.Input("images", optional=True, tooltip="Rendered frames to measure (e.g. from Render)."),
@@ -45,6 +46,10 @@ class Evaluate(io.ComfyNode):
                 Renderer.Input("renderer", optional=True,
                                tooltip="Without images: this renderer re-renders the identity's own motion."),
                 FaceModel.Input("face_model", optional=True, tooltip="The BFM face model (needed with renderer)."),
+                io.Audio.Input("audio", optional=True,
+                               tooltip="The speech the frames were rendered from, starting at the first frame (with "
+                                       "an identity: the clip's own audio, from its first frame). Gives the lip-sync "
+                                       "rows LSE-D / LSE-C (needs the SyncNet weights, 55 MB, and 25 fps frames)."),
             ],
             outputs=[
                 io.String.Output(display_name="table", tooltip="The metrics as a markdown table, with notes."),
@@ -55,8 +60,8 @@ class Evaluate(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, perceptual, landmarks, auto_download, identity=None, images=None, reference=None,
-                renderer=None, face_model=None):
-        from ..mimictalk_lib.evaluate import evaluate, evaluate_identity, load_optional_models
+                renderer=None, face_model=None, audio=None):
+        from ..mimictalk_lib.evaluate import evaluate, evaluate_identity, load_metric_models, load_optional_models
 
         if identity is None and (images is None or reference is None):
             raise InputError("Evaluate: connect an identity (with images, or with renderer and face_model), "
@@ -67,15 +72,21 @@ class Evaluate(io.ComfyNode):
         lpips, landmarker, notes = load_optional_models(host.model_dirs(), perceptual=perceptual, landmarks=landmarks,
                                                         allow_download=auto_download, device=host.torch_device())
         note = "landmark metrics: off (the landmarks widget)." if not landmarks else ("" if landmarker is None else None)
+        syncnet, embedder, model_notes = load_metric_models(host.model_dirs(), sync=audio is not None,
+                                                            allow_download=auto_download, device=host.torch_device())
+        if audio is None:
+            model_notes[0] = "LSE-C / LSE-D (audio-visual sync, SyncNet): not measured; connect the audio input."
+        notes += model_notes
+        models = dict(audio=audio, syncnet=syncnet, face_embedder=embedder, model_notes=False)
         if identity is not None:
             if images is None:
                 renderer.module()  # onto the compute device
             result = evaluate_identity(renderer.renderer if renderer is not None else None, face_model, identity,
                                        rendered=images, frames=frames, lpips=lpips, landmarker=landmarker,
-                                       landmark_note=note, on_step=host.progress(100))
+                                       landmark_note=note, on_step=host.progress(100), **models)
         else:
             result = evaluate(images, reference, lpips=lpips, landmarker=landmarker, landmark_note=note,
-                              on_step=host.progress(images.shape[0]))
+                              on_step=host.progress(images.shape[0]), **models)
         result.notes[:0] = notes
         table = result.table()
         return io.NodeOutput(table, result.plot().to(host.intermediate_device()), result.to_json(), ui={"text": (table,)})

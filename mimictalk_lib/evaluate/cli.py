@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from ..errors import MimicTalkError
-from .evaluate import CHUNK, Chunk, _run, as_float_images, load_optional_models
+from .evaluate import CHUNK, Chunk, _run, as_float_images, audio_16k, load_metric_models, load_optional_models
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mimictalk_lib evaluate",
         description="Measure a rendered talking-head video against a reference video of the same person and motion: "
                     "PSNR, SSIM, LPIPS (full frame), landmark distance (mouth, face), blink rate and head-pose jitter "
-                    "(with mediapipe). Prints a markdown table; --json / --plot write the full results. Head-region "
+                    "(with mediapipe), lip sync LSE-D / LSE-C (SyncNet, on the rendered video's own audio) and identity "
+                    "similarity CSIM (face embedding) when their weights are present. Prints a markdown table; --json / --plot write the full results. Head-region "
                     "metrics need head masks: use the Evaluate node or mimictalk_lib.evaluate.evaluate_identity.")
     p.add_argument("--rendered", required=True, help="the rendered video (e.g. from the talk workflow)")
     p.add_argument("--reference", required=True, help="the reference video, frame-aligned with the rendered one")
@@ -28,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", help="the mimictalk model folder (default $MIMICTALK_MODELS_DIR or ./models/mimictalk)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--no-landmarks", action="store_true", help="skip the landmark metrics (they need mediapipe)")
-    p.add_argument("--download", action="store_true", help="download missing LPIPS / landmarker weights")
+    p.add_argument("--audio", help="the speech for LSE-D / LSE-C (default: the rendered video's own audio track)")
+    p.add_argument("--no-sync", action="store_true", help="skip LSE-D / LSE-C")
+    p.add_argument("--no-csim", action="store_true", help="skip CSIM")
+    p.add_argument("--download", action="store_true",
+                   help="download missing LPIPS, landmarker, SyncNet and face-embedding weights")
     return p
 
 
@@ -57,9 +62,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                         landmarks=not args.no_landmarks, allow_download=args.download)
         if args.no_landmarks:
             notes.append("landmark metrics: skipped (--no-landmarks).")
+        syncnet, embedder, more = load_metric_models(dirs, sync=not args.no_sync, identity=not args.no_csim,
+                                                     allow_download=args.download)
+        notes += more
+        audio = None
+        if syncnet is not None:
+            from ..video import open_audio
+
+            source = args.audio or args.rendered
+            audio = audio_16k(source) if args.audio or open_audio(source) is not None else None
         total = min(_count(args.rendered), _count(args.reference))
         result = _run(_pairs(args.rendered, args.reference), total, fps=probe(args.rendered).fps, lpips=lpips,
-                      landmarker=landmarker, landmark_note="" if landmarker is None else None, manifest=None, info={}, on_step=None)
+                      landmarker=landmarker, landmark_note="" if landmarker is None else None, manifest=None, info={},
+                      on_step=None, syncnet=syncnet, embedder=embedder, audio=audio, model_notes=False)
         result.notes[:0] = notes
     except MimicTalkError as e:
         print(f"error: {e}", file=sys.stderr)

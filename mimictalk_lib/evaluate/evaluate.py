@@ -10,9 +10,11 @@ and JSON (what the Evaluate node and ``python -m mimictalk_lib evaluate`` return
 
 Frames are processed in chunks (memory flat in the clip length). Metrics: :mod:`.metrics`.
 Landmark metrics need a :class:`~mimictalk_lib.identity.landmarks.Landmarker` (MediaPipe, optional
-package); LPIPS needs the ``lpips_alex`` weights; audio-visual sync (LSE-C / LSE-D) and identity
-similarity (CSIM) need models the manifest does not list yet. What cannot be measured is reported
-as a note, never an error.
+package); LPIPS needs the ``lpips_alex`` weights; audio-visual sync (LSE-C / LSE-D, :mod:`.syncnet`)
+needs the ``syncnet`` weights, the audio and 25 fps frames; identity similarity (CSIM,
+:mod:`.face_embedding`) needs the ``face_embedding`` weights (:func:`load_metric_models`). Face boxes
+for both come from the landmarks (rendered frame first, then reference), else the reference head
+mask, else the whole frame. What cannot be measured is reported as a note, never an error.
 """
 
 from __future__ import annotations
@@ -32,11 +34,8 @@ from . import metrics as M
 CHUNK = 8  # frames measured at a time
 STRIP_FRAMES = 6  # frames shown real above rendered in the plot
 IDENTITY_FPS = 25.0  # prepared identities hold 25 fps frames
-OPTIONAL_MODELS = (
-    ("LSE-C / LSE-D (audio-visual sync, SyncNet)", "syncnet"),
-    ("CSIM (identity similarity, face-embedding network)", "face_embedding"),
-)
-"""Metrics that need a model from the manifest: (what, asset id)."""
+SYNC_WHAT = "LSE-C / LSE-D (audio-visual sync, SyncNet)"
+CSIM_WHAT = "CSIM (identity similarity, face-embedding network)"
 DESCRIPTIONS = {
     "psnr": ("dB", "peak signal-to-noise ratio, full frame (higher is better)"),
     "ssim": ("", "structural similarity, full frame (1 = identical)"),
@@ -54,6 +53,10 @@ DESCRIPTIONS = {
     "jitter_scale_reference": ("% face", "head-size jitter, reference"),
     "jitter_roll": ("deg", "head-roll jitter, rendered"),
     "jitter_roll_reference": ("deg", "head-roll jitter, reference"),
+    "lse_d": ("", "lip-sync distance, SyncNet (lower is better)"),
+    "lse_c": ("", "lip-sync confidence, SyncNet (higher is better)"),
+    "sync_offset": ("frames", "audio-video offset SyncNet finds (0 = in sync; positive: audio lags)"),
+    "csim": ("", "identity similarity, cosine of face embeddings (1 = same)"),
 }
 
 
@@ -134,20 +137,6 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def optional_model_notes(manifest=None) -> list[str]:
-    """One note per metric whose model the manifest does not provide (:data:`OPTIONAL_MODELS`)."""
-    from ..manifest import load_manifest
-
-    ids = set((manifest or load_manifest()).ids)
-    notes = []
-    for what, asset in OPTIONAL_MODELS:
-        if asset not in ids:
-            notes.append(f"{what}: not measured; the models manifest lists no '{asset}' model yet.")
-        else:
-            notes.append(f"{what}: not measured; this version of the pack cannot run the '{asset}' model yet.")
-    return notes
-
-
 @dataclass
 class Chunk:
     """One chunk of frames to compare: float [n, 3, H, W] in 0..1 each, optional reference head
@@ -159,9 +148,30 @@ class Chunk:
     ref_points: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
 
+def _face_boxes(n: int, size: tuple[int, int], found: list[tuple[torch.Tensor, torch.Tensor]],
+                masks: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Face boxes [n, 4] (x0, y0, x1, y1) for the SyncNet and CSIM crops: the box of the first
+    detected landmark set in ``found`` (face-mesh points), else of the head mask, else the whole
+    frame; with the number of frames that fell back to the whole frame."""
+    h, w = size
+    boxes = torch.tensor([[0.0, 0.0, float(w), float(h)]]).repeat(n, 1)
+    have = torch.zeros(n, dtype=torch.bool)
+    if masks is not None:
+        mb = M.head_boxes(masks).float()
+        ok = (mb[:, 2] > mb[:, 0]) & (mb[:, 3] > mb[:, 1])
+        boxes[ok], have = mb[ok], ok
+    for points, detected in reversed(found):  # the first set wins
+        xy = points[:, :M.NUM_MESH_LANDMARKS, :2].float()
+        mesh = torch.cat([xy.amin(1), xy.amax(1)], 1)
+        ok = detected.bool() & (mesh[:, 2] > mesh[:, 0]) & (mesh[:, 3] > mesh[:, 1])
+        boxes[ok], have = mesh[ok], have | ok
+    return boxes, int((~have).sum())
+
+
 class _Accumulator:
-    def __init__(self, total: int, lpips, landmarker, strip_at: set[int]):
+    def __init__(self, total: int, lpips, landmarker, strip_at: set[int], sync=None, embedder=None):
         self.total, self.lpips, self.landmarker, self.strip_at = total, lpips, landmarker, strip_at
+        self.sync, self.embedder, self.whole_frame = sync, embedder, 0
         self.per_frame: dict[str, list[torch.Tensor]] = {}
         self.points: dict[str, list[torch.Tensor]] = {"pred": [], "pred_ok": [], "ref": [], "ref_ok": []}
         self.strip_real: list[torch.Tensor] = []
@@ -184,6 +194,7 @@ class _Accumulator:
         boxes = M.head_boxes(masks) if masks is not None else None
         for k, v in M.image_metrics(c.rendered, ref, boxes=boxes, lpips=self.lpips).items():
             self.per_frame.setdefault(k, []).append(v)
+        faces = []
         if self.landmarker is not None:
             pred = self.landmarker.detect(_uint8(c.rendered), video=False)
             self.points["pred"].append(pred.points)
@@ -195,18 +206,40 @@ class _Accumulator:
                 pts, ok = found.points, found.detected
             self.points["ref"].append(pts.float())
             self.points["ref_ok"].append(ok.bool())
+            faces = [(pred.points, pred.detected), (pts, ok)]
+        elif c.ref_points is not None and c.reference.shape[-2:] == c.rendered.shape[-2:]:
+            faces = [c.ref_points]
+        if self.sync is not None or self.embedder is not None:
+            self._face_metrics(c.rendered, ref, faces, masks)
         for i in range(c.rendered.shape[0]):
             if self.done + i in self.strip_at:
                 self.strip_real.append(ref[i].permute(1, 2, 0))
                 self.strip_fake.append(c.rendered[i].permute(1, 2, 0))
         self.done += c.rendered.shape[0]
 
-    def result(self, fps: float, notes: list[str], info: dict) -> Evaluation:
+    def _face_metrics(self, rendered: torch.Tensor, ref: torch.Tensor, faces, masks) -> None:
+        boxes, whole = _face_boxes(rendered.shape[0], tuple(rendered.shape[-2:]), faces, masks)
+        self.whole_frame += whole
+        if self.sync is not None:
+            from .syncnet import face_crops
+
+            self.sync.add(face_crops(rendered, boxes))
+        if self.embedder is not None:
+            from .face_embedding import csim
+
+            self.per_frame.setdefault("csim", []).append(csim(self.embedder, rendered, ref, boxes))
+
+    def result(self, fps: float, notes: list[str], info: dict, audio: Optional[torch.Tensor] = None) -> Evaluation:
         per_frame = {k: torch.cat(v) for k, v in self.per_frame.items()}
         summary: dict[str, float] = {}
         for k, v in per_frame.items():
             finite_or_inf = v[~v.isnan()]
             summary[k] = float(finite_or_inf.mean()) if finite_or_inf.numel() else math.nan
+        if self.sync is not None:
+            self._sync_summary(summary, notes, audio, info)
+        if self.whole_frame and (self.sync is not None or self.embedder is not None):
+            notes.append(f"SyncNet / CSIM face crops: no face box (landmarks or head mask) in {self.whole_frame} of "
+                         f"{self.done} frames; the whole frame was used there (turn landmarks on for face boxes).")
         if self.landmarker is not None and self.points["pred"]:
             pred, pred_ok = torch.cat(self.points["pred"]), torch.cat(self.points["pred_ok"])
             ref, ref_ok = torch.cat(self.points["ref"]), torch.cat(self.points["ref_ok"])
@@ -233,18 +266,60 @@ class _Accumulator:
         return Evaluation(summary, {k: [float(x) for x in v] for k, v in per_frame.items()}, self.notes + notes, info, strip)
 
 
+    def _sync_summary(self, summary: dict, notes: list[str], audio: Optional[torch.Tensor], info: dict) -> None:
+        from ..errors import MimicTalkError
+
+        try:
+            r = self.sync.result(audio)
+        except MimicTalkError as e:
+            notes.append(f"{SYNC_WHAT}: not measured; {_first_line(e)}")
+            return
+        summary.update(lse_d=r.lse_d, lse_c=r.lse_c, sync_offset=float(r.offset))
+        info["sync_windows"], info["sync_mean_distance_by_shift"] = r.windows, r.mean_distance
+
+
+def _sync_scorer(syncnet, audio, fps: float, notes: list[str]):
+    """A SyncScorer when SyncNet can run (model, audio, 25 fps), else None with a note why."""
+    from .syncnet import FPS, SyncScorer
+
+    if syncnet is None:
+        return None
+    why = ("no audio given (connect the audio the frames were rendered from)" if audio is None
+           else f"SyncNet needs 25 fps frames, these are {fps:g} fps" if abs(fps - FPS) > 1e-3 else None)
+    if why:
+        notes.append(f"{SYNC_WHAT}: not measured; {why}.")
+        return None
+    return SyncScorer(syncnet)
+
+
 def _run(chunks: Iterable[Chunk], total: int, *, fps: float, lpips, landmarker, landmark_note: Optional[str],
-         manifest, info: dict, on_step: Optional[ProgressFn]) -> Evaluation:
+         manifest, info: dict, on_step: Optional[ProgressFn], syncnet=None, embedder=None,
+         audio: Optional[torch.Tensor] = None, model_notes: bool = True) -> Evaluation:
     if total < 1:
         raise InputError("evaluate: there are no frames to compare")
     strip_at = set(torch.linspace(0, total - 1, min(STRIP_FRAMES, total)).round().long().tolist())
-    acc = _Accumulator(total, lpips, landmarker, strip_at)
+    notes = [landmark_note] if landmark_note else []  # "": the caller reported it
+    if model_notes:  # False: the caller (load_metric_models) said what is missing
+        notes += [f"{what}: not measured (no {model} given; get it with: python -m mimictalk_lib.download fetch {asset})."
+                  for what, model, asset, given in ((SYNC_WHAT, "SyncNet", "syncnet", syncnet),
+                                                    (CSIM_WHAT, "face-embedding network", "face_embedding", embedder))
+                  if given is None]
+    acc = _Accumulator(total, lpips, landmarker, strip_at, _sync_scorer(syncnet, audio, fps, notes), embedder)
     for chunk in chunks:
         acc.add(chunk)
         report(on_step, acc.done, total)
-    notes = [landmark_note] if landmark_note else []  # "": the caller reported it
-    notes += optional_model_notes(manifest)
-    return acc.result(fps, notes, info)
+    return acc.result(fps, notes, info, audio)
+
+
+def audio_16k(audio: Any, start_frame: int = 0, fps: float = IDENTITY_FPS) -> Optional[torch.Tensor]:
+    """Mono 16 kHz audio [T] from anything ``a2m.load_audio`` reads (ComfyUI AUDIO, Audio, path),
+    from frame ``start_frame`` on (None stays None)."""
+    if audio is None:
+        return None
+    from ..a2m.audio import load_audio
+
+    wave = load_audio(audio)
+    return wave[int(round(start_frame / fps * 16000)):]
 
 
 def evaluate(
@@ -257,6 +332,10 @@ def evaluate(
     landmarker=None,
     landmark_note: Optional[str] = None,
     fps: float = 25.0,
+    audio: Any = None,
+    syncnet=None,
+    face_embedder=None,
+    model_notes: bool = True,
     manifest=None,
     on_step: Optional[ProgressFn] = None,
 ) -> Evaluation:
@@ -266,7 +345,10 @@ def evaluate(
     reference give the head-region metrics; ``reference_landmarks`` = (points [M, 478, 3],
     detected [M]) spare detecting them again; ``lpips``: :class:`~mimictalk_lib.adapt.lpips.LPIPS`
     (None: no LPIPS); ``landmarker``: a :class:`~mimictalk_lib.identity.landmarks.Landmarker` (None:
-    no landmark metrics, ``landmark_note`` says why)."""
+    no landmark metrics, ``landmark_note`` says why). ``audio`` (ComfyUI AUDIO, Audio, path; it
+    starts with the first frame) and ``syncnet`` (:func:`~.syncnet.load_syncnet`) give LSE-D / LSE-C;
+    ``face_embedder`` (:func:`~.face_embedding.load_face_embedder`) gives CSIM; a missing one is
+    a note (``model_notes=False``: the caller noted it)."""
     n = min(rendered.shape[0], reference.shape[0])
     notes_info = {}
     if rendered.shape[0] != reference.shape[0]:
@@ -283,7 +365,8 @@ def evaluate(
                         (reference_landmarks[0][s:e], reference_landmarks[1][s:e]) if reference_landmarks else None)
 
     result = _run(chunks(), n, fps=fps, lpips=lpips, landmarker=landmarker, landmark_note=landmark_note,
-                  manifest=manifest, info={}, on_step=on_step)
+                  manifest=manifest, info={}, on_step=on_step, syncnet=syncnet, embedder=face_embedder,
+                  audio=audio_16k(audio) if syncnet is not None else None, model_notes=model_notes)
     if notes_info:
         result.notes.insert(0, notes_info["frame_count_note"])
     return result
@@ -316,6 +399,10 @@ def evaluate_identity(
     landmarker=None,
     landmark_note: Optional[str] = None,
     chunk_size: int = 4,
+    audio: Any = None,
+    syncnet=None,
+    face_embedder=None,
+    model_notes: bool = True,
     manifest=None,
     on_step: Optional[ProgressFn] = None,
 ) -> Evaluation:
@@ -324,7 +411,9 @@ def evaluate_identity(
     ``rendered`` frames (IMAGE [N, H, W, 3]; the first min(N, frames) are compared), or, when
     ``rendered`` is None, with ``renderer`` (personalised, or base = one-shot from the identity's
     first frame) re-rendering the identity's own expressions and head poses there (eye blinks
-    off: the reference's own blinks are in its expressions)."""
+    off: the reference's own blinks are in its expressions). ``audio``: the identity clip's audio
+    (from its first frame; cut to the compared frames) for LSE-D / LSE-C with ``syncnet``;
+    ``face_embedder`` gives CSIM (see :func:`evaluate`)."""
     idx = identity_frames(identity, frames)
     if landmarker is None and landmark_note is None:
         landmark_note = "landmark metrics (distance, blink rate, pose jitter): not measured (no landmarker given)."
@@ -352,9 +441,15 @@ def evaluate_identity(
             yield Chunk(as_float_images(images, "rendered"), ref, identity.head_masks(sel),
                         (identity.landmarks[sel].float(), torch.ones(len(sel), dtype=torch.bool)))
 
+    wave = None
+    if syncnet is not None and audio is not None:
+        if len(idx) > 1 and not bool((idx[1:] - idx[:-1] == 1).all()):
+            raise InputError("evaluate_identity: LSE needs consecutive frames")
+        wave = audio_16k(audio, int(idx[0]))
     result = _run(chunks(), len(idx), fps=IDENTITY_FPS, lpips=lpips, landmarker=landmarker,
                   landmark_note=landmark_note, manifest=manifest,
-                  info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step)
+                  info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step,
+                  syncnet=syncnet, embedder=face_embedder, audio=wave, model_notes=model_notes)
     result.notes[:0] = notes
     return result
 
@@ -388,6 +483,34 @@ def load_optional_models(model_dirs=None, *, perceptual: bool = True, landmarks:
         except MimicTalkError as e:
             notes.append(f"landmark metrics (distance, blink rate, pose jitter): not measured; {_first_line(e)}")
     return lpips, landmarker, notes
+
+
+def load_metric_models(model_dirs=None, *, sync: bool = True, identity: bool = True, allow_download: bool = False,
+                       device: torch.device | str = "cpu", on_step: Optional[ProgressFn] = None) -> tuple[Any, Any, list[str]]:
+    """(SyncNet or None, face-embedding network or None, notes): the manifest's ``syncnet`` and
+    ``face_embedding`` weights from the model folders, downloaded when ``allow_download``. What is
+    missing or off becomes a note saying how to get it, not an error."""
+    from ..download import ensure_asset
+    from ..errors import MimicTalkError
+    from ..manifest import load_manifest
+    from .face_embedding import FACE_EMBEDDING_ASSET, load_face_embedder
+    from .syncnet import SYNCNET_ASSET, load_syncnet
+
+    out, notes = [], []
+    for wanted, what, asset, load in ((sync, SYNC_WHAT, SYNCNET_ASSET, load_syncnet),
+                                      (identity, CSIM_WHAT, FACE_EMBEDDING_ASSET, load_face_embedder)):
+        if not wanted:
+            out.append(None)
+            notes.append(f"{what}: off.")
+            continue
+        try:
+            folder = ensure_asset(asset, model_dirs, allow_download=allow_download, on_step=on_step)
+            out.append(load(folder / load_manifest().get(asset).files[0].name, device))
+        except MimicTalkError as e:
+            out.append(None)
+            notes.append(f"{what}: not measured; its weights are missing or unusable ({_first_line(e)}). "
+                         f"Get them with: python -m mimictalk_lib.download fetch {asset}")
+    return out[0], out[1], notes
 
 
 def _first_line(e: Exception) -> str:
