@@ -48,7 +48,8 @@ class Evaluate(io.ComfyNode):
                 FaceModel.Input("face_model", optional=True, tooltip="The BFM face model (needed with renderer)."),
                 io.Audio.Input("audio", optional=True,
                                tooltip="The speech the frames were rendered from, starting at the first frame (with "
-                                       "an identity: the clip's own audio, from its first frame). Gives the lip-sync "
+                                       "an identity: the clip's own audio, from its first frame; re-rendering an identity without it uses the "
+                                       "clip's audio when its video file is still there). Gives the lip-sync "
                                        "rows LSE-D / LSE-C (needs the SyncNet weights, 55 MB, and 25 fps frames)."),
             ],
             outputs=[
@@ -61,7 +62,9 @@ class Evaluate(io.ComfyNode):
     @classmethod
     def execute(cls, frames, perceptual, landmarks, auto_download, identity=None, images=None, reference=None,
                 renderer=None, face_model=None, audio=None):
-        from ..mimictalk_lib.evaluate import evaluate, evaluate_identity, load_metric_models, load_optional_models
+        from ..mimictalk_lib.evaluate import (
+            evaluate, evaluate_identity, identity_audio, load_metric_models, load_optional_models,
+        )
 
         if identity is None and (images is None or reference is None):
             raise InputError("Evaluate: connect an identity (with images, or with renderer and face_model), "
@@ -72,6 +75,8 @@ class Evaluate(io.ComfyNode):
         lpips, landmarker, notes = load_optional_models(host.model_dirs(), perceptual=perceptual, landmarks=landmarks,
                                                         allow_download=auto_download, device=host.torch_device())
         note = "landmark metrics: off (the landmarks widget)." if not landmarks else ("" if landmarker is None else None)
+        if audio is None and identity is not None and images is None:
+            audio = identity_audio(identity)  # re-rendering the clip: its own speech
         syncnet, embedder, model_notes = load_metric_models(host.model_dirs(), sync=audio is not None,
                                                             allow_download=auto_download, device=host.torch_device())
         if audio is None:

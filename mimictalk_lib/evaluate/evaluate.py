@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
@@ -278,14 +279,15 @@ class _Accumulator:
         info["sync_windows"], info["sync_mean_distance_by_shift"] = r.windows, r.mean_distance
 
 
-def _sync_scorer(syncnet, audio, fps: float, notes: list[str]):
-    """A SyncScorer when SyncNet can run (model, audio, 25 fps), else None with a note why."""
+def _sync_scorer(syncnet, audio, fps: float, notes: list[str], blocked: Optional[str] = None):
+    """A SyncScorer when SyncNet can run (model, audio, 25 fps, not ``blocked``), else None with a
+    note why."""
     from .syncnet import FPS, SyncScorer
 
     if syncnet is None:
         return None
-    why = ("no audio given (connect the audio the frames were rendered from)" if audio is None
-           else f"SyncNet needs 25 fps frames, these are {fps:g} fps" if abs(fps - FPS) > 1e-3 else None)
+    why = blocked or ("no audio given (connect the audio the frames were rendered from)" if audio is None
+                      else f"SyncNet needs 25 fps frames, these are {fps:g} fps" if abs(fps - FPS) > 1e-3 else None)
     if why:
         notes.append(f"{SYNC_WHAT}: not measured; {why}.")
         return None
@@ -294,7 +296,7 @@ def _sync_scorer(syncnet, audio, fps: float, notes: list[str]):
 
 def _run(chunks: Iterable[Chunk], total: int, *, fps: float, lpips, landmarker, landmark_note: Optional[str],
          manifest, info: dict, on_step: Optional[ProgressFn], syncnet=None, embedder=None,
-         audio: Optional[torch.Tensor] = None, model_notes: bool = True) -> Evaluation:
+         audio: Optional[torch.Tensor] = None, model_notes: bool = True, sync_blocked: Optional[str] = None) -> Evaluation:
     if total < 1:
         raise InputError("evaluate: there are no frames to compare")
     strip_at = set(torch.linspace(0, total - 1, min(STRIP_FRAMES, total)).round().long().tolist())
@@ -304,11 +306,26 @@ def _run(chunks: Iterable[Chunk], total: int, *, fps: float, lpips, landmarker, 
                   for what, model, asset, given in ((SYNC_WHAT, "SyncNet", "syncnet", syncnet),
                                                     (CSIM_WHAT, "face-embedding network", "face_embedding", embedder))
                   if given is None]
-    acc = _Accumulator(total, lpips, landmarker, strip_at, _sync_scorer(syncnet, audio, fps, notes), embedder)
+    acc = _Accumulator(total, lpips, landmarker, strip_at, _sync_scorer(syncnet, audio, fps, notes, sync_blocked), embedder)
     for chunk in chunks:
         acc.add(chunk)
         report(on_step, acc.done, total)
     return acc.result(fps, notes, info, audio)
+
+
+def identity_audio(identity) -> Optional[str]:
+    """The identity's source video (its ``meta['source']``) when that file still exists and has an
+    audio track: the clip's own speech for LSE-D / LSE-C in :func:`evaluate_identity`; else None."""
+    from ..errors import MimicTalkError
+    from ..video import open_audio
+
+    source = identity.meta.get("source")
+    if not isinstance(source, str) or not os.path.isfile(source):
+        return None
+    try:
+        return source if open_audio(source) is not None else None
+    except MimicTalkError:
+        return None
 
 
 def audio_16k(audio: Any, start_frame: int = 0, fps: float = IDENTITY_FPS) -> Optional[torch.Tensor]:
@@ -441,15 +458,19 @@ def evaluate_identity(
             yield Chunk(as_float_images(images, "rendered"), ref, identity.head_masks(sel),
                         (identity.landmarks[sel].float(), torch.ones(len(sel), dtype=torch.bool)))
 
-    wave = None
+    wave, blocked = None, None
     if syncnet is not None and audio is not None:
-        if len(idx) > 1 and not bool((idx[1:] - idx[:-1] == 1).all()):
-            raise InputError("evaluate_identity: LSE needs consecutive frames")
-        wave = audio_16k(audio, int(idx[0]))
+        positions = identity.meta.get("frame_positions")  # each frame's place on the clip's 25 fps timeline
+        timeline = torch.as_tensor(positions)[idx] if isinstance(positions, list) and len(positions) == identity.num_frames else idx
+        if len(timeline) > 1 and not bool((timeline[1:] - timeline[:-1] == 1).all()):
+            blocked = ("frames were dropped from the clip inside the compared range (no face there), so the frames "
+                       "no longer follow the audio")
+        else:
+            wave = audio_16k(audio, int(timeline[0]))
     result = _run(chunks(), len(idx), fps=IDENTITY_FPS, lpips=lpips, landmarker=landmarker,
                   landmark_note=landmark_note, manifest=manifest,
                   info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step,
-                  syncnet=syncnet, embedder=face_embedder, audio=wave, model_notes=model_notes)
+                  syncnet=syncnet, embedder=face_embedder, audio=wave, model_notes=model_notes, sync_blocked=blocked)
     result.notes[:0] = notes
     return result
 

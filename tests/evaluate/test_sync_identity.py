@@ -224,3 +224,50 @@ def test_missing_or_wrong_weights_are_notes_not_errors(tmp_path, syncnet_file):
     (tmp_path / "syncnet" / "syncnet_v2.model").write_bytes(syncnet_file.read_bytes())  # not the pinned file
     syncnet, _, notes = load_metric_models([tmp_path], identity=False, allow_download=False)
     assert syncnet is None and "size is" in notes[0] and notes[1] == "CSIM (identity similarity, face-embedding network): off."
+
+
+# --- re-rendered identities: the clip's own audio on its 25 fps timeline -------------------------------
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    from mimictalk_lib.face import load_face_model
+    from tests.fixtures.synthetic_bfm import write_synthetic_face_model
+    from tests.pipeline.conftest import make_identity
+
+    face_model = load_face_model(write_synthetic_face_model(tmp_path_factory.mktemp("bfm")))
+    return make_identity(face_model, frames=50, size=64)
+
+
+def test_identity_audio_starts_at_the_held_out_frames_place_on_the_timeline(identity, syncnet_file, monkeypatch):
+    pytest.importorskip("python_speech_features")
+    from mimictalk_lib.evaluate import evaluate_identity
+
+    seen = []
+    original = SN.SyncScorer.result
+    monkeypatch.setattr(SN.SyncScorer, "result", lambda self, audio, *a: seen.append(audio.shape[-1]) or original(self, audio, *a))
+    net = SN.load_syncnet(syncnet_file)
+    speech = {"waveform": torch.randn(1, 1, 60 * SN.SAMPLES_PER_FRAME) * 0.1, "sample_rate": 16000}
+    rendered = identity.com_images(torch.arange(25, 33))  # 8 frames of the held-out slice (25..49)
+    identity.meta["frame_positions"] = list(range(10, 60))  # the clip's first 10 frames had no face
+    result = evaluate_identity(None, None, identity, rendered=rendered, audio=speech, syncnet=net, model_notes=False)
+    assert seen == [(60 - 35) * SN.SAMPLES_PER_FRAME]  # held-out frame 25 is timeline frame 35
+    assert math.isfinite(result.metrics["lse_d"]) and result.info["sync_windows"] == 3
+    identity.meta["frame_positions"] = list(range(28)) + list(range(29, 51))  # frame 28 dropped: a gap at 27/28
+    result = evaluate_identity(None, None, identity, rendered=rendered, audio=speech, syncnet=net, model_notes=False)
+    assert "lse_d" not in result.metrics and any("frames were dropped" in n for n in result.notes)
+
+
+def test_identity_audio_is_the_source_video_when_it_has_sound(tmp_path):
+    from types import SimpleNamespace
+
+    from mimictalk_lib.evaluate import identity_audio
+    from mimictalk_lib.video import write_video
+
+    frames = torch.zeros(5, 32, 32, 3, dtype=torch.uint8)
+    write_video(tmp_path / "silent.mp4", frames, 25.0)
+    write_video(tmp_path / "talk.mp4", frames, 25.0, audio=torch.randn(1, 3200) * 0.1, sample_rate=16000)
+    assert identity_audio(SimpleNamespace(meta={"source": str(tmp_path / "talk.mp4")})) == str(tmp_path / "talk.mp4")
+    assert identity_audio(SimpleNamespace(meta={"source": str(tmp_path / "silent.mp4")})) is None
+    assert identity_audio(SimpleNamespace(meta={"source": str(tmp_path / "gone.mp4")})) is None
+    assert identity_audio(SimpleNamespace(meta={"source": "synthetic"})) is None
