@@ -65,16 +65,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         syncnet, embedder, more = load_metric_models(dirs, sync=not args.no_sync, identity=not args.no_csim,
                                                      allow_download=args.download)
         notes += more
-        audio = None
+        audio, blocked = None, None
         if syncnet is not None:
             from ..video import open_audio
 
             source = args.audio or args.rendered
-            audio = audio_16k(source) if args.audio or open_audio(source) is not None else None
+            audio, blocked = audio_16k(source) if args.audio or open_audio(source) is not None else (None, None)
         total = min(_count(args.rendered), _count(args.reference))
         result = _run(_pairs(args.rendered, args.reference), total, fps=probe(args.rendered).fps, lpips=lpips,
                       landmarker=landmarker, landmark_note="" if landmarker is None else None, manifest=None, info={},
-                      on_step=None, syncnet=syncnet, embedder=embedder, audio=audio, model_notes=False)
+                      on_step=None, syncnet=syncnet, embedder=embedder, audio=audio, model_notes=False,
+                      sync_blocked=blocked)
         result.notes[:0] = notes
     except MimicTalkError as e:
         print(f"error: {e}", file=sys.stderr)

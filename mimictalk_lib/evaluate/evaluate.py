@@ -328,15 +328,19 @@ def identity_audio(identity) -> Optional[str]:
         return None
 
 
-def audio_16k(audio: Any, start_frame: int = 0, fps: float = IDENTITY_FPS) -> Optional[torch.Tensor]:
-    """Mono 16 kHz audio [T] from anything ``a2m.load_audio`` reads (ComfyUI AUDIO, Audio, path),
-    from frame ``start_frame`` on (None stays None)."""
+def audio_16k(audio: Any, start_frame: int = 0, fps: float = IDENTITY_FPS) -> tuple[Optional[torch.Tensor], Optional[str]]:
+    """(mono 16 kHz audio [T] from frame ``start_frame`` on, None) from anything ``a2m.load_audio``
+    reads (ComfyUI AUDIO, Audio, path); (None, why) when that audio cannot be used (silent, empty,
+    unreadable: LSE is then a note, the other metrics still run); (None, None) for no audio."""
     if audio is None:
-        return None
+        return None, None
     from ..a2m.audio import load_audio
 
-    wave = load_audio(audio)
-    return wave[int(round(start_frame / fps * 16000)):]
+    try:
+        wave = load_audio(audio)
+    except InputError as e:
+        return None, f"the audio cannot be used ({_first_line(e)})"
+    return wave[int(round(start_frame / fps * 16000)):], None
 
 
 def evaluate(
@@ -381,9 +385,10 @@ def evaluate(
                         head_masks[s:e] if head_masks is not None else None,
                         (reference_landmarks[0][s:e], reference_landmarks[1][s:e]) if reference_landmarks else None)
 
+    wave, blocked = audio_16k(audio) if syncnet is not None else (None, None)
     result = _run(chunks(), n, fps=fps, lpips=lpips, landmarker=landmarker, landmark_note=landmark_note,
                   manifest=manifest, info={}, on_step=on_step, syncnet=syncnet, embedder=face_embedder,
-                  audio=audio_16k(audio) if syncnet is not None else None, model_notes=model_notes)
+                  audio=wave, model_notes=model_notes, sync_blocked=blocked)
     if notes_info:
         result.notes.insert(0, notes_info["frame_count_note"])
     return result
@@ -466,7 +471,7 @@ def evaluate_identity(
             blocked = ("frames were dropped from the clip inside the compared range (no face there), so the frames "
                        "no longer follow the audio")
         else:
-            wave = audio_16k(audio, int(timeline[0]))
+            wave, blocked = audio_16k(audio, int(timeline[0]))
     result = _run(chunks(), len(idx), fps=IDENTITY_FPS, lpips=lpips, landmarker=landmarker,
                   landmark_note=landmark_note, manifest=manifest,
                   info={"frame_indices": idx.tolist(), "frames_mode": frames}, on_step=on_step,
@@ -529,7 +534,7 @@ def load_metric_models(model_dirs=None, *, sync: bool = True, identity: bool = T
             out.append(load(folder / load_manifest().get(asset).files[0].name, device))
         except MimicTalkError as e:
             out.append(None)
-            notes.append(f"{what}: not measured; its weights are missing or unusable ({_first_line(e)}). "
+            notes.append(f"{what}: not measured; its weights are missing or unusable ({_first_line(e).rstrip('.')}). "
                          f"Get them with: python -m mimictalk_lib.download fetch {asset}")
     return out[0], out[1], notes
 

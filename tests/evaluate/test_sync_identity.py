@@ -271,3 +271,11 @@ def test_identity_audio_is_the_source_video_when_it_has_sound(tmp_path):
     assert identity_audio(SimpleNamespace(meta={"source": str(tmp_path / "silent.mp4")})) is None
     assert identity_audio(SimpleNamespace(meta={"source": str(tmp_path / "gone.mp4")})) is None
     assert identity_audio(SimpleNamespace(meta={"source": "synthetic"})) is None
+
+
+def test_unusable_audio_is_a_note_and_the_other_metrics_still_run(syncnet_file):
+    frames = torch.rand(6, 32, 32, 3)
+    silent = {"waveform": torch.zeros(1, 1, 6 * SN.SAMPLES_PER_FRAME), "sample_rate": 16000}
+    result = evaluate(frames, frames, syncnet=SN.load_syncnet(syncnet_file), audio=silent)
+    assert result.metrics["psnr"] == math.inf and "lse_d" not in result.metrics
+    assert any(n.startswith("LSE-C / LSE-D") and "the audio cannot be used" in n for n in result.notes)
