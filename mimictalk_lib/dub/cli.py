@@ -4,6 +4,11 @@ Example::
 
     python -m mimictalk_lib dub --video me.mp4 --identity me.identity.safetensors \\
         --adapter me.adapter.safetensors --audio speech.wav --out me_dubbed.mp4
+    python -m mimictalk_lib dub --video long.mp4 --audio speech.wav --out long_dubbed.mp4
+
+Without ``--identity`` the light identity of ``dub.identity`` is prepared from the video while it
+streams (memory flat in the video's length), with the MediaPipe model files of the models folder
+(or ``--landmarker`` / ``--segmenter``).
 
 Models are files or folders given as paths, or manifest ids / names inside the models folder
 (``--models-dir``, default ``$MIMICTALK_MODELS_DIR`` or ``./models/mimictalk``).
@@ -35,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                     "mimictalk_lib.identity.prepare_identity); a photo identity with --video PHOTO makes the photo talk.")
     p.add_argument("--video", required=True, help="the source video (or a photo)")
     p.add_argument("--audio", required=True, help="the new speech: an audio or video file")
-    p.add_argument("--identity", required=True, help="identity prepared from --video (.safetensors)")
+    p.add_argument("--identity", help="identity prepared from --video (.safetensors); without it a light identity is "
+                                      "prepared from the video while it streams (long videos)")
+    p.add_argument("--landmarker", help="MediaPipe face_landmarker.task (without --identity; default: the models folder's)")
+    p.add_argument("--segmenter", help="MediaPipe selfie_multiclass_256x256.tflite (without --identity; default: the "
+                                       "models folder's)")
     p.add_argument("--out", required=True, help="the mp4 to write (never the source)")
     p.add_argument("--adapter", help="personalised adapter (.safetensors); without it the renderer runs one-shot")
     p.add_argument("--renderer", help=f"renderer weights (default {DEFAULTS['renderer']})")
@@ -95,8 +104,18 @@ def run(args: argparse.Namespace, models: Path):
     from .dub import dub_video
 
     device = torch.device(args.device)
-    identity = Identity.load(args.identity)
-    face_model = load_face_model(resolve(args.face_model, "face_model", models))
+    tools: dict = {}
+    if args.identity:
+        identity = Identity.load(args.identity)
+    else:  # the light identity, prepared inside dub_video
+        from ..models import mediapipe_files
+
+        identity = None
+        tools = {k: getattr(args, k) for k in ("landmarker", "segmenter") if getattr(args, k)}
+        if len(tools) < 2:
+            tools = {**mediapipe_files([models], allow_download=False), **tools}
+        tools["prepare_options"] = {"device": device}
+    face_model = load_face_model(resolve(args.face_model, "face_model", models), need_mp468=identity is None)
     renderer = load_renderer(resolve(args.renderer, "renderer", models), device=device)
     if args.adapter:
         from ..adapt.adapter import load_adapter, personalise
@@ -108,6 +127,6 @@ def run(args: argparse.Namespace, models: Path):
     result = dub_video(
         args.video, args.audio, renderer=renderer, face_model=face_model, identity=identity, a2m=a2m, hubert=hubert,
         output=args.out, length=args.length, pose=args.pose, colour=args.colour, chunk_size=args.chunk_size,
-        seed=args.seed, motion_options=options,
+        seed=args.seed, motion_options=options, **tools,
     )
     return result.report

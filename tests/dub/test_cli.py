@@ -11,6 +11,7 @@ import torch
 
 from mimictalk_lib.__main__ import main
 from tests.dub.conftest import identity_for, source_frames
+from tests.nodes.harness import fake_mediapipe, tiny  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,25 @@ def test_dub_command_reports_bad_input_without_a_traceback(files, capsys):
                  "--face-model", str(files["bfm"])])
     assert code == 1
     assert "missing.mp4" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # light identity (MediaPipe double, default fit) + one-shot dub
+def test_dub_command_without_an_identity_prepares_a_light_one(tiny, fake_mediapipe, capsys, tmp_path):
+    """No --identity: the identity is prepared from the video while it streams, with the models
+    folder's MediaPipe files (here the test double's)."""
+    import av
+
+    from tests.nodes.tiny_assets import DUB_FPS, SPEECH_SECONDS
+
+    models = tiny["models"]
+    tiny_dir = models / "tiny"
+    out = tmp_path / "dubbed.mp4"
+    code = main(["dub", "--video", str(tiny["input"] / "dub_source.mp4"), "--audio", str(tiny["input"] / "speech.wav"),
+                 "--out", str(out), "--models-dir", str(models), "--renderer", str(tiny_dir / "real3d_renderer"),
+                 "--a2m", str(tiny_dir / "ics_a2m"), "--hubert", str(tiny_dir / "hubert"),
+                 "--face-model", str(models / "bfm"), "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height, float(v.average_rate)) == (320, 240, DUB_FPS)
+        assert sum(1 for _ in c.decode(v)) == round(SPEECH_SECONDS * DUB_FPS)

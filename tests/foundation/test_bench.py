@@ -22,6 +22,8 @@ HEADERS = {
     "adapt": "| device | dtype | batch | s/step (wall) | CPU s/step | peak memory | 1000 steps | 2000 steps |",
     "secc": "| device | dtype | work | maps/s | ms/map | CUDA peak MiB |",
     "prepare": "| stage | device | seconds | s per s of video |",
+    "dub": "| seconds | source | frames | identity frames (25 fps) | wall s (prepare + dub) | frames/s | peak RSS MiB "
+           "| identity held MiB | frames held |",
 }
 
 
@@ -58,6 +60,19 @@ def test_tiny_run_prints_table(repo_root, name, options, n_rows, positive):
     for row in rows:
         assert (row["device"], row["dtype"]) == ("cpu", "fp32")
         assert all(float(row[k].split()[0]) > 0 for k in positive), row
+
+
+def test_tiny_dub_memory_prints_table(repo_root):
+    """The dub bench's memory rows (light identity prepared + dub, one worker each) on a 1 s and a
+    2 s 640x360 source at 5 fps."""
+    from bench.dub import MEMORY_HEADER
+
+    assert HEADERS["dub"] == "| " + " | ".join(MEMORY_HEADER) + " |"
+    rows = run_bench(repo_root, "dub", "--skip-quality", "--memory-seconds", "1,2")
+    assert [(r["seconds"], r["frames"], r["identity frames (25 fps)"]) for r in rows] == [("1", "5", "25"), ("2", "10", "50")]
+    for row in rows:
+        assert float(row["peak RSS MiB"]) > 0 and float(row["identity held MiB"]) > 0
+        assert 1 <= int(row["frames held"]) <= 17  # the first face frame + at most keep_frames (16)
 
 
 @pytest.mark.slow  # ~12 s: MediaPipe on a real 1.2 s clip, a short 3DMM fit, the plate
