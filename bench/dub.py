@@ -5,7 +5,7 @@ against the source's length.
     python -m bench.dub --skip-memory --seconds 10 --holdout 3
     python -m bench.dub --memory-seconds 60,300 --memory-fps 2 --skip-quality
     python -m bench.dub --tiny --device cpu       # smoke test: 640x360, 1.2 s, memory 2 s / 4 s
-    python -m bench.dub --tiny --skip-quality --memory-seconds 1,2   # the seconds-long smoke of tests/foundation
+    python -m bench.dub --tiny --skip-quality --memory-seconds 1     # the smoke test of tests/foundation
 
 Source: ``../shared/data/German_20s.mp4`` (512², 25 fps) scaled into a 1920x1080 frame over
 ``bg.png`` at an off-centre box, resampled to 30 fps (a drawn stand-in when the file is absent).
@@ -294,8 +294,9 @@ def main() -> None:
     device = configs[0][0]
     args.device = device
     common.print_machines([device])
-    print(f"# weights: tiny random renderer / ICS-A2M / HuBERT (tests' fixtures), synthetic identity; source "
-          f"{'German_20s.mp4' if GERMAN.is_file() else 'drawn stand-in'} in {cfg['hw'][1]}x{cfg['hw'][0]}", flush=True)
+    print(f"# weights: tiny random renderer / ICS-A2M / HuBERT (tests' fixtures); quality: synthetic identity, source "
+          f"{'German_20s.mp4' if GERMAN.is_file() else 'drawn stand-in'} in {cfg['hw'][1]}x{cfg['hw'][0]}; memory: "
+          "drawn face, light identity prepared with the stand-in landmarker / segmenter", flush=True)
     from mimictalk_lib.face import load_face_model
     from mimictalk_lib.video import read_video
     from tests.fixtures.synthetic_bfm import write_synthetic_face_model
