@@ -130,6 +130,7 @@ def synthetic_identity(face_model, path: Path, n_source: int, fps: float, hw, bo
     """An identity of the source without MediaPipe: the known crop, zero pose / expression, an
     elliptic head segmentation, frame 0's crop as frames / plate / torso."""
     from mimictalk_lib.face.camera import camera_sequence
+    from mimictalk_lib.face.coeffs import Coefficients, HeadPose
     from mimictalk_lib.face.keypoints import torso_keypoints
     from mimictalk_lib.identity import Identity
     from mimictalk_lib.identity.frames import CropBox, crop_frames, resample_indices
@@ -145,14 +146,14 @@ def synthetic_identity(face_model, path: Path, n_source: int, fps: float, hw, bo
     zeros = torch.zeros(t, 3)
     exp = torch.zeros(t, 64)
     with torch.no_grad():
-        kps = torso_keypoints(face_model, torch.zeros(t, 80), exp, zeros, zeros, clamp=False)
+        kps = torso_keypoints(face_model, Coefficients(torch.zeros(t, 80), exp, zeros, zeros), clamp=False)
     meta = {"kind": "clip", "source": path.name, "source_size": list(hw), "crop": list(box), "fps": 25.0,
             "variable_frame_rate": False, "frame_positions": list(range(t)), "source_frames": idx.tolist(),
             "dropped_frames": [], "interpolated_frames": []}
     return Identity(
         frames=crop.expand(t, -1, -1, -1).contiguous(), segmaps=seg.expand(t, -1, -1).contiguous(),
         landmarks=torch.zeros(t, 478, 3), id=torch.zeros(1, 80), exp=exp, euler=zeros, trans=zeros.clone(),
-        cameras=camera_sequence(zeros, zeros).float(), keypoints=kps, lip_rects=torch.zeros(t, 4, dtype=torch.long),
+        cameras=camera_sequence(HeadPose(zeros, zeros)).float(), keypoints=kps, lip_rects=torch.zeros(t, 4, dtype=torch.long),
         plate=crop.clone(), torso_ref=crop.clone(), torso_ref_mask=seg != 0, meta=meta,
     )
 

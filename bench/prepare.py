@@ -108,11 +108,10 @@ def _stages(args, configs, tmp: str):
         fit, t_fit = common.timed(lambda: fit_clip(fm, clip.landmarks.to(dev), FRAME_SIZE, schedule=schedule), dev)
 
         def plate():
-            t = fit.exp.shape[0]
-            id_t = fit.id.expand(t, -1)
-            camera_sequence(fit.euler, fit.trans)
-            torso_keypoints(fm, id_t, fit.exp, fit.euler, fit.trans, clamp=False)
-            lip_rects(landmarks_2d(fm, id_t, fit.exp, fit.euler, fit.trans).cpu() * FRAME_SIZE)
+            coeffs = fit.coeffs.per_frame()
+            camera_sequence(coeffs.pose)
+            torso_keypoints(fm, coeffs, clamp=False)
+            lip_rects(landmarks_2d(fm, coeffs).cpu() * FRAME_SIZE)
             inpaint_torso(clip.frames[:1], seg[:1])
             return background_plate(clip.frames, seg, device=dev)
 

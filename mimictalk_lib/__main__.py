@@ -192,7 +192,7 @@ def run_talk(args: argparse.Namespace, settings: dict[str, Any], folders: Sequen
     from .adapt.adapter import load_adapter, personalise
     from .adapt.official_import import import_official_checkpoint
     from .errors import InputError
-    from .identity import FitSchedule, prepare_photo_identity
+    from .identity import FitSchedule, PrepareBackends, PrepareOptions, prepare_photo_identity
     from .models import A2M_ASSETS, HUBERT_ASSETS, RENDERER_ASSETS, load_face_model_from, mediapipe_files
     from .pipeline import audio_to_motion, build_session, render_to_video, renderer_model
     from .renderer import load_renderer
@@ -210,9 +210,10 @@ def run_talk(args: argparse.Namespace, settings: dict[str, Any], folders: Sequen
     identity = None
     if portrait:
         identity = prepare_photo_identity(
-            Path(args.portrait), face_model=face_model, crop=settings["crop"], device=device,
-            schedule=FitSchedule.with_iterations(settings["fit_iterations"]), size=renderer.model.cfg.image_resolution,
-            on_step=_log_progress("identity"), **mediapipe_files(folders, allow_download=allow))
+            Path(args.portrait), PrepareBackends(face_model=face_model, **mediapipe_files(folders, allow_download=allow)),
+            PrepareOptions(crop=settings["crop"], device=device, size=renderer.model.cfg.image_resolution,
+                           schedule=FitSchedule.with_iterations(settings["fit_iterations"])),
+            on_step=_log_progress("identity"))
     else:
         path = _adapter_path(args.adapter, folders)
         adapter = import_official_checkpoint(path, renderer.model) if path.suffix == ".ckpt" else load_adapter(path)

@@ -4,7 +4,9 @@ progress callbacks."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -54,3 +56,43 @@ def check_device_dtype(device: torch.device | str, dtype: torch.dtype) -> None:
             f"precision {dtype} was requested on the CPU; half precision is only supported on a "
             "GPU. Use fp32 (or 'auto') when running on the CPU."
         )
+
+
+SMALL_TENSOR_THREADS_ENV = "MIMICTALK_SMALL_TENSOR_THREADS"
+DEFAULT_SMALL_TENSOR_THREADS = 1
+"""Intra-op threads for loops of many small CPU ops (the 3DMM fit, landmark post-processing):
+each op is microseconds of work, so waking a second thread costs more than it saves, and on a
+CPU shared with other work a stalled thread holds every op up (docs/benchmarks.md, identity
+preparation: 1 thread was 8x faster than 2 on the 2-core development machine under load)."""
+
+
+def small_tensor_threads(threads: Optional[int] = None) -> int:
+    """The thread count for small-tensor loops: ``threads`` if given, else the environment
+    variable ``MIMICTALK_SMALL_TENSOR_THREADS``, else 1. 0 means "leave torch's setting"."""
+    text = None
+    if threads is None:
+        text = os.environ.get(SMALL_TENSOR_THREADS_ENV, "").strip()
+        threads = DEFAULT_SMALL_TENSOR_THREADS if not text else (int(text) if text.isdigit() else -1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        where = f"environment variable {SMALL_TENSOR_THREADS_ENV}" if text else "threads"
+        raise InputError(f"{where} must be a whole number of CPU threads (0 = torch's own setting), "
+                         f"got {text if text else threads!r}")
+    return threads
+
+
+@contextmanager
+def cpu_threads(device: torch.device | str, threads: Optional[int] = None) -> Iterator[None]:
+    """Run the block with :func:`small_tensor_threads` intra-op threads when ``device`` is the CPU,
+    restoring the process's setting afterwards (also on error or Cancel). ``torch.set_num_threads``
+    is process-wide, so other work the process runs meanwhile shares the setting; on a GPU nothing
+    changes."""
+    n = small_tensor_threads(threads)
+    before = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or n in (0, before):
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -58,7 +58,8 @@ class PrepareIdentity(io.ComfyNode):
     @node_terms()
     def execute(cls, face_model, fps, crop, missing_faces, fit_iterations, auto_download, images=None, video=None,
                 renderer=None):
-        from ..mimictalk_lib.identity import FitSchedule, contact_sheet, prepare_identity, prepare_photo_identity
+        from ..mimictalk_lib.identity import (FitSchedule, PrepareBackends, PrepareOptions, contact_sheet,
+                                              prepare_identity, prepare_photo_identity)
         from ..mimictalk_lib.identity.frames import FRAME_SIZE
         from ..mimictalk_lib.pipeline import renderer_model
 
@@ -73,19 +74,20 @@ class PrepareIdentity(io.ComfyNode):
         device = host.torch_device()
         schedule = FitSchedule.with_iterations(fit_iterations)
         size = renderer_model(renderer.renderer).cfg.image_resolution if renderer is not None else FRAME_SIZE
-        common = dict(face_model=face_model, crop=crop, schedule=schedule, device=device, size=size,
-                      on_step=host.progress(1000), **models)
+        backends = PrepareBackends(face_model=face_model, **models)
+        options = PrepareOptions(crop=crop, missing=missing_faces, schedule=schedule, device=device, size=size)
+        common = dict(on_step=host.progress(1000))
         if images is not None and images.shape[0] == 1:
-            identity = prepare_photo_identity(images, **common)
+            identity = prepare_photo_identity(images, backends, options, **common)
         elif images is not None:
-            identity = prepare_identity(images, fps=fps, missing=missing_faces, **common)
+            identity = prepare_identity(images, backends, options, fps=fps, **common)
         else:
             source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
             if isinstance(source, str):  # a file: decoded in two streaming passes
-                identity = prepare_identity(source, missing=missing_faces, **common)
+                identity = prepare_identity(source, backends, options, **common)
             else:
                 parts = video.get_components()
-                identity = prepare_identity(parts.images, fps=float(parts.frame_rate), missing=missing_faces, **common)
+                identity = prepare_identity(parts.images, backends, options, fps=float(parts.frame_rate), **common)
         return io.NodeOutput(identity, contact_sheet(identity).to(host.intermediate_device()))
 
 

@@ -1,8 +1,11 @@
 """Face model and renderer conditioning: BFM-2009 3DMM, mesh, landmarks, SECC maps, EG3D camera,
 torso keypoints and blinks (architecture reference §1.5, §1.6, §5). Pure torch + numpy/scipy.
 
-Coefficients everywhere: identity ``id`` [..., 80], expression ``exp`` [..., 64], ``euler`` [..., 3]
-(radians, BFM convention) and ``trans`` [..., 3].
+Coefficients everywhere (``coeffs``): ``Coefficients(id, exp, euler, trans)`` with identity ``id``
+[..., 1 or T, 80], expression ``exp`` [..., T, 64], ``euler`` [..., T, 3] (radians, BFM convention)
+and ``trans`` [..., T, 3]; its ``pose`` is a ``HeadPose(euler, trans)``. Both index by frame
+(``c[i]``, ``c[a:b]``, ``c[idx]``), move with ``.to(device)`` and map with ``.map(fn)``;
+``c.per_frame()`` repeats a shared identity for every frame (what the projections need).
 
 Face-model folder (``files``)
     ``check_face_model_files(folder, *, need_mp468=False) -> FaceModelFiles``
@@ -23,11 +26,11 @@ Face model (``model``)
     (keypoints - 1, the correct 68 points), ``"lm68_upstream"`` (what upstream's Face3DHelper uses
     for torso keypoints and lip crops: keypoints read without the - 1, i.e. the next vertex) or
     ``"mp468"`` (MediaPipe map; unmatched entries -> vertex 0, see ``FaceModel.mp468_matched``).
-    ``FaceModel.project_landmarks(id, exp, euler, trans, which) -> [..., K, 2]``: pixels of the
+    ``FaceModel.project_landmarks(coeffs, which) -> [..., K, 2]``: pixels of the
     224 x 224 fitting image with v pointing up (what the landmark fitting compares with MediaPipe
     points flipped as ``224 - y``).
     ``euler_to_rotation(euler) -> [..., 3, 3]``: R = (Rz Ry Rx)^T, applied as ``points @ R``.
-    ``to_camera(points [..., K, 3], euler, trans, camera_distance=10) -> [..., K, 3]``.
+    ``to_camera(points [..., K, 3], pose, camera_distance=10) -> [..., K, 3]``.
     ``project(points_cam, focal=1015, center=112) -> [..., K, 2]``.
     Buffers: ``mean_shape`` [N, 3], ``id_base`` [3N, 80], ``exp_base`` [3N, 64], ``tri`` [F, 3],
     ``secc_tri`` (eye holes removed), ``eye_faces``, ``ncc`` [N, 3], ``lm68``, ``lm68_upstream``,
@@ -42,13 +45,13 @@ SECC maps (``secc``)
     z-buffered, watertight, perspective-correct, pytorch3d's default settings.
 
 Camera (``camera``)
-    ``eg3d_camera(euler [T, 3], trans [T, 3]) -> [T, 25]`` (c2w 16 + normalised K 9).
-    ``smooth_camera(camera [T, 25], kernel_size=7) -> [T, 25]``; ``camera_sequence(euler, trans)``
-    = smoothed cameras. ``driving_pose(euler, trans, n_frames, *, src_euler, src_trans,
-    map_to_init_pose=True, freeze_z=True) -> (euler, trans)``; ``mirror_indices(n_frames, n_poses)``.
+    ``eg3d_camera(pose [T]) -> [T, 25]`` (c2w 16 + normalised K 9).
+    ``smooth_camera(camera [T, 25], kernel_size=7) -> [T, 25]``; ``camera_sequence(pose)``
+    = smoothed cameras. ``driving_pose(pose, n_frames, *, source=None, map_to_init_pose=True,
+    freeze_z=True) -> HeadPose``; ``mirror_indices(n_frames, n_poses)``.
 
 Torso keypoints (``keypoints``)
-    ``torso_keypoints(face_model, id, exp, euler, trans, *, clamp=True) -> [..., 68, 3]`` in
+    ``torso_keypoints(face_model, coeffs, *, clamp=True) -> [..., 68, 3]`` in
     [-1, 1] with z = 0; ``select_torso_keypoints(kp, num=4)`` ([0, 8, 16, 27]; 9 points also);
     ``smooth_keypoints(kp [T, ...], kernel_size=7)``; ``landmarks_2d(...) -> [..., K, 2]`` in [0, 1]
     image coordinates (y down; times 512 for the lip crop of the adaptation).
@@ -66,6 +69,7 @@ Derived assets (``assets``)
 """
 
 from .blink import apply_blink, blink_schedule
+from .coeffs import Coefficients, HeadPose
 from .camera import camera_sequence, driving_pose, eg3d_camera, mirror_indices, smooth_camera
 from .files import FaceModelFiles, check_face_model_files
 from .keypoints import landmarks_2d, select_torso_keypoints, smooth_keypoints, torso_keypoints
@@ -73,8 +77,10 @@ from .model import FaceModel, euler_to_rotation, load_face_model, project, to_ca
 from .secc import SeccMaps, render_secc, secc_maps
 
 __all__ = [
+    "Coefficients",
     "FaceModel",
     "FaceModelFiles",
+    "HeadPose",
     "SeccMaps",
     "apply_blink",
     "blink_schedule",

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from .coeffs import HeadPose
 from .model import CAMERA_DISTANCE, euler_to_rotation
 
 CAMERA_SCALE = 0.27  # "normalize camera radius"
@@ -32,20 +33,21 @@ AXIS_FLIP = (1.0, -1.0, -1.0)  # c2w rotation = R @ diag(1, -1, -1)
 SMOOTH_WINDOW = 7  # camera_smo_ksize / torso_smo_ksize
 
 
-def _check_pose(euler: torch.Tensor, trans: torch.Tensor, name: str) -> None:
+def _check_pose(pose: HeadPose, name: str) -> None:
+    euler, trans = pose.euler, pose.trans
     if euler.dim() != 2 or euler.shape[-1] != 3 or trans.shape != euler.shape:
         raise InputError(
             f"{name}: expected euler and trans of shape [T, 3], got {list(euler.shape)} and {list(trans.shape)}"
         )
 
 
-def eg3d_camera(euler: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+def eg3d_camera(pose: HeadPose) -> torch.Tensor:
     """BFM pose (euler [T, 3] radians, trans [T, 3]) -> EG3D camera [T, 25] (c2w 16 + K 9).
 
     Computed in the inputs' floating dtype (at least float32)."""
-    _check_pose(euler, trans, "eg3d_camera")
-    dtype = torch.promote_types(euler.dtype, torch.float32)
-    euler, trans = euler.to(dtype), trans.to(dtype)
+    _check_pose(pose, "eg3d_camera")
+    dtype = torch.promote_types(pose.euler.dtype, torch.float32)
+    euler, trans = pose.euler.to(dtype), pose.trans.to(dtype)
     rot = euler_to_rotation(euler)  # [T, 3, 3]
     t = trans - torch.tensor([0.0, 0.0, CAMERA_DISTANCE], dtype=dtype, device=trans.device)
     centre = -(rot @ t.unsqueeze(-1)).squeeze(-1)  # camera centre c = -R t
@@ -106,32 +108,31 @@ def mirror_indices(n_frames: int, n_poses: int, device=None) -> torch.Tensor:
 
 
 def driving_pose(
-    euler: torch.Tensor,
-    trans: torch.Tensor,
+    pose: HeadPose,
     n_frames: int,
     *,
-    src_euler: Optional[torch.Tensor] = None,
-    src_trans: Optional[torch.Tensor] = None,
+    source: Optional[HeadPose] = None,
     map_to_init_pose: bool = True,
     freeze_z: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> HeadPose:
     """Upstream's driving-pose preparation (mimictalk_infer.py ``prepare_batch_from_inp``):
     ping-pong the pose sequence to ``n_frames``, freeze z-translation to frame 0, and with
-    ``map_to_init_pose`` add the constant offset that moves frame 0 onto the source pose."""
-    _check_pose(euler, trans, "driving_pose")
-    idx = mirror_indices(n_frames, euler.shape[0], device=euler.device)
-    euler, trans = euler[idx], trans[idx].clone()
+    ``map_to_init_pose`` add the constant offset that moves frame 0 onto the ``source`` pose
+    (one frame: euler, trans [1, 3] or [3])."""
+    _check_pose(pose, "driving_pose")
+    idx = mirror_indices(n_frames, len(pose), device=pose.euler.device)
+    euler, trans = pose.euler[idx], pose.trans[idx].clone()
     if freeze_z:
         trans[:, 2] = trans[0, 2]
     if map_to_init_pose:
-        if src_euler is None or src_trans is None:
-            raise InputError("driving_pose: map_to_init_pose needs the source euler and trans")
-        euler = euler + (src_euler.reshape(1, 3).to(euler) - euler[:1])
-        trans = trans + (src_trans.reshape(1, 3).to(trans) - trans[:1])
-    return euler, trans
+        if source is None:
+            raise InputError("driving_pose: map_to_init_pose needs the source pose")
+        euler = euler + (source.euler.reshape(1, 3).to(euler) - euler[:1])
+        trans = trans + (source.trans.reshape(1, 3).to(trans) - trans[:1])
+    return HeadPose(euler, trans)
 
 
-def camera_sequence(euler: torch.Tensor, trans: torch.Tensor, kernel_size: int = SMOOTH_WINDOW) -> torch.Tensor:
-    """Smoothed 25-d cameras for a pose sequence [T, 3] + [T, 3] -> [T, 25] (float32 maths
+def camera_sequence(pose: HeadPose, kernel_size: int = SMOOTH_WINDOW) -> torch.Tensor:
+    """Smoothed 25-d cameras for a pose sequence (euler, trans [T, 3]) -> [T, 25] (float32 maths
     promoted to the input dtype)."""
-    return smooth_camera(eg3d_camera(euler, trans), kernel_size)
+    return smooth_camera(eg3d_camera(pose), kernel_size)

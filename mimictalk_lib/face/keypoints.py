@@ -19,37 +19,24 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .camera import SMOOTH_WINDOW
+from .coeffs import Coefficients
 from .model import IMAGE_SIZE, FaceModel
 
 TORSO_KP_INDEX = {4: (0, 8, 16, 27), 9: (0, 3, 6, 8, 10, 13, 16, 27, 33)}  # facev2v_warp/model.py
 
 
-def landmarks_2d(
-    face_model: FaceModel,
-    id: torch.Tensor,
-    exp: torch.Tensor,
-    euler: torch.Tensor,
-    trans: torch.Tensor,
-    which: str = "lm68_upstream",
-) -> torch.Tensor:
-    """Posed landmarks in normalised image coordinates: x right, y down, [0, 1] over the frame
-    (``reconstruct_lm2d``): [..., K, 2]. Multiply by the frame size for pixels (lip crops)."""
-    uv = face_model.project_landmarks(id, exp, euler, trans, which)
+def landmarks_2d(face_model: FaceModel, coeffs: Coefficients, which: str = "lm68_upstream") -> torch.Tensor:
+    """Posed landmarks of ``coeffs`` (identity per frame) in normalised image coordinates: x right,
+    y down, [0, 1] over the frame (``reconstruct_lm2d``): [..., K, 2]. Multiply by the frame size for
+    pixels (lip crops)."""
+    uv = face_model.project_landmarks(coeffs, which)
     return torch.stack([uv[..., 0], IMAGE_SIZE - uv[..., 1]], dim=-1) / IMAGE_SIZE
 
 
-def torso_keypoints(
-    face_model: FaceModel,
-    id: torch.Tensor,
-    exp: torch.Tensor,
-    euler: torch.Tensor,
-    trans: torch.Tensor,
-    *,
-    clamp: bool = True,
-) -> torch.Tensor:
+def torso_keypoints(face_model: FaceModel, coeffs: Coefficients, *, clamp: bool = True) -> torch.Tensor:
     """68 keypoints [..., 68, 3] in [-1, 1] with a zero z column. Upstream clamps the driving
     keypoints at inference (``clamp=True``) but not those stored as ``person_ds['src_kp']``."""
-    kp = landmarks_2d(face_model, id, exp, euler, trans) * 2 - 1  # (x - 0.5) / 0.5
+    kp = landmarks_2d(face_model, coeffs) * 2 - 1  # (x - 0.5) / 0.5
     if clamp:
         kp = kp.clamp(-1, 1)
     return torch.cat([kp, torch.zeros_like(kp[..., :1])], dim=-1)

@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import CheckpointError, FaceModelMissingError, InputError
 from ..utils import logger
 from . import assets
+from .coeffs import Coefficients, HeadPose
 from .convert import convert_and_save, load_mat
 from .files import MP468_INDEX, check_face_model_files
 
@@ -139,17 +140,10 @@ class FaceModel(nn.Module):
         """Canonical 3-D landmarks [..., K, 3] (K = 68 or 468)."""
         return self.points(id, exp, self.landmark_index(which))
 
-    def project_landmarks(
-        self,
-        id: torch.Tensor,
-        exp: torch.Tensor,
-        euler: torch.Tensor,
-        trans: torch.Tensor,
-        which: str = "lm68_upstream",
-    ) -> torch.Tensor:
+    def project_landmarks(self, coeffs: Coefficients, which: str = "lm68_upstream") -> torch.Tensor:
         """Landmarks in the 224-pixel fitting image, v up (upstream ``compute_for_landmark_fit``):
-        -> [..., K, 2]."""
-        return project(to_camera(self.landmarks(id, exp, which), euler, trans))
+        ``coeffs`` with ``id`` per frame (see ``Coefficients.per_frame``) -> [..., K, 2]."""
+        return project(to_camera(self.landmarks(coeffs.id, coeffs.exp, which), coeffs.pose))
 
 
 def euler_to_rotation(euler: torch.Tensor) -> torch.Tensor:
@@ -166,13 +160,11 @@ def euler_to_rotation(euler: torch.Tensor) -> torch.Tensor:
     return rot.transpose(-1, -2)
 
 
-def to_camera(
-    points: torch.Tensor, euler: torch.Tensor, trans: torch.Tensor, camera_distance: float = CAMERA_DISTANCE
-) -> torch.Tensor:
-    """Pose canonical points [..., K, 3] with euler/trans [..., 3] and move them in front of the
-    camera: p @ R + t, then z -> camera_distance - z (bfm.py ``transform`` + ``to_camera``)."""
-    rot = euler_to_rotation(euler.to(points))
-    posed = points @ rot + trans.to(points).unsqueeze(-2)
+def to_camera(points: torch.Tensor, pose: HeadPose, camera_distance: float = CAMERA_DISTANCE) -> torch.Tensor:
+    """Pose canonical points [..., K, 3] with ``pose`` (euler/trans [..., 3]) and move them in front
+    of the camera: p @ R + t, then z -> camera_distance - z (bfm.py ``transform`` + ``to_camera``)."""
+    rot = euler_to_rotation(pose.euler.to(points))
+    posed = points @ rot + pose.trans.to(points).unsqueeze(-2)
     return torch.cat([posed[..., :2], camera_distance - posed[..., 2:]], dim=-1)
 
 

@@ -38,14 +38,15 @@ is fitted, as here.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
 
 from ..errors import InputError
+from ..face.coeffs import Coefficients
 from ..face.model import CAMERA_DISTANCE, CENTER, FOCAL, euler_to_rotation
-from ..utils import ProgressFn, check_shape, logger, report
+from ..utils import ProgressFn, cpu_threads, logger, report
 from .frames import face_boxes
 from .landmarks import (
     EYE_INDICES,
@@ -103,14 +104,11 @@ IMAGE_WEIGHTS = FitWeights(eye=5.0, upper_eyelid=5.0, lip=2.0, reg_id=0.3, reg_e
 
 @dataclass
 class FitResult:
-    """Fitted coefficients: ``id`` ``[1, 80]`` (clip) or ``[B, 80]`` (images), ``exp`` ``[T, 64]``,
+    """Fitted ``coeffs``: ``id`` ``[1, 80]`` (clip) or ``[B, 80]`` (images), ``exp`` ``[T, 64]``,
     ``euler`` ``[T, 3]`` (radians), ``trans`` ``[T, 3]``; ``landmark_error`` ``[T]``: mean distance
     (pixels of the input image) between fitted and given points, cheek points excluded."""
 
-    id: torch.Tensor
-    exp: torch.Tensor
-    euler: torch.Tensor
-    trans: torch.Tensor
+    coeffs: Coefficients
     landmark_error: torch.Tensor
 
 
@@ -160,16 +158,16 @@ class _Problem:
         self.key_id = face_model.id_base.view(-1, 3, N_ID)[index].reshape(3 * k, N_ID).to(targets)
         self.key_exp = face_model.exp_base.view(-1, 3, N_EXP)[index].reshape(3 * k, N_EXP).to(targets)
 
-    def project(self, id_, exp, euler, trans) -> torch.Tensor:
+    def project(self, c: Coefficients) -> torch.Tensor:
         """id [..., 1 or T, 80], exp [..., T, 64], euler/trans [..., T, 3] -> [..., T, 468, 2].
 
         Same maths as ``face.to_camera`` + ``face.project`` (tested equal), written with
         per-axis products: ``points @ R`` as a batched 3x3 matmul dominates the fit's run time."""
         k = self.key_mean.shape[0]
-        shape = (id_ @ self.key_id.T + exp @ self.key_exp.T).unflatten(-1, (k, 3)) + self.key_mean
-        rot = euler_to_rotation(euler).unsqueeze(-3)  # [..., T, 1, 3, 3], applied as p @ R
+        shape = (c.id @ self.key_id.T + c.exp @ self.key_exp.T).unflatten(-1, (k, 3)) + self.key_mean
+        rot = euler_to_rotation(c.euler).unsqueeze(-3)  # [..., T, 1, 3, 3], applied as p @ R
         x, y, z = shape.unsqueeze(-1).unbind(-2)  # each [..., T, 468, 1]
-        posed = x * rot[..., 0, :] + y * rot[..., 1, :] + z * rot[..., 2, :] + trans.unsqueeze(-2)
+        posed = x * rot[..., 0, :] + y * rot[..., 1, :] + z * rot[..., 2, :] + c.trans.unsqueeze(-2)
         px, py, pz = posed.unbind(-1)
         depth = CAMERA_DISTANCE - pz  # camera looks down -z from distance 10
         return torch.stack([FOCAL * px / depth + CENTER, FOCAL * py / depth + CENTER], dim=-1)
@@ -200,14 +198,14 @@ class _Runner:
     def __init__(self, prob: _Problem, schedule: FitSchedule, on_step: Optional[ProgressFn]):
         self.prob, self.w, self.schedule, self.on_step, self.step = prob, prob.weights, schedule, on_step, 0
 
-    def loss(self, id_, exp, euler, trans, targets, full: bool = True) -> torch.Tensor:
+    def loss(self, c: Coefficients, targets, full: bool = True) -> torch.Tensor:
         """id [P, 1, 80], exp [P, T, 64], euler/trans [P, T, 3], targets [P, T, 468, 2]."""
         w = self.w
-        loss = self.prob.landmark_loss(self.prob.project(id_, exp, euler, trans), targets)  # [P]
+        loss = self.prob.landmark_loss(self.prob.project(c), targets)  # [P]
         if full:
-            loss = loss + w.reg_id * id_.square().mean((-2, -1)) + w.reg_exp * exp.square().mean((-2, -1))
+            loss = loss + w.reg_id * c.id.square().mean((-2, -1)) + w.reg_exp * c.exp.square().mean((-2, -1))
             if w.laplacian:
-                lap = laplacian_loss(exp) + w.pose_laplacian * (laplacian_loss(euler) + laplacian_loss(trans))
+                lap = laplacian_loss(c.exp) + w.pose_laplacian * (laplacian_loss(c.euler) + laplacian_loss(c.trans))
                 loss = loss + w.laplacian * lap  # lap(id) is 0: one identity per problem
         return loss.sum()
 
@@ -222,26 +220,26 @@ class _Runner:
             self.step += 1
             report(self.on_step, self.step, self.schedule.total, stage=stage)
 
-    def coarse(self, id_, exp, euler, trans, targets) -> None:
-        """Stages 1 and 2 (in place on the leaf tensors)."""
-        opt_frame = torch.optim.Adam([euler, trans], lr=self.schedule.lr)
-        opt_idexp = torch.optim.Adam([id_, exp], lr=self.schedule.lr)
-        self.optimise([opt_frame], lambda: self.loss(id_, exp, euler, trans, targets, full=False),
-                      self.schedule.pose_iters, "fit pose")
-        self.optimise([opt_frame, opt_idexp], lambda: self.loss(id_, exp, euler, trans, targets),
-                      self.schedule.joint_iters, "fit identity")
+    def coarse(self, c: Coefficients, targets) -> None:
+        """Stages 1 and 2 (in place on the leaf tensors of ``c``)."""
+        opt_frame = torch.optim.Adam([c.euler, c.trans], lr=self.schedule.lr)
+        opt_idexp = torch.optim.Adam([c.id, c.exp], lr=self.schedule.lr)
+        self.optimise([opt_frame], lambda: self.loss(c, targets, full=False), self.schedule.pose_iters, "fit pose")
+        self.optimise([opt_frame, opt_idexp], lambda: self.loss(c, targets), self.schedule.joint_iters, "fit identity")
 
-    def fine(self, params: list, trainable: list, targets) -> list:
-        """Stage 3 from detached copies of ``params`` (id, exp, euler, trans); ``trainable``
-        flags which of them the fine stage updates."""
-        params = [p.detach().clone().requires_grad_(t) for p, t in zip(params, trainable)]
-        opt = torch.optim.Adam([p for p, t in zip(params, trainable) if t], lr=self.schedule.fine_lr)
-        self.optimise([opt], lambda: self.loss(*params, targets), self.schedule.fine_iters, "fit frames")
-        return [p.detach() for p in params]
+    def fine(self, c: Coefficients, targets, *, train_id: bool) -> Coefficients:
+        """Stage 3 from a detached copy of ``c``: exp, euler and trans are updated, ``id`` only
+        with ``train_id``."""
+        c = c.map(lambda p: p.detach().clone().requires_grad_(True))
+        c = replace(c, id=c.id.requires_grad_(train_id))
+        opt = torch.optim.Adam([p for p in c.tensors() if p.requires_grad], lr=self.schedule.fine_lr)
+        self.optimise([opt], lambda: self.loss(c, targets), self.schedule.fine_iters, "fit frames")
+        return c.map(torch.Tensor.detach)
 
 
-def _leaves(targets: torch.Tensor, lead: tuple, t: int) -> list:
-    return [targets.new_zeros(*lead, n, d, requires_grad=True) for n, d in ((1, N_ID), (t, N_EXP), (t, 3), (t, 3))]
+def _leaves(targets: torch.Tensor, lead: tuple, t: int) -> Coefficients:
+    return Coefficients(*(targets.new_zeros(*lead, n, d, requires_grad=True)
+                          for n, d in ((1, N_ID), (t, N_EXP), (t, 3), (t, 3))))
 
 
 @torch.inference_mode(False)  # an optimisation: callers (ComfyUI nodes) may run in inference mode
@@ -254,33 +252,42 @@ def fit_clip(
     schedule: FitSchedule = FitSchedule(),
     weights: FitWeights = VIDEO_WEIGHTS,
     on_step: Optional[ProgressFn] = None,
+    threads: Optional[int] = None,
 ) -> FitResult:
     """Fit one identity and per-frame expression/pose to a clip's landmarks.
 
     ``landmarks``: ``[T, 468 (or 478), 2+]`` pixels of ``image_size``² frames (y down), on the
     device to fit on; ``face_model`` must be on the same device. Returns fp32 coefficients there.
     Works from inside ``torch.inference_mode`` (it leaves it for the optimisation; inference-mode
-    landmarks and face models are only read)."""
+    landmarks and face models are only read). ``threads``: CPU intra-op threads for the fit
+    (:func:`~mimictalk_lib.utils.small_tensor_threads`: default 1, restored afterwards)."""
     lms = _check_landmarks(landmarks, "fit_clip")
+    with cpu_threads(lms.device, threads):
+        return _fit_clip(face_model, lms, image_size, schedule, weights, on_step)
+
+
+def _fit_clip(face_model, lms: torch.Tensor, image_size: float, schedule: FitSchedule, weights: FitWeights,
+              on_step: Optional[ProgressFn]) -> FitResult:
     t = lms.shape[0]
     targets = to_fit_space(lms, image_size)[None]  # [1, T, 468, 2]: one problem
     prob = _Problem(face_model, targets, weights)
     run = _Runner(prob, schedule, on_step)
-    id_, exp, euler, trans = params = _leaves(targets, (1,), t)
-    run.coarse(id_, exp, euler, trans, targets)
-    id_, exp, euler, trans = (p.detach()[0] for p in params)
+    params = _leaves(targets, (1,), t)
+    run.coarse(params, targets)
+    c = params.map(lambda p: p.detach()[0])
     if schedule.fine_iters > 0:  # batches of frames as independent problems, identity frozen
         b = min(schedule.fine_batch, t)
-        idx = torch.stack([torch.arange(s, s + b) for s in _batch_starts(t, b)]).to(exp.device)  # [nB, b]
+        idx = torch.stack([torch.arange(s, s + b) for s in _batch_starts(t, b)]).to(c.exp.device)  # [nB, b]
         n_b = idx.shape[0]
-        _, e, u, v = run.fine([id_.expand(n_b, 1, N_ID), exp[idx], euler[idx], trans[idx]],
-                              [False, True, True, True], targets[0][idx])
-        exp, euler, trans = exp.clone(), euler.clone(), trans.clone()
+        batches = Coefficients(c.id.expand(n_b, 1, N_ID), c.exp[idx], c.euler[idx], c.trans[idx])
+        fine = run.fine(batches, targets[0][idx], train_id=False)
+        exp, euler, trans = c.exp.clone(), c.euler.clone(), c.trans.clone()
         for k in range(n_b):  # later batches win on the overlap, as if run in order
-            exp[idx[k]], euler[idx[k]], trans[idx[k]] = e[k], u[k], v[k]
+            exp[idx[k]], euler[idx[k]], trans[idx[k]] = fine.exp[k], fine.euler[k], fine.trans[k]
+        c = Coefficients(c.id, exp, euler, trans)
     with torch.no_grad():
-        err = prob.error_px(prob.project(id_, exp, euler, trans), image_size)[0]
-    return FitResult(id_, exp, euler, trans, err)
+        err = prob.error_px(prob.project(c), image_size)[0]
+    return FitResult(c, err)
 
 
 def _batch_starts(t: int, batch: int) -> list[int]:
@@ -301,24 +308,31 @@ def fit_images(
     schedule: FitSchedule = FitSchedule(),
     weights: FitWeights = IMAGE_WEIGHTS,
     on_step: Optional[ProgressFn] = None,
+    threads: Optional[int] = None,
 ) -> FitResult:
     """Single-image fit (upstream ``fit_3dmm_for_a_image``) for ``B`` independent images at once:
     ``landmarks`` ``[B, 468 (or 478), 2+]``; every image gets its own identity (``id`` ``[B, 80]``).
     Stage 3 runs 50 steps at lr 0.005 on all four coefficient groups of each image. Like
-    :func:`fit_clip`, callable from inside ``torch.inference_mode``."""
+    :func:`fit_clip`, callable from inside ``torch.inference_mode``, and ``threads`` as there."""
     lms = _check_landmarks(landmarks, "fit_images")
+    with cpu_threads(lms.device, threads):
+        return _fit_images(face_model, lms, image_size, schedule, weights, on_step)
+
+
+def _fit_images(face_model, lms: torch.Tensor, image_size: float, schedule: FitSchedule, weights: FitWeights,
+                on_step: Optional[ProgressFn]) -> FitResult:
     n = lms.shape[0]
     targets = to_fit_space(lms, image_size)[:, None]  # [B, 1, 468, 2]: each image a 1-frame problem
     prob = _Problem(face_model, targets, weights)
     run = _Runner(prob, schedule, on_step)
     params = _leaves(targets, (n,), 1)
-    run.coarse(*params, targets)
+    run.coarse(params, targets)
     if schedule.fine_iters > 0:
-        params = run.fine(params, [True] * 4, targets)
-    id_, exp, euler, trans = (p.detach()[:, 0] for p in params)
+        params = run.fine(params, targets, train_id=True)
+    c = params.map(lambda p: p.detach()[:, 0])
     with torch.no_grad():
-        err = prob.error_px(prob.project(id_[:, None], exp[:, None], euler[:, None], trans[:, None]), image_size)
-    return FitResult(id_, exp, euler, trans, err[:, 0])
+        err = prob.error_px(prob.project(c.map(lambda p: p[:, None])), image_size)
+    return FitResult(c, err[:, 0])
 
 
 # --------------------------------------------------------------------------- fit quality
@@ -362,14 +376,13 @@ class FitQuality:
 
 def fit_quality(face_model, fit: FitResult, landmarks: torch.Tensor, image_size: float) -> FitQuality:
     """Measure ``fit`` against the ``landmarks`` ``[T, 468 (or 478), 2+]`` (pixels of ``image_size``²
-    frames) it was fitted to; ``fit.id`` may be one identity ``[1, 80]`` or one per frame."""
+    frames) it was fitted to; its ``id`` may be one identity ``[1, 80]`` or one per frame."""
     lms = _check_landmarks(landmarks, "fit_quality")
-    t = lms.shape[0]
     targets = to_fit_space(lms, image_size)
     prob = _Problem(face_model, targets, VIDEO_WEIGHTS)  # the mask (w > 0) is the same for both weightings
-    id_ = fit.id.to(targets).expand(t, -1) if fit.id.shape[0] == 1 else fit.id.to(targets)
+    c = fit.coeffs.to(targets)
     with torch.no_grad():
-        proj = prob.project(*(x.to(targets)[:, None] for x in (id_, fit.exp, fit.euler, fit.trans)))[:, 0]
+        proj = prob.project(c.per_frame().map(lambda x: x[:, None]))[:, 0]
         keep = prob.w > 0
         d = (proj - targets)[:, keep].norm(dim=-1) * (image_size / FIT_IMAGE_SIZE)  # [T, K]
         per_frame_worst = d.amax(dim=1)
@@ -420,11 +433,3 @@ def check_fit_quality(quality: FitQuality, what: str, max_fraction: Optional[flo
     else:
         logger.info("%s: %s", what, quality.summary())
 
-
-def check_coefficients(id_: torch.Tensor, exp: torch.Tensor, euler: torch.Tensor, trans: torch.Tensor) -> None:
-    """Shape check of a coefficient set (``id`` [1 or T, 80], the others [T, *])."""
-    t = exp.shape[0]
-    check_shape(exp, (t, N_EXP), "exp")
-    check_shape(euler, (t, 3), "euler")
-    check_shape(trans, (t, 3), "trans")
-    check_shape(id_, (None, N_ID), "id")

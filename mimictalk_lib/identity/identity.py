@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoint import load_safetensors, read_safetensors_metadata, save_safetensors
 from ..errors import CheckpointError, InputError
+from ..face.coeffs import Coefficients
 from ..utils import check_shape
 from .segmentation import HEAD_CLASSES, class_mask, com_images, head_images, one_hot_segmaps
 from .storage import (
@@ -119,6 +120,11 @@ class Identity:
     @property
     def is_photo(self) -> bool:
         return self.meta.get("kind") == "photo"
+
+    @property
+    def coefficients(self) -> Coefficients:
+        """The fitted ``id`` / ``exp`` / ``euler`` / ``trans`` as one value (views, not copies)."""
+        return Coefficients(self.id, self.exp, self.euler, self.trans)
 
     def _idx(self, index) -> torch.Tensor | slice:
         return slice(None) if index is None else torch.as_tensor(index, dtype=torch.long).reshape(-1)

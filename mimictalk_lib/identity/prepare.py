@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict
-from typing import Optional, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..face import FaceModel, load_face_model
 from ..face.camera import camera_sequence, eg3d_camera
 from ..face.keypoints import landmarks_2d, torso_keypoints
-from ..utils import ProgressFn, logger, report
+from ..utils import ProgressFn, cpu_threads, logger, report
 from ..video import iter_video
 from .background import background_plate
 from .clip import Clip, find_crop, load_clip, track
@@ -90,10 +90,63 @@ def as_face_model(face_model, device) -> FaceModel:
     return copy.deepcopy(face_model).to(device=device, dtype=torch.float32)
 
 
-def _backends(landmarker, segmenter, face_model, device) -> tuple[Landmarker, Segmenter, FaceModel]:
-    """The three backends of a preparation from objects or paths; the face model is loaded first
-    thing so a missing one fails before any decoding."""
-    return as_landmarker(landmarker), as_segmenter(segmenter), as_face_model(face_model, device)
+@dataclass(frozen=True)
+class PrepareBackends:
+    """The models a preparation runs, each an object or the path of its file / folder:
+    ``landmarker`` (``Landmarker`` or ``face_landmarker.task``), ``segmenter`` (``Segmenter`` or
+    ``selfie_multiclass_256x256.tflite``), ``face_model`` (``FaceModel`` or the BFM folder)."""
+
+    landmarker: Any
+    segmenter: Any
+    face_model: Any
+
+    def load(self, device) -> tuple[Landmarker, Segmenter, FaceModel]:
+        """The three backends as objects; the face model is loaded first thing so a missing one
+        fails before any decoding."""
+        face_model = as_face_model(self.face_model, device)
+        return as_landmarker(self.landmarker), as_segmenter(self.segmenter), face_model
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How a clip or photo is prepared.
+
+    ``crop``: ``"auto"`` (find the face, cut one portrait crop for the clip) or ``"none"`` (frames
+    are already square portraits). ``pad``: ``"edge"`` / ``"black"`` where the crop leaves the
+    frame. ``missing`` (clips): ``"drop"`` or ``"interpolate"`` frames without a usable face (at
+    most 25 %). ``schedule``: the 3DMM fit's steps. ``device``: where the fit and the plate run.
+    ``size``: side of the prepared frames, the output size of the renderer the identity is for (512
+    for the official models). ``threads``: CPU intra-op threads of the small-tensor stages (landmark
+    post-processing, fit, keypoints): None = ``MIMICTALK_SMALL_TENSOR_THREADS`` or 1, 0 = torch's
+    own setting (see :func:`~mimictalk_lib.utils.cpu_threads`)."""
+
+    crop: str = "auto"
+    pad: str = "edge"
+    missing: str = "drop"
+    schedule: FitSchedule = FitSchedule()
+    device: torch.device | str = "cpu"
+    size: int = FRAME_SIZE
+    threads: Optional[int] = None
+
+
+def _settings(backends: Optional[PrepareBackends], options: Optional[PrepareOptions], keywords: dict,
+              what: str) -> tuple[PrepareBackends, PrepareOptions]:
+    """Backends and options from the dataclasses plus keyword arguments naming their fields (the
+    keyword form ``prepare_identity(src, landmarker=..., segmenter=..., face_model=..., crop=...)``)."""
+    names = {f.name for f in fields(PrepareBackends)}
+    unknown = sorted(set(keywords) - names - {f.name for f in fields(PrepareOptions)})
+    if unknown:
+        raise TypeError(f"{what}() got unexpected keyword arguments {unknown}")
+    given = {k: v for k, v in keywords.items() if k in names}
+    if backends is None:
+        missing = sorted(names - set(given))
+        if missing:
+            raise TypeError(f"{what}() needs backends=PrepareBackends(...) or the keyword arguments {missing}")
+        backends = PrepareBackends(**given)
+    elif given:
+        backends = replace(backends, **given)
+    options = replace(options or PrepareOptions(), **{k: v for k, v in keywords.items() if k not in names})
+    return backends, options
 
 
 def lip_rects(lm68_px: torch.Tensor, size: int = FRAME_SIZE) -> torch.Tensor:
@@ -122,18 +175,16 @@ def _segment(segmenter: Segmenter, frames: torch.Tensor, landmarks: torch.Tensor
     return seg.to(torch.uint8).cpu()
 
 
-def _assemble(
-    clip: Clip, segmaps: torch.Tensor, fit: FitResult, face_model: FaceModel, kind: str, device, progress: _Progress,
-    schedule: FitSchedule,
-) -> Identity:
+def _assemble(clip: Clip, segmaps: torch.Tensor, fit: FitResult, face_model: FaceModel, kind: str,
+              options: PrepareOptions, progress: _Progress) -> Identity:
     """Cameras, keypoints, lip crops, plate and torso reference around a fit."""
-    t, size = clip.frames.shape[0], clip.frames.shape[1]
-    id_t = fit.id[:1].expand(t, -1)
-    with torch.no_grad():
-        kps = torso_keypoints(face_model, id_t, fit.exp, fit.euler, fit.trans, clamp=False)  # training keypoints
-        lm68 = landmarks_2d(face_model, id_t, fit.exp, fit.euler, fit.trans) * size
-    cameras = camera_sequence(fit.euler, fit.trans) if kind == "clip" else eg3d_camera(fit.euler, fit.trans)
-    plate, sure = background_plate(clip.frames, segmaps, device=device)
+    size = clip.frames.shape[1]
+    c = replace(fit.coeffs, id=fit.coeffs.id[:1])  # a photo's one identity, a clip's shared one
+    with torch.no_grad(), cpu_threads(options.device, options.threads):
+        kps = torso_keypoints(face_model, c.per_frame(), clamp=False)  # training keypoints
+        lm68 = landmarks_2d(face_model, c.per_frame()) * size
+        cameras = camera_sequence(c.pose) if kind == "clip" else eg3d_camera(c.pose)
+    plate, sure = background_plate(clip.frames, segmaps, device=options.device)
     torso, torso_mask = inpaint_torso(clip.frames[:1], segmaps[:1])
     progress.done("plate")
     meta = clip.meta()
@@ -141,27 +192,28 @@ def _assemble(
         kind=kind,
         landmark_error_px=float(fit.landmark_error.mean()),
         plate_sure_fraction=float(sure.float().mean()),
-        fit_schedule=asdict(schedule),
+        fit_schedule=asdict(options.schedule),
     )
     cpu = lambda x: x.detach().float().cpu().contiguous()  # noqa: E731
+    c = c.map(cpu)
     return Identity(
         frames=clip.frames, segmaps=segmaps, landmarks=cpu(clip.landmarks),
-        id=cpu(fit.id[:1]), exp=cpu(fit.exp), euler=cpu(fit.euler), trans=cpu(fit.trans),
-        cameras=cpu(cameras), keypoints=cpu(kps), lip_rects=lip_rects(lm68.cpu(), size),
+        id=c.id, exp=c.exp, euler=c.euler, trans=c.trans, cameras=cpu(cameras), keypoints=cpu(kps), lip_rects=lip_rects(lm68.cpu(), size),
         plate=plate, torso_ref=torso[0], torso_ref_mask=torso_mask[0], meta=meta,
     )
 
 
-def _finish(clip: Clip, segmenter: Segmenter, face_model: FaceModel, kind: str, schedule: FitSchedule, device,
+def _finish(clip: Clip, segmenter: Segmenter, face_model: FaceModel, kind: str, options: PrepareOptions,
             output, progress: _Progress) -> Identity:
     """Segmentation, 3DMM fit (clip or single-image variant), assembly, and the atomic save."""
     segmaps = _segment(segmenter, clip.frames, clip.landmarks, progress.stage("segmentation"))
     fitter = fit_clip if kind == "clip" else fit_images
-    fit = fitter(face_model, clip.landmarks.to(device), clip.frames.shape[1], schedule=schedule,
-                 on_step=progress.stage("fit"))
-    quality = fit_quality(face_model, fit, clip.landmarks.to(device), clip.frames.shape[1])
+    landmarks, size = clip.landmarks.to(options.device), clip.frames.shape[1]
+    fit = fitter(face_model, landmarks, size, schedule=options.schedule, on_step=progress.stage("fit"),
+                 threads=options.threads)
+    quality = fit_quality(face_model, fit, landmarks, size)
     check_fit_quality(quality, "identity clip" if kind == "clip" else "photo")  # before the plate and torso work
-    identity = _assemble(clip, segmaps, fit, face_model, kind, device, progress, schedule)
+    identity = _assemble(clip, segmaps, fit, face_model, kind, options, progress)
     identity.meta["fit_quality"] = quality.as_meta()
     logger.info("prepared %r (landmark fit error %.2f px)", identity, identity.meta["landmark_error_px"])
     if output is not None:
@@ -171,40 +223,33 @@ def _finish(clip: Clip, segmenter: Segmenter, face_model: FaceModel, kind: str, 
 
 def prepare_identity(
     source,
+    backends: Optional[PrepareBackends] = None,
+    options: Optional[PrepareOptions] = None,
     *,
-    landmarker,
-    segmenter,
-    face_model,
     fps: Optional[float] = None,
     timestamps: Optional[Sequence[float]] = None,
-    crop: str = "auto",
-    pad: str = "edge",
-    missing: str = "drop",
-    schedule: FitSchedule = FitSchedule(),
-    device: torch.device | str = "cpu",
     output: Optional[str | os.PathLike] = None,
     on_step: Optional[ProgressFn] = None,
-    size: int = FRAME_SIZE,
+    **keywords: Any,
 ) -> Identity:
     """Prepare an identity from a talking-head clip.
 
     ``source``: video file path, or frames (ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 or uint8,
-    grayscale/RGBA accepted) with ``fps`` or per-frame ``timestamps``. ``landmarker`` /
-    ``segmenter``: backend objects or MediaPipe model paths (``face_landmarker.task``,
-    ``selfie_multiclass_256x256.tflite``). ``face_model``: ``FaceModel`` or BFM folder.
-    ``crop``: ``"auto"`` (find the face, cut one portrait crop for the clip) or ``"none"`` (frames
-    are already square portraits). ``pad``: ``"edge"`` / ``"black"`` where the crop leaves the
-    frame. ``missing``: ``"drop"`` or ``"interpolate"`` frames without a usable face (at most 25 %).
-    ``device``: where the fit and the plate run. ``output``: save the identity there (atomic).
-    ``size``: side of the prepared frames, the output size of the renderer the identity is for
-    (512 for the official models).
+    grayscale/RGBA accepted) with ``fps`` or per-frame ``timestamps``. ``backends`` /
+    ``options``: :class:`PrepareBackends` and :class:`PrepareOptions`; their fields may also be
+    given as keyword arguments (``landmarker=``, ``segmenter=``, ``face_model=``, ``crop=``,
+    ``device=``, ...), which override the dataclasses. ``output``: save the identity there
+    (atomic). ``on_step(done, 1000, stage=...)`` may raise to cancel.
     """
+    backends, options = _settings(backends, options, keywords, "prepare_identity")
     progress = _Progress(on_step, _STAGES)
-    landmarker, segmenter, face_model = _backends(landmarker, segmenter, face_model, device)
-    clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=crop, pad=pad, size=size)
+    landmarker, segmenter, face_model = backends.load(options.device)
+    clip = load_clip(source, landmarker=landmarker, fps=fps, timestamps=timestamps, crop=options.crop, pad=options.pad,
+                     size=options.size)
     progress.done("frames")
-    clip = track(clip, landmarker, missing=missing, on_step=progress.stage("landmarks"))
-    return _finish(clip, segmenter, face_model, "clip", schedule, device, output, progress)
+    with cpu_threads("cpu", options.threads):  # MediaPipe, then per-frame landmark bookkeeping
+        clip = track(clip, landmarker, missing=options.missing, on_step=progress.stage("landmarks"))
+    return _finish(clip, segmenter, face_model, "clip", options, output, progress)
 
 
 def load_photo(image) -> torch.Tensor:
@@ -226,32 +271,28 @@ def load_photo(image) -> torch.Tensor:
 
 def prepare_photo_identity(
     image,
+    backends: Optional[PrepareBackends] = None,
+    options: Optional[PrepareOptions] = None,
     *,
-    landmarker,
-    segmenter,
-    face_model,
-    crop: str = "auto",
-    pad: str = "edge",
-    schedule: FitSchedule = FitSchedule(),
-    device: torch.device | str = "cpu",
     output: Optional[str | os.PathLike] = None,
     on_step: Optional[ProgressFn] = None,
-    size: int = FRAME_SIZE,
+    **keywords: Any,
 ) -> Identity:
     """One-frame identity from a portrait photo (single-image 3DMM fit, plate from the photo,
-    unsmoothed camera). Arguments as ``prepare_identity``."""
+    unsmoothed camera). Arguments as :func:`prepare_identity` (``options.missing`` is unused)."""
+    backends, options = _settings(backends, options, keywords, "prepare_photo_identity")
     progress = _Progress(on_step, _STAGES)
-    landmarker, segmenter, face_model = _backends(landmarker, segmenter, face_model, device)
+    landmarker, segmenter, face_model = backends.load(options.device)
     src = load_photo(image)
     _, h, w, _ = src.shape
     several = False
-    if crop == "auto":
+    if options.crop == "auto":
         box, several = find_crop(src, landmarker, "photo")
-    elif crop == "none":
+    elif options.crop == "none":
         box = whole_frame_crop(h, w, "photo")
     else:
-        raise InputError(f"crop must be 'auto' or 'none', got {crop!r}")
-    frames = crop_frames(src, box, size, pad)
+        raise InputError(f"crop must be 'auto' or 'none', got {options.crop!r}")
+    frames = crop_frames(src, box, options.size, options.pad)
     clip = Clip(frames, np.zeros(1, dtype=int), np.zeros(1, dtype=int), box, (h, w),
                 os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "image")
     progress.done("frames")
@@ -260,4 +301,4 @@ def prepare_photo_identity(
     if not bool(res.detected[0]):
         raise InputError("photo: no face found in the portrait crop. Use a photo with one clear, roughly frontal face.")
     clip.landmarks, clip.bad = res.points.float(), torch.zeros(1, dtype=torch.bool)
-    return _finish(clip, segmenter, face_model, "photo", schedule, device, output, progress)
+    return _finish(clip, segmenter, face_model, "photo", options, output, progress)

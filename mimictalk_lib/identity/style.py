@@ -65,7 +65,7 @@ def style_prompt_from_clip(
                    on_step=progress.stage("fit"))
     check_fit_quality(fit_quality(face_model, fit, clip.landmarks.to(device), clip.frames.shape[1]), what)
     features = extract_audio_features(audio, hubert, with_f0=with_f0, on_step=progress.stage("audio"))
-    return StylePrompt.from_clip(features, fit.exp.cpu(), valid=~clip.bad, max_frames=max_frames)
+    return StylePrompt.from_clip(features, fit.coeffs.exp.cpu(), valid=~clip.bad, max_frames=max_frames)
 
 
 def style_prompt_from_identity(

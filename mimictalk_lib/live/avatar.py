@@ -106,15 +106,15 @@ def load_avatar(
     if adapter is not None:
         who = personalise(base.model, load_adapter(_resolve(adapter, "adapters", models)))
     else:
-        from ..identity.prepare import prepare_photo_identity
+        from ..identity.prepare import PrepareBackends, PrepareOptions, prepare_photo_identity
 
         who = base
         mediapipe = _resolve(None, "mediapipe", models)
-        identity = prepare_photo_identity(
-            str(portrait), landmarker=mediapipe / "face_landmarker.task",
-            segmenter=mediapipe / "selfie_multiclass_256x256.tflite", face_model=_resolve(bfm, "bfm", models),
-            device=device, size=base.config.image_resolution,
-        )
+        backends = PrepareBackends(landmarker=mediapipe / "face_landmarker.task",
+                                   segmenter=mediapipe / "selfie_multiclass_256x256.tflite",
+                                   face_model=_resolve(bfm, "bfm", models))
+        identity = prepare_photo_identity(str(portrait), backends,
+                                          PrepareOptions(device=device, size=base.config.image_resolution))
     source = make_source(who, identity)
     motion_model = load_a2m(_resolve(a2m, "ics_a2m", models), device=device, dtype=dtype)
     encoder = load_hubert(_resolve(hubert, "hubert_large", models), device=device, dtype=dtype)

@@ -36,7 +36,7 @@ class FrameRenderer:
     def __init__(self, renderer: Any, face_model: torch.nn.Module, source: Any = None, *, chunk_size: int = 4):
         self.renderer, self.face_model, self.chunk_size = renderer, face_model, chunk_size
         self.source = source if isinstance(source, TalkingSource) else make_source(renderer, source)
-        if self.source.src_euler is None or self.source.src_trans is None:
+        if self.source.src_pose is None:
             raise InputError("a live avatar needs the source head pose: pass the identity the adapter was made from")
         self.src_exp = "source" if self.source.src_exp is not None else "motion"
         first = self.source.src_exp.reshape(1, N_EXP) if self.source.src_exp is not None else torch.zeros(1, N_EXP)
@@ -47,8 +47,8 @@ class FrameRenderer:
         self._history: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def _session(self, motion, d_euler, d_trans) -> TalkingSession:
-        euler = self.source.src_euler.reshape(1, 3).float() + d_euler
-        trans = self.source.src_trans.reshape(1, 3).float() + d_trans
+        euler = self.source.src_pose.euler.reshape(1, 3).float() + d_euler
+        trans = self.source.src_pose.trans.reshape(1, 3).float() + d_trans
         return build_session(self.renderer, self.face_model, self.source, motion, pose=(euler, trans),
                              map_to_init_pose=False, blink="none", src_exp=self.src_exp)
 

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import InputError
 from ..face.blink import apply_blink, blink_schedule
 from ..face.camera import camera_sequence, driving_pose
+from ..face.coeffs import Coefficients, HeadPose
 from ..face.keypoints import smooth_keypoints, torso_keypoints
 from ..face.model import N_EXP, N_ID
 from ..face.secc import render_secc
@@ -29,7 +30,7 @@ POSE_MODES = ("static", "identity")
 BLINK_MODES = ("period", "none")
 SRC_EXP_MODES = ("motion", "source")
 
-Pose = Union[str, tuple]  # a POSE_MODES name or (euler [T, 3], trans [T, 3])
+Pose = Union[str, HeadPose, tuple]  # a POSE_MODES name, a HeadPose or (euler [T, 3], trans [T, 3])
 
 @dataclass
 class TalkingSession:
@@ -74,7 +75,7 @@ def _check_motion(motion: torch.Tensor) -> torch.Tensor:
     return motion
 
 
-def _pose_sequence(pose: Pose, source: TalkingSource) -> tuple[torch.Tensor, torch.Tensor]:
+def _pose_sequence(pose: Pose, source: TalkingSource) -> HeadPose:
     if isinstance(pose, str):
         if pose not in POSE_MODES:
             raise InputError(f"pose must be one of {POSE_MODES} or (euler, trans), got {pose!r}")
@@ -82,14 +83,16 @@ def _pose_sequence(pose: Pose, source: TalkingSource) -> tuple[torch.Tensor, tor
             if source.poses is None:
                 raise InputError("pose='identity' needs an identity clip: pass the identity (or use pose='static')")
             return source.poses
-        if source.src_euler is None or source.src_trans is None:
+        if source.src_pose is None:
             raise InputError("pose='static' needs the source head pose: pass the identity this adapter was made from")
-        return source.src_euler, source.src_trans
+        return source.src_pose
+    if isinstance(pose, HeadPose):
+        pose = (pose.euler, pose.trans)
     if isinstance(pose, dict):
         pose = (pose.get("euler"), pose.get("trans"))
     if not isinstance(pose, (tuple, list)) or len(pose) != 2 or not all(isinstance(p, torch.Tensor) for p in pose):
         raise InputError(f"pose: expected {POSE_MODES} or a pair (euler [T, 3], trans [T, 3]), got {type(pose).__name__}")
-    return pose[0].reshape(-1, 3), pose[1].reshape(-1, 3)
+    return HeadPose(pose[0].reshape(-1, 3), pose[1].reshape(-1, 3))
 
 
 def _face_model_on(face_model: nn.Module, device: torch.device) -> nn.Module:
@@ -118,7 +121,7 @@ def build_session(
 
     ``source``: a :class:`TalkingSource`, a prepared ``Identity`` (one-shot, or the fallback data of
     a personalised renderer), or None for a personalised renderer that carries everything.
-    ``motion`` [T, 64] at 25 fps. ``pose``: 'static', 'identity' or (euler [T', 3], trans [T', 3]).
+    ``motion`` [T, 64] at 25 fps. ``pose``: 'static', 'identity', a ``HeadPose`` or (euler [T', 3], trans [T', 3]).
     ``blink``: 'none' or 'period' (seeded by ``blink_seed``). ``src_exp``: 'motion' (upstream:
     the source SECC shows the first driving expression) or 'source' (the source's own fit).
     ``background``: an image replacing the plate. ``device``: where SECC maps and keypoints are
@@ -134,11 +137,10 @@ def build_session(
         if value not in modes:
             raise InputError(f"{name} must be one of {modes}, got {value!r}")
     t = motion.shape[0]
-    euler, trans = _pose_sequence(pose, source)
-    if map_to_init_pose and (source.src_euler is None or source.src_trans is None):
+    sequence = _pose_sequence(pose, source).to("cpu", torch.float32)
+    if map_to_init_pose and source.src_pose is None:
         raise InputError("map_to_init_pose needs the source head pose: pass the identity (or set map_to_init_pose=False)")
-    euler, trans = driving_pose(euler.float().cpu(), trans.float().cpu(), t, src_euler=source.src_euler,
-                                src_trans=source.src_trans, map_to_init_pose=map_to_init_pose, freeze_z=True)
+    drive = driving_pose(sequence, t, source=source.src_pose, map_to_init_pose=map_to_init_pose, freeze_z=True)
     if src_exp == "source" and source.src_exp is None:
         raise InputError("src_exp='source' needs the source expression: pass the identity (or use src_exp='motion')")
     first = motion[:1] if src_exp == "motion" else source.src_exp.reshape(1, N_EXP)
@@ -147,14 +149,13 @@ def build_session(
         fm_device = face_model.mean_shape.device
         cano_src = render_secc(face_model, source.id.to(fm_device), torch.cat([torch.zeros_like(first), first]).to(fm_device),
                                size=side, dtype=torch.float32)
-        kp_d = torso_keypoints(face_model, source.id.expand(t, N_ID).to(fm_device), motion.to(fm_device),
-                               euler.to(fm_device), trans.to(fm_device), clamp=True).cpu()
-        kp_d = smooth_keypoints(kp_d)
-        camera = camera_sequence(euler, trans).float()
+        coeffs = Coefficients.of(drive, id=source.id.expand(t, N_ID), exp=motion)
+        kp_d = smooth_keypoints(torso_keypoints(face_model, coeffs.to(fm_device), clamp=True).cpu())
+        camera = camera_sequence(drive).float()
     generator = torch.Generator().manual_seed(int(blink_seed))
     return TalkingSession(
         model=model, face_model=face_model, source=source, motion=motion, camera=camera, kp_d=kp_d,
-        euler=euler, trans=trans, blink=blink_schedule(t, blink, generator).float(),
+        euler=drive.euler, trans=drive.trans, blink=blink_schedule(t, blink, generator).float(),
         cano_secc=cano_src[:1].cpu(), src_secc=cano_src[1:].cpu(),
     )
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..face.coeffs import HeadPose
 from ..face.model import N_ID
 from ..identity.frames import to_uint8_frames
 from ..identity.torso import inpaint_torso
@@ -31,9 +32,8 @@ class TalkingSource:
     bg: torch.Tensor  # [1, 3, H, W] background plate in [-1, 1]
     segmap: torch.Tensor  # [1, 6, H, W] one-hot segmentation of the source frame
     src_exp: Optional[torch.Tensor] = None  # [1, 64] fitted source expression
-    src_euler: Optional[torch.Tensor] = None  # [1, 3] source head pose (radians)
-    src_trans: Optional[torch.Tensor] = None  # [1, 3]
-    poses: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the identity clip's (euler, trans) [T', 3]
+    src_pose: Optional[HeadPose] = None  # the source frame's head pose (euler, trans [1, 3])
+    poses: Optional[HeadPose] = None  # the identity clip's head poses [T', 3]
     kind: str = "one-shot"  # or 'personalised'
 
     def with_background(self, background: Any) -> "TalkingSource":
@@ -97,8 +97,7 @@ def one_shot_source(renderer: Any, identity, *, frame: int = 0) -> TalkingSource
         cano_planes=planes.clone(), id=identity.id.float(), src_kp=identity.keypoints[frame: frame + 1].clamp(-1, 1),
         torso_ref=_signed(torso), bg=_signed(identity.plate[None]),
         segmap=identity.segmaps_one_hot([frame]), src_exp=identity.exp[frame: frame + 1],
-        src_euler=identity.euler[frame: frame + 1], src_trans=identity.trans[frame: frame + 1],
-        poses=(identity.euler, identity.trans), kind="one-shot",
+        src_pose=identity.coefficients.pose[frame], poses=identity.coefficients.pose, kind="one-shot",
     )
 
 
@@ -126,14 +125,15 @@ def personalised_source(renderer: Any, identity=None) -> TalkingSource:
     kp = src_kp.reshape(1, 68, 3).clone()
     kp[..., 2] = 0  # upstream keeps x, y of person_ds['src_kp'] and appends z = 0
     ident = identity
+    euler, trans = value("src_euler"), value("src_trans")
     vals = dict(
         torso_ref=value("torso_ref"), bg=value("bg"), segmap=value("segmap"), src_exp=value("src_exp"),
-        src_euler=value("src_euler"), src_trans=value("src_trans"),
+        src_pose=HeadPose(euler, trans) if euler is not None and trans is not None else None,
     )
     if ident is not None:
         fallback = dict(
             torso_ref=_signed(ident.torso_ref[None]), bg=_signed(ident.plate[None]), segmap=ident.segmaps_one_hot([0]),
-            src_exp=ident.exp[:1], src_euler=ident.euler[:1], src_trans=ident.trans[:1],
+            src_exp=ident.exp[:1], src_pose=ident.coefficients.pose[:1],
         )
         vals = {k: v if v is not None else fallback[k] for k, v in vals.items()}
     missing = [k for k in ("torso_ref", "bg", "segmap") if vals[k] is None]
@@ -145,7 +145,7 @@ def personalised_source(renderer: Any, identity=None) -> TalkingSource:
         )
     return TalkingSource(
         cano_planes=planes.detach().float(), id=pid.reshape(1, N_ID), src_kp=kp, kind="personalised",
-        poses=(ident.euler, ident.trans) if ident is not None else None, **vals,
+        poses=ident.coefficients.pose if ident is not None else None, **vals,
     )
 
 

@@ -8,6 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mimictalk_lib.errors import InputError
+from mimictalk_lib.face.coeffs import Coefficients, HeadPose
 from mimictalk_lib.face.camera import (
     EG3D_FOCAL,
     camera_sequence,
@@ -35,7 +36,7 @@ def split(cam):
 
 
 def test_identity_pose_camera():
-    c2w, k = split(eg3d_camera(torch.zeros(1, 3, dtype=D), torch.zeros(1, 3, dtype=D)))
+    c2w, k = split(eg3d_camera(HeadPose(torch.zeros(1, 3, dtype=D), torch.zeros(1, 3, dtype=D))))
     torch.testing.assert_close(c2w[0, :3, :3], torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=D)))
     # c = -R (t - (0, 0, 10)) = (0, 0, 10); * 0.27 + offset
     torch.testing.assert_close(c2w[0, :3, 3], torch.tensor([0.0, 0.006, 2.7 + 0.161], dtype=D))
@@ -47,7 +48,7 @@ def test_identity_pose_camera():
 
 def test_pure_yaw_and_pure_translation_cameras():
     a = 0.4
-    c2w, _ = split(eg3d_camera(torch.tensor([[0.0, a, 0.0]], dtype=D), torch.zeros(1, 3, dtype=D)))
+    c2w, _ = split(eg3d_camera(HeadPose(torch.tensor([[0.0, a, 0.0]], dtype=D), torch.zeros(1, 3, dtype=D))))
     ca, sa = math.cos(a), math.sin(a)
     # R = Ry^T = [[c, 0, -s], [0, 1, 0], [s, 0, c]]; c2w rotation = R diag(1, -1, -1)
     want_rot = torch.tensor([[ca, 0, sa], [0, -1, 0], [sa, 0, -ca]], dtype=D)
@@ -56,20 +57,20 @@ def test_pure_yaw_and_pure_translation_cameras():
     torch.testing.assert_close(c2w[0, :3, 3], torch.tensor([-10 * sa, 0, 10 * ca], dtype=D) * 0.27 + OFFSET)
 
     t = torch.tensor([[0.2, -0.1, 0.5]], dtype=D)
-    c2w, _ = split(eg3d_camera(torch.zeros(1, 3, dtype=D), t))
+    c2w, _ = split(eg3d_camera(HeadPose(torch.zeros(1, 3, dtype=D), t)))
     torch.testing.assert_close(c2w[0, :3, 3], -torch.tensor([0.2, -0.1, 0.5 - 10], dtype=D) * 0.27 + OFFSET)
 
 
 def test_camera_shape_error():
     with pytest.raises(InputError, match=r"\[T, 3\]"):
-        eg3d_camera(torch.zeros(3), torch.zeros(3))
+        eg3d_camera(HeadPose(torch.zeros(3), torch.zeros(3)))
 
 
 def test_smoothing_translation_window_and_yaw_mean():
     n = 10
     yaw = torch.linspace(-0.3, 0.5, n, dtype=D) ** 2  # non-linear so the window mean matters
     euler = torch.stack([torch.zeros(n, dtype=D), yaw, torch.zeros(n, dtype=D)], 1)
-    cam = eg3d_camera(euler, torch.zeros(n, 3, dtype=D))
+    cam = eg3d_camera(HeadPose(euler, torch.zeros(n, 3, dtype=D)))
     sm = smooth_camera(cam, 7)
     c2w, sc2w = split(cam)[0], split(sm)[0]
     for i in (0, 5, 9):
@@ -77,10 +78,10 @@ def test_smoothing_translation_window_and_yaw_mean():
         torch.testing.assert_close(sc2w[i, :3, 3], c2w[lo:hi, :3, 3].mean(0))
         # rotations about one axis: the chordal mean angle is atan2(sum sin, sum cos)
         m = torch.atan2(yaw[lo:hi].sin().sum(), yaw[lo:hi].cos().sum())
-        want = eg3d_camera(torch.tensor([[0.0, float(m), 0.0]], dtype=D), torch.zeros(1, 3, dtype=D))
+        want = eg3d_camera(HeadPose(torch.tensor([[0.0, float(m), 0.0]], dtype=D), torch.zeros(1, 3, dtype=D)))
         torch.testing.assert_close(sc2w[i, :3, :3], split(want)[0][0, :3, :3])
     torch.testing.assert_close(sm[:, 16:], cam[:, 16:])  # intrinsics untouched
-    const = eg3d_camera(euler[:1].repeat(5, 1), torch.zeros(5, 3, dtype=D))
+    const = eg3d_camera(HeadPose(euler[:1].repeat(5, 1), torch.zeros(5, 3, dtype=D)))
     torch.testing.assert_close(smooth_camera(const), const)
 
 
@@ -96,18 +97,20 @@ def test_mirror_indices_and_driving_pose():
     euler = torch.tensor([[0.1, 0.2, 0.3], [0.2, 0.1, 0.0], [0.0, 0.0, 0.1]], dtype=D)
     trans = torch.tensor([[0.1, 0.0, 0.5], [0.2, 0.1, 0.7], [0.3, 0.2, 0.9]], dtype=D)
     src_e, src_t = torch.tensor([0.05, -0.05, 0.0], dtype=D), torch.tensor([0.0, 0.1, 0.2], dtype=D)
-    e, t = driving_pose(euler, trans, 5, src_euler=src_e, src_trans=src_t)
+    drive = driving_pose(HeadPose(euler, trans), 5, source=HeadPose(src_e, src_t))
+    e, t = drive.euler, drive.trans
     torch.testing.assert_close(e[0], src_e)
     torch.testing.assert_close(t[0], src_t)
     torch.testing.assert_close(t[:, 2], torch.full((5,), 0.2, dtype=D))  # z frozen, then mapped
     torch.testing.assert_close(e[3] - e[0], euler[2] - euler[0])  # ping-pong: frame 3 = pose 2
     torch.testing.assert_close(t[4, :2] - t[0, :2], trans[1, :2] - trans[0, :2])
-    e2, t2 = driving_pose(euler, trans, 4, map_to_init_pose=False)
+    still = driving_pose(HeadPose(euler, trans), 4, map_to_init_pose=False)
+    e2, t2 = still.euler, still.trans
     torch.testing.assert_close(e2, euler[[0, 1, 2, 2]])
     torch.testing.assert_close(t2[:, 2], torch.full((4,), 0.5, dtype=D))
     with pytest.raises(InputError, match="source"):
-        driving_pose(euler, trans, 4)
-    torch.testing.assert_close(camera_sequence(e, t), smooth_camera(eg3d_camera(e, t)))
+        driving_pose(HeadPose(euler, trans), 4)
+    torch.testing.assert_close(camera_sequence(HeadPose(e, t)), smooth_camera(eg3d_camera(HeadPose(e, t))))
 
 
 def tiny_face_model(points: torch.Tensor) -> FaceModel:
@@ -133,7 +136,7 @@ def test_torso_keypoints_hand_values():
     fm = tiny_face_model(pts)
     zero = torch.zeros(1, 3, dtype=D)
     id, exp = torch.zeros(1, 80, dtype=D), torch.zeros(1, 64, dtype=D)
-    kp = torso_keypoints(fm, id, exp, zero, zero)[0]
+    kp = torso_keypoints(fm, Coefficients(id, exp, zero, zero))[0]
     # identity pose: camera z = 10 - z; u = 1015 x / z' + 112; kp_x = (u / 224) * 2 - 1
     zc = 10 - pts[:, 2]
     torch.testing.assert_close(kp[:, 0], 1015 * pts[:, 0] / (112 * zc))
@@ -141,14 +144,14 @@ def test_torso_keypoints_hand_values():
     assert (kp[:, 2] == 0).all()
     # pure translation in x shifts every keypoint by 1015 tx / (112 z')
     t = torch.tensor([[0.05, 0.0, 0.0]], dtype=D)
-    torch.testing.assert_close(torso_keypoints(fm, id, exp, zero, t)[0, :, 0] - kp[:, 0], 1015 * 0.05 / (112 * zc))
+    torch.testing.assert_close(torso_keypoints(fm, Coefficients(id, exp, zero, t))[0, :, 0] - kp[:, 0], 1015 * 0.05 / (112 * zc))
     # pure yaw: x' = x cos a + z sin a (row-vector points @ R with R = Ry^T), z' = -x sin a + z cos a
     a = 0.3
-    yaw = torso_keypoints(fm, id, exp, torch.tensor([[0.0, a, 0.0]], dtype=D), zero)[0]
+    yaw = torso_keypoints(fm, Coefficients(id, exp, torch.tensor([[0.0, a, 0.0]], dtype=D), zero))[0]
     x2 = pts[:, 0] * math.cos(a) + pts[:, 2] * math.sin(a)
     z2 = -pts[:, 0] * math.sin(a) + pts[:, 2] * math.cos(a)
     torch.testing.assert_close(yaw[:, 0], 1015 * x2 / (112 * (10 - z2)))
-    lm = landmarks_2d(fm, id, exp, zero, zero)[0]
+    lm = landmarks_2d(fm, Coefficients(id, exp, zero, zero))[0]
     torch.testing.assert_close(lm, (kp[:, :2] + 1) / 2)
 
 
@@ -157,8 +160,8 @@ def test_keypoint_clamp_and_subsets():
     pts[5, 0] = 3.0  # far outside the frame
     fm = tiny_face_model(pts)
     args = (torch.zeros(80, dtype=D), torch.zeros(64, dtype=D), torch.zeros(3, dtype=D), torch.zeros(3, dtype=D))
-    assert torso_keypoints(fm, *args)[5, 0] == 1.0
-    assert torso_keypoints(fm, *args, clamp=False)[5, 0] > 1.0
+    assert torso_keypoints(fm, Coefficients(*args))[5, 0] == 1.0
+    assert torso_keypoints(fm, Coefficients(*args), clamp=False)[5, 0] > 1.0
     kp = torch.arange(68 * 3.0).view(1, 68, 3)
     assert select_torso_keypoints(kp)[0, :, 0].tolist() == [3.0 * i for i in (0, 8, 16, 27)]
     assert select_torso_keypoints(kp, 9).shape == (1, 9, 3) and TORSO_KP_INDEX[9][-1] == 33

@@ -13,6 +13,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mimictalk_lib.errors import InputError
+from mimictalk_lib.face.coeffs import HeadPose
 from mimictalk_lib.face.camera import (
     camera_sequence,
     driving_pose,
@@ -50,7 +51,7 @@ def _poses(n: int, seed: int):
 
 def test_eg3d_camera_matches_the_float64_reference():
     euler, trans = _poses(5, 1)
-    got = eg3d_camera(euler, trans)
+    got = eg3d_camera(HeadPose(euler, trans))
     assert got.dtype == D and got.shape == (5, 25)
     assert np.abs(got.numpy() - ref_camera(euler.numpy(), trans.numpy())).max() < 1e-12
 
@@ -59,7 +60,7 @@ def test_float32_translation_with_float64_angles_is_computed_in_float64():
     """The dtype follows the angles (at least float32); a float32 translation is promoted before
     any maths, so the result equals the float64 reference of its (exactly representable) values."""
     euler, trans = _poses(4, 2)
-    got = eg3d_camera(euler, trans.float())
+    got = eg3d_camera(HeadPose(euler, trans.float()))
     assert got.dtype == D
     assert np.abs(got.numpy() - ref_camera(euler.numpy(), trans.float().double().numpy())).max() < 1e-12
 
@@ -80,10 +81,10 @@ def ref_smooth(cams: np.ndarray, k: int) -> np.ndarray:
 @pytest.mark.parametrize("kernel", [3, 7])
 def test_smoothing_matches_scipy_rotation_means(kernel):
     euler, trans = _poses(9, 3)
-    cams = eg3d_camera(euler, trans)
+    cams = eg3d_camera(HeadPose(euler, trans))
     want = ref_smooth(cams.numpy(), kernel)
     assert np.abs(smooth_camera(cams, kernel).numpy() - want).max() < 1e-10
-    assert np.abs(camera_sequence(euler, trans, kernel).numpy() - want).max() < 1e-10
+    assert np.abs(camera_sequence(HeadPose(euler, trans), kernel).numpy() - want).max() < 1e-10
     c2w_only = smooth_camera(cams[:, :16], kernel)  # [T, 16] cameras are accepted too
     assert c2w_only.shape == (9, 16) and np.abs(c2w_only.numpy() - want[:, :16]).max() < 1e-10
 
@@ -98,24 +99,24 @@ def test_one_pose_is_a_valid_sequence_for_mirroring():
 def test_driving_pose_of_a_five_frame_sequence():
     euler, trans = _poses(5, 4)
     src_e, src_t = torch.tensor([0.1, -0.2, 0.05], dtype=D), torch.tensor([0.01, 0.02, 0.3], dtype=D)
-    e, t = driving_pose(euler, trans, 12, src_euler=src_e, src_trans=src_t)
+    drive = driving_pose(HeadPose(euler, trans), 12, source=HeadPose(src_e, src_t))
+    e, t = drive.euler.numpy(), drive.trans.numpy()
     idx = [0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 0, 1]
     want_e = euler.numpy()[idx] + (src_e.numpy() - euler.numpy()[0])
     want_t = trans.numpy()[idx].copy()
     want_t[:, 2] = trans.numpy()[0, 2]
     want_t += src_t.numpy() - want_t[0]
-    assert np.abs(e.numpy() - want_e).max() < 1e-15 and np.abs(t.numpy() - want_t).max() < 1e-15
+    assert np.abs(e - want_e).max() < 1e-15 and np.abs(t - want_t).max() < 1e-15
 
 
 def test_pose_and_camera_input_messages():
     euler, trans = _poses(3, 5)
     with pytest.raises(InputError, match=r"^eg3d_camera: expected euler and trans of shape \[T, 3\], got \[3, 3\] and \[3, 2\]$"):
-        eg3d_camera(euler, trans[:, :2])
+        eg3d_camera(HeadPose(euler, trans[:, :2]))
     with pytest.raises(InputError, match=r"^driving_pose: expected euler and trans of shape \[T, 3\]"):
-        driving_pose(euler[:, :2], trans, 4, map_to_init_pose=False)
-    for only in (dict(src_euler=euler[0]), dict(src_trans=trans[0])):
-        with pytest.raises(InputError, match=r"^driving_pose: map_to_init_pose needs the source euler and trans$"):
-            driving_pose(euler, trans, 4, **only)
+        driving_pose(HeadPose(euler[:, :2], trans), 4, map_to_init_pose=False)
+    with pytest.raises(InputError, match=r"^driving_pose: map_to_init_pose needs the source pose$"):
+        driving_pose(HeadPose(euler, trans), 4)
     with pytest.raises(InputError, match=r"^smooth_camera: expected cameras \[T, 25\] or \[T, 16\], got \[3, 10\]$"):
         smooth_camera(torch.zeros(3, 10, dtype=D))
     with pytest.raises(InputError, match=r"^smooth_camera: expected cameras"):

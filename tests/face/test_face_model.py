@@ -10,7 +10,7 @@ import torch
 from scipy.io import loadmat, savemat
 
 from mimictalk_lib.errors import CheckpointError, FaceModelMissingError
-from mimictalk_lib.face import check_face_model_files, euler_to_rotation, load_face_model, project, to_camera
+from mimictalk_lib.face import HeadPose, check_face_model_files, euler_to_rotation, load_face_model, project, to_camera
 from mimictalk_lib.face.assets import eye_faces_from_landmarks, ncc_from_mean_shape
 from mimictalk_lib.face.convert import build_front_model
 from mimictalk_lib.face.files import BASEL_SOURCES, FRONT_MODEL, MP468_INDEX
@@ -159,14 +159,14 @@ def test_euler_rotation_hand_values():
 
 def test_projection_hand_values():
     pts = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 0.5, 1.0]]])
-    cam = to_camera(pts, torch.zeros(1, 3), torch.zeros(1, 3))
+    cam = to_camera(pts, HeadPose(torch.zeros(1, 3), torch.zeros(1, 3)))
     torch.testing.assert_close(cam[0, :, 2], torch.tensor([10.0, 10.0, 9.0]))
     uv = project(cam)
     torch.testing.assert_close(uv[0, 0], torch.tensor([112.0, 112.0]))
     torch.testing.assert_close(uv[0, 1], torch.tensor([112.0 + 101.5, 112.0]))
     torch.testing.assert_close(uv[0, 2], torch.tensor([112.0, 112.0 + 1015 * 0.5 / 9]))
     # pure translation moves the camera-space point; z translation moves it closer to the camera
-    cam_t = to_camera(pts, torch.zeros(1, 3), torch.tensor([[0.1, 0.0, 1.0]]))
+    cam_t = to_camera(pts, HeadPose(torch.zeros(1, 3), torch.tensor([[0.1, 0.0, 1.0]])))
     torch.testing.assert_close(cam_t[0, 0], torch.tensor([0.1, 0.0, 9.0]))
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mimictalk_lib.errors import InputError
+from mimictalk_lib.face import Coefficients
 from mimictalk_lib.identity.fit3dmm import (
     FitSchedule,
     _batch_starts,
@@ -34,14 +35,15 @@ def test_clip_fit_recovers_coefficients(face_model):
     < 6 %; mean landmark error < 1 px (the noise alone gives ~0.63 px)."""
     c = synthetic_clip_landmarks(face_model, 30, noise_px=NOISE_PX)
     steps = []
-    r = fit_clip(face_model, c["landmarks"], 512, schedule=CLIP_SCHEDULE, on_step=lambda d, t, **k: steps.append(d))
+    fit = fit_clip(face_model, c["landmarks"], 512, schedule=CLIP_SCHEDULE, on_step=lambda d, t, **k: steps.append(d))
     assert steps == list(range(1, CLIP_SCHEDULE.total + 1))
+    r = fit.coeffs
     assert r.id.shape == (1, 80) and r.exp.shape == (30, 64)
     assert (r.euler - c["euler"]).abs().max() < 0.01
     assert (r.trans - c["trans"]).abs().max() < 0.02
     assert (r.id - c["id"]).abs().max() < 0.03
     assert (r.exp - c["exp"]).norm() / c["exp"].norm() < 0.06
-    assert r.landmark_error.mean() < 1.0
+    assert fit.landmark_error.mean() < 1.0
 
 
 def test_image_fit_recovers_coefficients(face_model):
@@ -52,7 +54,7 @@ def test_image_fit_recovers_coefficients(face_model):
              torch.randn(n, 3, generator=g) * 0.1, torch.randn(n, 3, generator=g) * 0.1]
     px = project_to_pixels(face_model, *truth, 512, NOISE_PX, g)
     r = fit_images(face_model, px, 512, schedule=IMAGE_SCHEDULE)
-    for got, want, tol in zip((r.id, r.exp, r.euler, r.trans), truth, (0.06, 0.06, 0.005, 0.01)):
+    for got, want, tol in zip(r.coeffs.tensors(), truth, (0.06, 0.06, 0.005, 0.01)):
         assert got.shape == want.shape and (got - want).abs().max() < tol
     assert (r.landmark_error < 1.0).all()
 
@@ -66,8 +68,8 @@ def test_image_batch_equals_separate_fits(face_model):
     both = fit_images(face_model, px, 512, schedule=sched)
     for i in range(2):
         one = fit_images(face_model, px[i : i + 1], 512, schedule=sched)
-        for a, b in zip((both.id, both.exp, both.euler, both.trans), (one.id, one.exp, one.euler, one.trans)):
-            torch.testing.assert_close(a[i : i + 1], b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(both.coeffs[i].tensors(), one.coeffs.tensors()):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_fine_stage_batches_are_independent(face_model):
@@ -77,8 +79,8 @@ def test_fine_stage_batches_are_independent(face_model):
     both = fit_clip(face_model, c["landmarks"], 512, schedule=sched)
     for s in (0, 10):
         one = fit_clip(face_model, c["landmarks"][s : s + 10], 512, schedule=sched)
-        torch.testing.assert_close(both.exp[s : s + 10], one.exp, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(both.euler[s : s + 10], one.euler, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(both.coeffs.exp[s : s + 10], one.coeffs.exp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(both.coeffs.euler[s : s + 10], one.coeffs.euler, atol=1e-5, rtol=1e-4)
 
 
 def test_batch_starts_follow_upstream():
@@ -126,8 +128,9 @@ def test_fit_projection_equals_face_model(face_model):
     id_, exp = torch.randn(1, 80, generator=g), torch.randn(t, 64, generator=g)
     euler, trans = torch.randn(t, 3, generator=g) * 0.3, torch.randn(t, 3, generator=g) * 0.3
     prob = _Problem(face_model, torch.zeros(t, 468, 2), VIDEO_WEIGHTS)
-    ref = face_model.project_landmarks(id_.expand(t, 80), exp, euler, trans, which="mp468")
-    torch.testing.assert_close(prob.project(id_, exp, euler, trans), ref, atol=1e-3, rtol=1e-5)
+    c = Coefficients(id_, exp, euler, trans)
+    ref = face_model.project_landmarks(c.per_frame(), which="mp468")
+    torch.testing.assert_close(prob.project(c), ref, atol=1e-3, rtol=1e-5)
 
 
 def test_schedule_with_iterations_keeps_upstreams_ratio():
@@ -151,5 +154,5 @@ def test_fits_run_under_inference_mode(tmp_path):
     want_clip = fit_clip(face, c["landmarks"].clone(), 512, schedule=sched)
     want_image = fit_images(face, c["landmarks"][:2].clone(), 512, schedule=sched)
     for got, want in ((clip, want_clip), (image, want_image)):
-        for name in ("id", "exp", "euler", "trans", "landmark_error"):
-            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0)
+        for a, b in zip((*got.coeffs.tensors(), got.landmark_error), (*want.coeffs.tensors(), want.landmark_error)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -14,6 +14,8 @@ from mimictalk_lib.identity import (
     Identity,
     contact_sheet,
     lip_rects,
+    PrepareBackends,
+    PrepareOptions,
     prepare_identity,
     prepare_photo_identity,
 )
@@ -204,3 +206,22 @@ def test_given_face_model_is_not_moved(face_model):
     f64 = copy.deepcopy(face_model).double()
     got = as_face_model(f64, "cpu")
     assert got.mean_shape.dtype == torch.float32 and f64.mean_shape.dtype == torch.float64  # caller's untouched
+
+
+def test_backends_and_options_equal_the_keyword_form(face_model):
+    """The dataclass form and the documented keyword form are one code path: equal results (the same
+    deterministic computation). Keywords override the dataclasses; unknown or missing ones are refused."""
+    frames = draw_clip(26)
+    backends = PrepareBackends(landmarker=BlobLandmarker(), segmenter=LandmarkSegmenter(), face_model=face_model)
+    a = prepare_identity(frames, backends, PrepareOptions(schedule=FAST, missing="interpolate"), fps=25)
+    b = run(frames, face_model, missing="interpolate")
+    c = prepare_identity(frames, backends, PrepareOptions(schedule=FAST, crop="none"), fps=25, crop="auto",
+                         missing="interpolate")  # the keyword wins over the option
+    for other in (b, c):
+        for name in ("id", "exp", "euler", "trans", "cameras", "keypoints", "lip_rects", "plate"):
+            assert torch.equal(getattr(a, name), getattr(other, name)), name
+    assert a.coefficients.exp is a.exp and a.coefficients.pose.trans is a.trans
+    with pytest.raises(TypeError, match=r"prepare_identity\(\) got unexpected keyword arguments \['crop_mode'\]"):
+        prepare_identity(frames, backends, fps=25, crop_mode="auto")
+    with pytest.raises(TypeError, match=r"needs backends=PrepareBackends\(\.\.\.\) or the keyword arguments \['segmenter'\]"):
+        prepare_photo_identity(frames[:1], landmarker=BlobLandmarker(), face_model=face_model)

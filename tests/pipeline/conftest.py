@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mimictalk_lib.face import load_face_model
+from mimictalk_lib.face import Coefficients, load_face_model
 from mimictalk_lib.face.camera import camera_sequence
 from mimictalk_lib.face.keypoints import landmarks_2d, torso_keypoints
 from mimictalk_lib.identity import Identity
@@ -39,8 +39,9 @@ def make_identity(face_model, frames: int = 6, *, size: int = IDENTITY_SIZE, see
     euler = torch.cat([0.1 * torch.sin(3 * t), 0.15 * torch.sin(2 * t + 1), 0.03 * torch.cos(t)], 1)
     trans = torch.cat([0.1 * torch.sin(t), -0.05 + 0.05 * torch.cos(t), 0.2 + 0.1 * torch.sin(t)], 1)
     with torch.no_grad():
-        kps = torso_keypoints(face_model, id_.expand(frames, -1), exp, euler, trans, clamp=False)
-        lm = landmarks_2d(face_model, id_.expand(frames, -1), exp, euler, trans, which="mp468") * size
+        coeffs = Coefficients(id_, exp, euler, trans).per_frame()
+        kps = torso_keypoints(face_model, coeffs, clamp=False)
+        lm = landmarks_2d(face_model, coeffs, which="mp468") * size
     seg = person_segmap(size, size, head_centre=(size / 2, size * 0.4), head_axes=(size * 0.22, size * 0.28),
                         neck_width=size * 0.2, shoulder_y=size * 0.8)
     imgs = ((smooth_image(size, 3, g) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0)
@@ -50,7 +51,7 @@ def make_identity(face_model, frames: int = 6, *, size: int = IDENTITY_SIZE, see
     landmarks[:, :468, :2] = lm
     return Identity(
         frames=frames_u8, segmaps=seg.expand(frames, -1, -1).clone(), landmarks=landmarks, id=id_, exp=exp,
-        euler=euler, trans=trans, cameras=camera_sequence(euler, trans).float(), keypoints=kps,
+        euler=euler, trans=trans, cameras=camera_sequence(coeffs.pose).float(), keypoints=kps,
         lip_rects=torch.zeros(frames, 4, dtype=torch.long), plate=plate, torso_ref=frames_u8[0].clone(),
         torso_ref_mask=seg != 0, meta={"kind": kind, "source": "synthetic"},
     )

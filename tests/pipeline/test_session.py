@@ -11,6 +11,7 @@ import torch
 from mimictalk_lib.adapt.adapter import AdapterIdentity, PersonalisedRenderer
 from mimictalk_lib.errors import InputError
 from mimictalk_lib.face.camera import camera_sequence, mirror_indices
+from mimictalk_lib.face.coeffs import HeadPose
 from mimictalk_lib.face.secc import render_secc
 from mimictalk_lib.pipeline import TalkingSource, build_session, make_source, one_shot_source, personalised_source
 from tests.pipeline.conftest import make_identity, motion
@@ -30,7 +31,7 @@ def test_one_shot_source_from_identity(renderer, identity, source):
     head = identity.head_images([0]).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.inference_mode():
         torch.testing.assert_close(source.cano_planes, renderer.cano_planes(head))
-    assert torch.equal(source.id, identity.id) and torch.equal(source.src_euler, identity.euler[:1])
+    assert torch.equal(source.id, identity.id) and torch.equal(source.src_pose.euler, identity.euler[:1])
     assert source.src_kp.shape == (1, 68, 3) and source.src_kp.abs().max() <= 1 and (source.src_kp[..., 2] == 0).all()
     assert source.segmap.shape == (1, 6, 64, 64) and torch.equal(source.segmap.sum(1), torch.ones(1, 64, 64))
     assert source.bg.shape == source.torso_ref.shape == (1, 3, 64, 64)
@@ -53,7 +54,7 @@ def test_shapes_and_frame_counts_per_pose_mode(renderer, face_model, identity, s
     assert s.kp_d.abs().max() <= 1 and (s.kp_d[..., 2] == 0).all()
     assert s.face_model is face_model  # already on the renderer's device: not copied
     if pose == "static":  # constant pose: every camera equals the source's
-        torch.testing.assert_close(s.camera, camera_sequence(identity.euler[:1], identity.trans[:1]).expand(t, -1))
+        torch.testing.assert_close(s.camera, camera_sequence(identity.coefficients.pose[:1]).expand(t, -1))
 
 
 def test_identity_poses_are_ping_pong_indexed_with_z_frozen(renderer, face_model, identity, source):
@@ -64,7 +65,7 @@ def test_identity_poses_are_ping_pong_indexed_with_z_frozen(renderer, face_model
     torch.testing.assert_close(s.euler, identity.euler[idx])
     torch.testing.assert_close(s.trans[:, :2], identity.trans[idx, :2])
     assert (s.trans[:, 2] == identity.trans[0, 2]).all()  # z frozen to frame 0
-    torch.testing.assert_close(s.camera, camera_sequence(s.euler, s.trans))  # window-7 smoothed
+    torch.testing.assert_close(s.camera, camera_sequence(HeadPose(s.euler, s.trans)))  # window-7 smoothed
 
 
 def test_map_to_init_pose_puts_frame_zero_on_the_source_pose(renderer, face_model, identity):
@@ -133,7 +134,7 @@ def test_personalised_sources(renderer, face_model, identity):
     assert src.kind == "personalised" and torch.equal(src.cano_planes, planes)
     assert torch.equal(src.id, person.id)  # the adapter's own id wins
     assert torch.equal(src.src_kp[0, :, :2], kp[:, :2]) and (src.src_kp[..., 2] == 0).all()
-    assert torch.equal(src.src_euler, identity.euler[:1])
+    assert torch.equal(src.src_pose.euler, identity.euler[:1])
     s = build_session(pr, face_model, identity, motion(4), pose="identity")
     assert s.source.kind == "personalised" and s.num_frames == 4
     full = AdapterIdentity(id=person.id, src_kp=kp, bg=src.bg, torso_ref=src.torso_ref, segmap=src.segmap)
