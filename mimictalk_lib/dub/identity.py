@@ -34,6 +34,7 @@ import torch
 
 from ..errors import InputError
 from ..face.camera import camera_sequence
+from ..face.coeffs import Coefficients, HeadPose
 from ..face.keypoints import landmarks_2d, torso_keypoints
 from ..identity.background import background_plate
 from ..identity.checks import cut_off_frames
@@ -251,9 +252,9 @@ def prepare_dub_identity(
             quality = fit_quality(face_model, fit, pts.to(device), size)
             check_fit_quality(quality, WHAT)
             errors.append(float(fit.landmark_error.mean()))
-            clip_id = fit.id[:1].detach().float().cpu() if clip_id is None else clip_id
+            clip_id = fit.coeffs.id[:1].detach().float().cpu() if clip_id is None else clip_id
             for key in rows:
-                rows[key].append(getattr(fit, key).detach().float().cpu())
+                rows[key].append(getattr(fit.coeffs, key).detach().float().cpu())
             blobs.extend(SegmapStore.compress(seg))
             for j, k in enumerate(torch.nonzero(good).flatten().tolist()):
                 if done + k in keep_set or not sub["k"]:
@@ -304,9 +305,9 @@ def _subset(sub: dict, fit: dict, id_: torch.Tensor, face_model, device, meta: d
     exp, euler, trans = fit["exp"], fit["euler"], fit["trans"]
     fm = face_model
     with torch.no_grad():
-        args = [x.to(fm.mean_shape.device) for x in (id_.expand(t, -1), exp, euler, trans)]
-        kps = torso_keypoints(fm, *args, clamp=False).cpu()
-        lm68 = (landmarks_2d(fm, *args) * size).cpu()
+        coeffs = Coefficients(id_.expand(t, -1), exp, euler, trans).to(fm.mean_shape.device)
+        kps = torso_keypoints(fm, coeffs, clamp=False).cpu()
+        lm68 = (landmarks_2d(fm, coeffs) * size).cpu()
     plate, _ = background_plate(frames, segmaps, device=device)
     torso, torso_mask = inpaint_torso(frames[:1], segmaps[:1])
     src = wanted[np.asarray(sub["k"])]
@@ -315,6 +316,6 @@ def _subset(sub: dict, fit: dict, id_: torch.Tensor, face_model, device, meta: d
                 "dropped_frames": [], "subset": True}
     return Identity(
         frames=frames, segmaps=segmaps, landmarks=landmarks, id=id_, exp=exp, euler=euler, trans=trans,
-        cameras=camera_sequence(euler, trans).float(), keypoints=kps, lip_rects=lip_rects(lm68, size),
+        cameras=camera_sequence(HeadPose(euler, trans)).float(), keypoints=kps, lip_rects=lip_rects(lm68, size),
         plate=plate, torso_ref=torso[0], torso_ref_mask=torso_mask[0], meta=sub_meta,
     )
