@@ -4,6 +4,7 @@
     python -m bench.prepare --device cpu --video clip.mp4 --seconds 20 [--bfm BFM/]
                             [--landmarker face_landmarker.task] [--segmenter selfie_multiclass_256x256.tflite]
     python -m bench.prepare --tiny --device cpu          # smoke test: 1.2 s of video, 8 + 8 + 2 fit steps
+    python -m bench.prepare --threads 1,2 [--frames 125] [--repeats 3]   # small-tensor stages per thread count
 
 Needs the real media (by default /work/shared/data: German_20s.mp4 and face_landmarker.task) and
 MediaPipe; without them it prints a skip message. Stages (the steps of ``prepare_identity``):
@@ -19,12 +20,20 @@ Landmarks, segmentation and frames run on the CPU whatever the device (MediaPipe
 the fit and the plate run on each requested device, in fp32 (the landmark fit and the camera
 maths stay fp32, so ``--dtypes`` accepts fp32 only). Without ``--bfm`` the synthetic face model
 of the tests is used: the fit only touches the 468 landmark vertices, so its cost is the same.
+
+``--threads N,M,...`` measures instead the CPU stages that run many small-tensor ops (the 3DMM fit
+with the upstream schedule, the keypoints / cameras / lip crops of the plate stage) at each intra-op
+thread count, the counts alternated within one process (``--repeats`` rounds) so that the machine's
+load hits each alike; no media or MediaPipe needed (synthetic face model and landmarks of
+``--frames`` frames). The library runs these stages with ``MIMICTALK_SMALL_TENSOR_THREADS`` (1 by
+default); the table is how that default was chosen (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -121,6 +130,50 @@ def _stages(args, configs, tmp: str):
     return video.name, clip.frames.shape[0], rows
 
 
+def _thread_rows(args) -> list[tuple]:
+    """Fit and keypoint stages at each thread count, alternated; rows (stage, threads, best, median)."""
+    from mimictalk_lib.face.camera import camera_sequence
+    from mimictalk_lib.face.keypoints import landmarks_2d, torso_keypoints
+    from mimictalk_lib.identity.fit3dmm import FitSchedule, fit_clip
+    from mimictalk_lib.identity.prepare import lip_rects
+    from mimictalk_lib.utils import cpu_threads
+    from tests.fixtures.synthetic_identity import observable_face_model, synthetic_clip_landmarks
+
+    schedule = FitSchedule.with_iterations(TINY_FIT_ITERATIONS) if args.tiny else FitSchedule()
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        fm = observable_face_model(Path(tmp) / "bfm")
+    landmarks = synthetic_clip_landmarks(fm, args.frames)["landmarks"]
+
+    def plate_maths(coeffs):
+        camera_sequence(coeffs.pose)
+        torso_keypoints(fm, coeffs, clamp=False)
+        return lip_rects(landmarks_2d(fm, coeffs) * FRAME_SIZE)
+
+    coeffs = fit_clip(fm, landmarks, FRAME_SIZE, schedule=schedule).coeffs.per_frame()  # also a warm-up
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(args.repeats):
+        for n in args.threads:
+            _, t_fit = common.timed(lambda: fit_clip(fm, landmarks, FRAME_SIZE, schedule=schedule, threads=n), cpu)
+            with cpu_threads(cpu, n), torch.no_grad():
+                _, t_kp = common.timed(lambda: plate_maths(coeffs), cpu)
+            times.setdefault((f"fit (3DMM, {schedule.total} steps)", n), []).append(t_fit)
+            times.setdefault(("keypoints + cameras + lip crops", n), []).append(t_kp)
+    return [(stage, n, min(v), statistics.median(v)) for (stage, n), v in times.items()]
+
+
+def _threads_main(args) -> None:
+    load = os.getloadavg()
+    rows = _thread_rows(args)
+    print(f"# small-tensor stages of identity preparation: {args.frames} frames, synthetic landmarks, "
+          f"{args.repeats} alternated round(s); load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    common.print_machines(["cpu"])
+    base = {stage: median for stage, n, _, median in rows if n == args.threads[0]}
+    table = [(stage, n, f"{best:.3f}", f"{median:.3f}", f"{median / base[stage]:.2f}")
+             for stage, n, best, median in sorted(rows, key=lambda r: (r[0], r[1]))]
+    common.print_table(["stage", "threads", "best s", "median s", "median / first count's"], table)
+
+
 def main() -> None:
     ap = common.parser(__doc__)
     common.add_common_args(ap, dtypes=("fp32",), workers=False)
@@ -131,7 +184,16 @@ def main() -> None:
                     help="MediaPipe face_landmarker.task (default: %(default)s)")
     ap.add_argument("--segmenter", default="", help="selfie_multiclass_256x256.tflite (synthetic if absent)")
     ap.add_argument("--bfm", default="", help="BFM folder (synthetic face model if absent)")
+    ap.add_argument("--threads", type=lambda s: common.comma_list(s, int), default=None,
+                    help="measure the small-tensor stages at these CPU thread counts instead (e.g. 1,2)")
+    ap.add_argument("--frames", type=int, default=None, help="--threads: frames of synthetic landmarks (default 125)")
+    ap.add_argument("--repeats", type=int, default=None, help="--threads: alternated rounds (default 3)")
     args = ap.parse_args()
+    if args.threads:
+        args.frames = common.tiny_default(args.frames, 125, 8, args.tiny)
+        args.repeats = common.tiny_default(args.repeats, 3, 1, args.tiny)
+        _threads_main(args)
+        return
     args.seconds = common.tiny_default(args.seconds, 0.0, TINY_SECONDS, args.tiny)
     configs = common.plan(ap, args, allowed=("fp32",))
     why = _missing(args)

@@ -24,13 +24,15 @@ HEADERS = {
     "prepare": "| stage | device | seconds | s per s of video |",
     "dub": "| seconds | source | frames | identity frames (25 fps) | wall s (prepare + dub) | frames/s | peak RSS MiB "
            "| identity held MiB | frames held |",
+    "prepare --threads": "| stage | threads | best s | median s | median / first count's |",
 }
 
 
 def run_bench(repo_root, name: str, *options: str) -> list[dict]:
     """Run the script with ``--tiny --device cpu``; its table as one dict per row."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny ops: one thread is much faster on 2 cores
-    done = subprocess.run([sys.executable, "-m", f"bench.{name}", "--tiny", "--device", "cpu", *options],
+    script = name.split(" ")[0]
+    done = subprocess.run([sys.executable, "-m", f"bench.{script}", "--tiny", "--device", "cpu", *options],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
@@ -82,6 +84,15 @@ def test_tiny_prepare_prints_table(repo_root, shared_data):
     assert [r["stage"].split(" ")[0] for r in rows] == ["frames", "landmarks", "segmentation", "fit", "plate", "total"]
     assert all(r["device"] == "cpu" and float(r["seconds"]) > 0 for r in rows)
     assert float(rows[-1]["seconds"]) == pytest.approx(sum(float(r["seconds"]) for r in rows[:-1]), abs=0.03)
+
+
+def test_tiny_prepare_threads_prints_table(repo_root):
+    """The thread-count table needs no media: both stages at each count, ratio 1 for the first."""
+    rows = run_bench(repo_root, "prepare --threads", "--threads", "1,2")
+    assert [(r["stage"].split(" ")[0], r["threads"]) for r in rows] == [("fit", "1"), ("fit", "2"),
+                                                                         ("keypoints", "1"), ("keypoints", "2")]
+    assert all(float(r["best s"]) > 0 and float(r["median s"]) >= float(r["best s"]) for r in rows)
+    assert rows[0]["median / first count's"] == rows[2]["median / first count's"] == "1.00"
 
 
 # --- the shared (device, dtype) plan ------------------------------------------------------------
