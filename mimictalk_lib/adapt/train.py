@@ -50,6 +50,7 @@ from torch import nn
 
 from ..errors import InputError, MimicTalkError
 from ..lora.inject import LoraSpec, inject_lora, lora_parameters, lora_state_dict, share_copy
+from ..renderer.model import RenderSource
 from ..renderer.lora_targets import DEFAULT_LORA_MODE, DEFAULT_LORA_R, parse_lora_mode
 from ..utils import ProgressFn, check_device_dtype, logger, report
 from .adapter import Adapter, AdapterIdentity, base_fingerprint, base_parameters, norm_state, save_adapter
@@ -228,9 +229,9 @@ class Trainer:
         """Render frames ``idx`` of the clip with the current tri-grid and LoRA (RenderOutput)."""
         ident, dev = self.data.identity, self.device
         drv_secc = self._drive_secc(idx) if drv_secc is None else drv_secc
+        source = RenderSource(self.triplane, self.cano_secc, self.src_secc, self.kp_s, self.torso_ref, self.bg, self.segmap0)
         return self.model.render(
-            self.triplane, self.cano_secc, self.src_secc, drv_secc, ident.cameras[idx].float().to(dev),
-            self.torso_ref, self.bg, self.segmap0, self.kp_s, ident.keypoints[idx].float().to(dev),
+            source, drv_secc, ident.cameras[idx].float().to(dev), ident.keypoints[idx].float().to(dev),
             deterministic=not stochastic, generator=self.render_gen if stochastic else None,
         )
 

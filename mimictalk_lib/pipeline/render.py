@@ -198,8 +198,7 @@ def iter_talking_head(
     model, src = session.model, session.source
     check_device_dtype(model.device, model.dtype)
     with torch.inference_mode():
-        source = model.prepare_source(src.cano_planes, session.cano_secc, session.src_secc, src.src_kp,
-                                      src.torso_ref, src.bg, src.segmap)
+        source = model.prepare_source(src.render_source(session.cano_secc, session.src_secc), src.sr_reference(model))
     for part, out in model.iter_chunks(source, session.drv_secc, session.camera, session.kp_d, chunk_size=chunk_size,
                                        deterministic=deterministic, generator=generator, on_step=on_step):
         side = out.image.shape[-1]  # the conversions below make ordinary (not inference) CPU tensors

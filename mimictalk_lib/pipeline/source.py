@@ -4,7 +4,8 @@ backbone. Personalised (MimicTalk): the learned tri-grid and the adapter's perso
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -17,6 +18,8 @@ from ..face.model import N_ID
 from ..identity.frames import to_uint8_frames
 from ..identity.torso import inpaint_torso
 from ..renderer.loading import LoadedRenderer, PersonalisedRenderer
+from ..renderer.model import RenderSource
+from ..renderer.superres import SRReference
 from ..utils import logger
 
 MIN_FACE_AREA = 0.2  # real3d_infer --min_face_area_percent: face box / image area for one-shot sources
@@ -35,6 +38,35 @@ class TalkingSource:
     src_pose: Optional[HeadPose] = None  # the source frame's head pose (euler, trans [1, 3])
     poses: Optional[HeadPose] = None  # the identity clip's head poses [T', 3]
     kind: str = "one-shot"  # or 'personalised'
+    # Per-renderer cache of the encoded SR reference (torso volume, background features): made once
+    # per identity, reused by every clip, live chunk and frame range (sr_reference). Not copied by
+    # dataclasses.replace, so a copy with another plate encodes its own.
+    _references: weakref.WeakKeyDictionary = field(init=False, repr=False, compare=False,
+                                                   default_factory=weakref.WeakKeyDictionary)
+
+    def __getstate__(self) -> dict:  # the cache holds weak references: not copied by pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_references"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _references=weakref.WeakKeyDictionary())
+
+    def render_source(self, cano_secc: torch.Tensor, src_secc: torch.Tensor) -> RenderSource:
+        """The renderer's per-identity inputs with a session's canonical and source SECC maps."""
+        return RenderSource(self.cano_planes, cano_secc, src_secc, self.src_kp, self.torso_ref, self.bg, self.segmap)
+
+    def sr_reference(self, model: nn.Module) -> SRReference:
+        """``model.prepare_reference`` of this source's torso, plate and segmentation, computed once
+        per renderer and reused (cached per device and dtype; weights changed in place since, e.g.
+        a LoRA merged into the same module, make a new one)."""
+        sr = model.superresolution
+        key = (model.device, model.dtype, sum(p._version for p in sr.parameters()))
+        cached = self._references.get(model)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode():
+                reference = model.prepare_reference(self.torso_ref.to(model.device), self.bg.to(model.device),
+                                                    self.segmap.to(model.device))
+            self._references[model] = cached = (key, reference)
+        return cached[1]
 
     def with_background(self, background: Any) -> "TalkingSource":
         """A copy whose plate is ``background`` (IMAGE [1, H, W, 3] / [H, W, 3], 0..1 or uint8),

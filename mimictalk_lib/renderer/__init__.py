@@ -7,8 +7,8 @@ Public API (imported lazily, so ``import mimictalk_lib.renderer`` is cheap)::
     loaded = load_renderer("model_ckpt_steps_10000.ckpt", device=device, dtype=torch.bfloat16)  # a GPU device
     planes = loaded.cano_planes                      # personalised tri-grid, or
     planes = loaded.model.cano_planes(ref_image)     # one-shot (Real3D-Portrait) from an image
-    out = loaded.model.render_frames(planes, cano_secc, src_secc, drv_secc, camera,
-                                     ref_torso, bg, segmap, kp_s, kp_d, chunk_size=4)
+    source = RenderSource(planes, cano_secc, src_secc, kp_s, ref_torso, bg, segmap)  # per identity
+    out = loaded.model.render_frames(source, drv_secc, camera, kp_d, chunk_size=4)
     out.image  # [T, 3, 512, 512] in [-1, 1]
 
 Modules: :mod:`.config` (RendererConfig, inference from shapes), :mod:`.model` (Renderer),
@@ -24,6 +24,8 @@ _EXPORTS = {
     "infer_renderer_config": ".config",
     "Renderer": ".model",
     "RenderOutput": ".model",
+    "RenderSource": ".model",
+    "SourceInputs": ".model",
     "load_renderer": ".loading",
     "LoadedRenderer": ".loading",
     "PersonData": ".loading",

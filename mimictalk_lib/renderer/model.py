@@ -109,77 +109,50 @@ class Renderer(nn.Module):
         return self.secc_img2plane_backbone(secc.to(self.dtype))  # [B, 9, S, S] -> planes
 
     def prepare_reference(self, ref_torso: torch.Tensor, bg: torch.Tensor, segmap: torch.Tensor) -> SRReference:
-        """Encode the per-clip SR inputs once (torso appearance volume, background features)."""
+        """Encode the per-identity SR inputs once (torso appearance volume, background features);
+        shapes: :class:`RenderSource`."""
         return self.superresolution.encode_reference(ref_torso.to(self.dtype), bg.to(self.dtype), segmap.to(self.dtype))
 
-    def prepare_source(
-        self,
-        cano_planes: torch.Tensor,
-        cano_secc: torch.Tensor,
-        src_secc: torch.Tensor,
-        kp_s: torch.Tensor,
-        ref_torso: torch.Tensor,
-        bg: torch.Tensor,
-        segmap: torch.Tensor,
-    ) -> "SourceInputs":
-        """The per-identity inputs of a clip, the SR reference encoded once (shapes: :meth:`render`).
-        Batch-1 tensors move to the model's device now; T-row ones chunk by chunk
-        (:meth:`SourceInputs.rows`)."""
+    def prepare_source(self, source: "RenderSource | SourceInputs", reference: Optional[SRReference] = None) -> "SourceInputs":
+        """The per-identity work of ``source`` done once: batch-1 tensors moved to the model's
+        device (T-row ones move chunk by chunk, :meth:`SourceInputs.rows`) and the SR reference
+        encoded (:meth:`prepare_reference`), unless ``reference`` gives that encoding already
+        (made by this model from the same torso, plate and segmentation: a per-identity cache,
+        :meth:`mimictalk_lib.pipeline.TalkingSource.sr_reference`). A prepared
+        :class:`SourceInputs` is returned as it is. Gradients flow unless the caller disables them."""
+        if isinstance(source, SourceInputs):
+            return source
+        if not isinstance(source, RenderSource):
+            raise InputError(f"Renderer: expected a RenderSource (the per-identity inputs), got {type(source).__name__}")
         device = self.device
-        shared = [t.to(device) if t.shape[0] == 1 else t for t in (cano_planes, cano_secc, src_secc, kp_s)]
-        return SourceInputs(*shared, self.prepare_reference(ref_torso.to(device), bg.to(device), segmap.to(device)))
+        shared = [t.to(device) if t.shape[0] == 1 else t for t in (source.cano_planes, source.cano_secc, source.src_secc, source.kp_s)]
+        if reference is None:
+            reference = self.prepare_reference(source.ref_torso.to(device), source.bg.to(device), source.segmap.to(device))
+        return SourceInputs(*shared, reference)
 
     # --- rendering ----------------------------------------------------------------------------
 
     def render(
         self,
-        cano_planes: torch.Tensor,
-        cano_secc: torch.Tensor,
-        src_secc: torch.Tensor,
+        source: "RenderSource | SourceInputs",
         drv_secc: torch.Tensor,
         camera: torch.Tensor,
-        ref_torso: Optional[torch.Tensor],
-        bg: Optional[torch.Tensor],
-        segmap: Optional[torch.Tensor],
-        kp_s: torch.Tensor,
         kp_d: torch.Tensor,
         *,
         deterministic: bool = True,
         generator: Optional[torch.Generator] = None,
-        reference: Optional[SRReference] = None,
     ) -> RenderOutput:
-        """Render a batch of B frames (upstream ``synthesis`` with ``use_cached_backbone``), every
-        input given separately (training and tests); :meth:`render_source` with the
-        per-identity inputs bundled.
+        """Render a batch of B frames of ``source`` (upstream ``synthesis`` with
+        ``use_cached_backbone``): a :class:`RenderSource`, prepared here, or a
+        :class:`SourceInputs` from :meth:`prepare_source` (the per-identity work done once).
 
-        cano_planes [B or 1, 3, C·D, P, P] (P = plane resolution); cano_secc, src_secc
-        [B or 1, 3, S, S] and drv_secc [B, 3, S, S] SECC maps in [-1, 1] (S = 2P); camera [B, 25]
-        (c2w 4x4 + normalised K 3x3, EG3D convention); ref_torso [1 or B, 3, H, W] (inpainted
-        torso), bg [1 or B, 3, H, W], segmap [1 or B, 6, H, W] (or ``reference`` from
-        :meth:`prepare_reference` instead of the three); kp_s [B or 1, 68, 3] and kp_d
-        [B, 68, 3] lm68 keypoints in [-1, 1], z = 0. ``deterministic`` selects the sampling mode
-        of :mod:`.volume` (stochastic mode draws from ``generator``). Gradients flow unless the
-        caller disables them (:meth:`iter_chunks` runs under inference mode).
+        drv_secc [B, 3, S, S] driving SECC maps in [-1, 1] (S = 2P, P = plane resolution); camera
+        [B, 25] (c2w 4x4 + normalised K 3x3, EG3D convention); kp_d [B, 68, 3] lm68 keypoints in
+        [-1, 1], z = 0. ``deterministic`` selects the sampling mode of :mod:`.volume` (stochastic
+        mode draws from ``generator``). Gradients flow unless the caller disables them
+        (:meth:`iter_chunks` runs under inference mode).
         """
-        if reference is None:
-            if ref_torso is None or bg is None or segmap is None:
-                raise ValueError("Renderer.render: pass ref_torso, bg and segmap, or reference=prepare_reference(...)")
-            reference = self.prepare_reference(ref_torso, bg, segmap)
-        source = SourceInputs(cano_planes, cano_secc, src_secc, kp_s, reference)
-        return self.render_source(source, drv_secc, camera, kp_d, deterministic=deterministic, generator=generator)
-
-    def render_source(
-        self,
-        source: "SourceInputs",
-        drv_secc: torch.Tensor,
-        camera: torch.Tensor,
-        kp_d: torch.Tensor,
-        *,
-        deterministic: bool = True,
-        generator: Optional[torch.Generator] = None,
-    ) -> RenderOutput:
-        """Render B frames of ``source`` (:meth:`prepare_source`) driven by drv_secc [B, 3, S, S],
-        camera [B, 25] and kp_d [B, 68, 3] (see :meth:`render`)."""
+        source = self.prepare_source(source)
         cfg = self.cfg
         batch = drv_secc.shape[0]
         side = cfg.secc_resolution
@@ -207,13 +180,12 @@ class Renderer(nn.Module):
         depth = vol.depth.transpose(1, 2).reshape(batch, 1, r, r)
 
         x = features.to(self.dtype)
-        sr = self.superresolution.composite(x[:, :3], x, alpha.to(self.dtype), kp_s.to(self.dtype), kp_d.to(self.dtype),
-                                            source.reference)
+        sr = self.superresolution(x[:, :3], x, alpha.to(self.dtype), kp_s.to(self.dtype), kp_d.to(self.dtype), source.reference)
         return RenderOutput(image=sr["image"].clamp(-1, 1), image_raw=features[:, :3].clamp(-1, 1), alpha=alpha, depth=depth)
 
     def iter_chunks(
         self,
-        source: "SourceInputs",
+        source: "RenderSource | SourceInputs",
         drv_secc: torch.Tensor | Callable[[slice], torch.Tensor],
         camera: torch.Tensor,
         kp_d: torch.Tensor,
@@ -225,37 +197,33 @@ class Renderer(nn.Module):
     ) -> Iterator[tuple[slice, RenderOutput]]:
         """The one chunked render loop: render T frames ``chunk_size`` at a time under
         ``torch.inference_mode`` and yield ``(frames, RenderOutput)`` per chunk (on the model's
-        device). camera [T, 25] and kp_d [T, 68, 3] may live anywhere (each chunk is moved);
-        ``drv_secc`` is [T, 3, S, S] or a function giving the maps of a slice of frames (made per
-        chunk, so nothing per frame at S² is held for the clip). A source with T rows (not 1) is
-        sliced per chunk. ``on_step(done, total)`` after each chunk may raise to stop. Inference
-        mode is entered per chunk, never across a ``yield`` (it is thread-local). In stochastic
-        mode the frames depend on ``chunk_size`` (one generator stream); in deterministic mode
-        they do not."""
+        device). ``source`` is prepared once (:meth:`prepare_source`) unless it already is.
+        camera [T, 25] and kp_d [T, 68, 3] may live anywhere (each chunk is moved); ``drv_secc``
+        is [T, 3, S, S] or a function giving the maps of a slice of frames (made per chunk, so
+        nothing per frame at S² is held for the clip). A source with T rows (not 1) is sliced per
+        chunk. ``on_step(done, total)`` after each chunk may raise to stop. Inference mode is
+        entered per chunk, never across a ``yield`` (it is thread-local). In stochastic mode the
+        frames depend on ``chunk_size`` (one generator stream); in deterministic mode they do not."""
         check_device_dtype(self.device, self.dtype)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        with torch.inference_mode():
+            source = self.prepare_source(source)
         device, total = self.device, int(camera.shape[0])
         secc = drv_secc if callable(drv_secc) else (lambda part: drv_secc[part])
         for start in range(0, total, chunk_size):
             part = slice(start, min(start + chunk_size, total))
             with torch.inference_mode():
-                out = self.render_source(source.rows(part, total), secc(part).to(device), camera[part].to(device),
-                                         kp_d[part].to(device), deterministic=deterministic, generator=generator)
+                out = self.render(source.rows(part, total), secc(part).to(device), camera[part].to(device),
+                                  kp_d[part].to(device), deterministic=deterministic, generator=generator)
             yield part, out
             report(on_step, part.stop, total)
 
     def render_frames(
         self,
-        cano_planes: torch.Tensor,
-        cano_secc: torch.Tensor,
-        src_secc: torch.Tensor,
+        source: "RenderSource | SourceInputs",
         drv_secc: torch.Tensor,
         camera: torch.Tensor,
-        ref_torso: torch.Tensor,
-        bg: torch.Tensor,
-        segmap: torch.Tensor,
-        kp_s: torch.Tensor,
         kp_d: torch.Tensor,
         *,
         chunk_size: int = 4,
@@ -265,20 +233,20 @@ class Renderer(nn.Module):
         output_dtype: torch.dtype = torch.float32,
         on_step: Optional[ProgressFn] = None,
     ) -> RenderOutput:
-        """Render a clip of T frames with :meth:`iter_chunks` and collect it.
+        """Render a clip of T frames of ``source`` with :meth:`iter_chunks` and collect it.
 
-        Per-frame inputs have T rows: drv_secc, camera, kp_d. Shared inputs have 1 row or T:
-        cano_planes, cano_secc, src_secc, kp_s; the torso reference, background and segmentation
-        are encoded once for the clip (batch 1). Each chunk runs in the model's dtype (fp32, or
-        bf16 / fp16 on a GPU: load the model with that dtype) and its outputs are moved to
-        ``output_device`` (default: the model's device) as ``output_dtype`` right away, so the
-        compute device only ever holds one chunk.
+        Per-frame inputs have T rows: drv_secc, camera, kp_d (shapes: :meth:`render`). The
+        source's torso reference, background and segmentation are encoded once for the clip
+        (batch 1). Each chunk runs in the model's dtype (fp32, or bf16 / fp16 on a GPU: load the
+        model with that dtype) and its outputs are moved to ``output_device`` (default: the
+        model's device) as ``output_dtype`` right away, so the compute device only ever holds one
+        chunk.
         """
-        for name, t in (("ref_torso", ref_torso), ("bg", bg), ("segmap", segmap)):
-            check_shape(t, (1,) + tuple(t.shape[1:]), f"{name} (one reference for the whole clip)")
+        if isinstance(source, RenderSource):
+            for name in ("ref_torso", "bg", "segmap"):
+                t = getattr(source, name)
+                check_shape(t, (1,) + tuple(t.shape[1:]), f"{name} (one reference for the whole clip)")
         output_device = torch.device(output_device) if output_device is not None else self.device
-        with torch.inference_mode():
-            source = self.prepare_source(cano_planes, cano_secc, src_secc, kp_s, ref_torso, bg, segmap)
         parts = [out.to(output_device, output_dtype) for _, out in self.iter_chunks(
             source, drv_secc, camera, kp_d, chunk_size=chunk_size, deterministic=deterministic, generator=generator,
             on_step=on_step)]
@@ -286,9 +254,27 @@ class Renderer(nn.Module):
 
 
 @dataclass
+class RenderSource:
+    """Who is rendered: the per-identity inputs every frame of a clip shares (any device).
+
+    Tensors have batch 1 (shared by every frame) or the clip's T frames, except the SR
+    reference (ref_torso, bg, segmap), which a clip encodes once (:meth:`Renderer.prepare_source`).
+    """
+
+    cano_planes: torch.Tensor  # [1 or T, 3, C·D, P, P] canonical tri-plane / tri-grid (P = plane resolution)
+    cano_secc: torch.Tensor  # [1 or T, 3, S, S] canonical SECC map in [-1, 1] (S = 2P)
+    src_secc: torch.Tensor  # [1 or T, 3, S, S] source SECC map in [-1, 1]
+    kp_s: torch.Tensor  # [1 or T, 68, 3] source lm68 keypoints in [-1, 1], z = 0
+    ref_torso: torch.Tensor  # [1 or B, 3, H, W] inpainted torso of the source frame in [-1, 1]
+    bg: torch.Tensor  # [1 or B, 3, H, W] background plate in [-1, 1]
+    segmap: torch.Tensor  # [1 or B, 6, H, W] one-hot MediaPipe segmentation of the source frame
+
+
+@dataclass
 class SourceInputs:
-    """The per-identity inputs of a clip (what every frame shares), on the model's device:
-    :meth:`Renderer.prepare_source`. Tensors have batch 1 (broadcast) or the clip's T frames."""
+    """A :class:`RenderSource` prepared by :meth:`Renderer.prepare_source`: batch-1 tensors on
+    the model's device, the SR reference encoded. Tensors have batch 1 (broadcast) or the clip's
+    T frames."""
 
     cano_planes: torch.Tensor  # [1 or T, 3, C·D, P, P] canonical tri-plane / tri-grid
     cano_secc: torch.Tensor  # [1 or T, 3, S, S] canonical SECC map

@@ -232,14 +232,11 @@ class SuperResolution(nn.Module):
         self,
         rgb: torch.Tensor,
         x: torch.Tensor,
-        ref_torso: Optional[torch.Tensor],
-        bg: Optional[torch.Tensor],
         weights: torch.Tensor,
-        segmap: Optional[torch.Tensor],
         kp_s: torch.Tensor,
         kp_d: torch.Tensor,
+        reference: SRReference,
         *,
-        reference: Optional[SRReference] = None,
         noise_mode: str = "none",
         fused_modconv: Optional[bool] = None,
         generator: Optional[torch.Generator] = None,
@@ -250,11 +247,11 @@ class SuperResolution(nn.Module):
 
         * rgb [B, 3, h, w]: the raw NeRF rgb in about [-1, 1] (``x[:, :3]``, not clamped);
         * x [B, feature_channels, h, w]: the NeRF feature image (resized to h if it differs);
-        * ref_torso, bg, segmap: see :meth:`encode_reference` (batch B or 1); pass ``None`` for
-          all three when ``reference`` (a precomputed :class:`SRReference`) is given;
         * weights [B, 1, h, w]: NeRF accumulated opacity in [0, 1];
         * kp_s / kp_d [B or 1, 68, 3] / [B, 68, 3]: lm68 keypoints of the source (reference) and
           driving frames, x and y in [-1, 1] (image left/top = -1), z = 0;
+        * reference: the per-identity torso and background inputs, encoded once
+          (:meth:`encode_reference`; batch B or 1);
         * noise_mode: 'none' (upstream inference and adaptation), 'const' or 'random'
           (``generator``); fused_modconv: None = fused in eval mode, unfused in training.
 
@@ -264,28 +261,8 @@ class SuperResolution(nn.Module):
         ``occlusion`` [B, 1, Rm/4, Rm/4], ``deformed_torso_hid`` [B, 64, Rm, Rm] and
         ``kp_src`` / ``kp_drv`` [B, K, 3] (the torso keypoints used).
         """
-        if reference is None:
-            if ref_torso is None or bg is None or segmap is None:
-                raise ValueError("SuperResolution: pass ref_torso, bg and segmap, or a precomputed reference=")
-            reference = self.encode_reference(ref_torso, bg, segmap)
-        return self.composite(rgb, x, weights, kp_s, kp_d, reference, noise_mode=noise_mode,
-                              fused_modconv=fused_modconv, generator=generator)
-
-    def composite(
-        self,
-        rgb: torch.Tensor,
-        x: torch.Tensor,
-        weights: torch.Tensor,
-        kp_s: torch.Tensor,
-        kp_d: torch.Tensor,
-        reference: SRReference,
-        *,
-        noise_mode: str = "none",
-        fused_modconv: Optional[bool] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> dict[str, torch.Tensor]:
-        """:meth:`forward` with the per-clip inputs already encoded (``reference``); the same
-        arguments and results."""
+        if not isinstance(reference, SRReference):
+            raise TypeError(f"SuperResolution: reference must be an SRReference (encode_reference(...)), got {type(reference).__name__}")
         cfg = self.cfg
         check_shape(x, (None, cfg.feature_channels, None, None), "x (SR feature image)")
         batch = x.shape[0]

@@ -10,12 +10,12 @@ from mimictalk_lib.errors import CheckpointError
 from mimictalk_lib.lora.inject import lora_targets
 from mimictalk_lib.lora.official import split_official_lora
 from mimictalk_lib.renderer import RendererConfig, load_renderer
-from tests.fixtures.tiny_renderer import random_renderer, renderer_inputs, tiny_checkpoint
+from tests.fixtures.tiny_renderer import random_renderer, renderer_inputs, tiny_checkpoint, with_planes
 
 
 def _render(model, inputs, planes):
     with torch.no_grad():
-        return model.render(**dict(inputs, cano_planes=planes), deterministic=True).image
+        return model.render(**with_planes(inputs, planes), deterministic=True).image
 
 
 @pytest.fixture(scope="module")

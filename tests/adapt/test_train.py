@@ -13,6 +13,7 @@ from mimictalk_lib.adapt.train import AdaptConfig, Trainer, train_adapter
 from mimictalk_lib.checkpoint import read_safetensors_metadata
 from mimictalk_lib.errors import CheckpointError, InputError, MimicTalkError
 from mimictalk_lib.lora.inject import lora_parameters
+from mimictalk_lib.renderer import RenderSource
 from tests.adapt.synthetic import SyntheticSecc, synthetic_identity
 
 # learning rates for a tiny random renderer (the upstream defaults are for the full model)
@@ -98,9 +99,10 @@ def test_interrupt_keeps_a_usable_adapter_and_a_resumable_checkpoint(tiny_base, 
         load_checkpoint(trainer, tmp_path / "checkpoint.safetensors")
         assert trainer.step == 2
         ours = trainer.render(torch.tensor([0, 3])).image
-        theirs = pers.model.render(pers.cano_planes, trainer.cano_secc, trainer.src_secc, trainer._drive_secc(torch.tensor([0, 3])),
-                                   data.identity.cameras[[0, 3]], trainer.torso_ref, trainer.bg, trainer.segmap0,
-                                   trainer.kp_s, data.identity.keypoints[[0, 3]], deterministic=True).image
+        source = RenderSource(pers.cano_planes, trainer.cano_secc, trainer.src_secc, trainer.kp_s, trainer.torso_ref,
+                              trainer.bg, trainer.segmap0)
+        theirs = pers.model.render(source, trainer._drive_secc(torch.tensor([0, 3])), data.identity.cameras[[0, 3]],
+                                   data.identity.keypoints[[0, 3]], deterministic=True).image
     assert (ours - theirs).abs().max().item() < 1e-5  # adapter file == in-memory personalised renderer
     done = train_adapter(tiny_base, data, None, cfg, work_dir=tmp_path, resume=tmp_path / "checkpoint.safetensors")
     assert done.metadata["training"]["steps_done"] == 3

@@ -7,6 +7,7 @@ later, which changes results at the 1e-3 level; the CPU has no such mode.
 """
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -27,11 +28,13 @@ def exact_fp32():
 
 
 def _to(inputs: dict, device, dtype=None) -> dict:
-    out = {}
-    for k, v in inputs.items():
+    def move(v):
+        if dataclasses.is_dataclass(v):  # the RenderSource
+            return type(v)(*(move(getattr(v, f.name)) for f in dataclasses.fields(v)))
         v = v.to(device)
-        out[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
-    return out
+        return v.to(dtype) if dtype is not None and v.is_floating_point() else v
+
+    return {k: move(v) for k, v in inputs.items()}
 
 
 def test_tiny_renderer_on_cuda_matches_cpu_and_bf16_stays_close():

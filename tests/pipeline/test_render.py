@@ -22,7 +22,7 @@ from mimictalk_lib.pipeline import (
     render_talking_head,
     render_to_video,
 )
-from mimictalk_lib.renderer import RendererConfig, load_renderer
+from mimictalk_lib.renderer import RendererConfig, RenderSource, load_renderer
 from tests.fixtures.tiny_a2m import randomize_, speech_like, tiny_hubert
 from tests.fixtures.tiny_renderer import tiny_checkpoint
 from tests.pipeline.conftest import make_identity, motion
@@ -46,10 +46,8 @@ def test_chunked_stream_equals_the_renderers_own_batch(renderer, session):
 
     # one 4-frame batch through Renderer.render_frames with every input materialised
     src = session.source
-    ref = renderer.render_frames(
-        src.cano_planes, session.cano_secc, session.src_secc, session.drv_secc(slice(0, 4)), session.camera,
-        src.torso_ref, src.bg, src.segmap, src.src_kp, session.kp_d, chunk_size=4,
-    )
+    source = RenderSource(src.cano_planes, session.cano_secc, session.src_secc, src.src_kp, src.torso_ref, src.bg, src.segmap)
+    ref = renderer.render_frames(source, session.drv_secc(slice(0, 4)), session.camera, session.kp_d, chunk_size=4)
     want = ((ref.image + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     assert (images - want).abs().max() <= 1e-5
     want_mask = torch.nn.functional.interpolate(ref.alpha, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]

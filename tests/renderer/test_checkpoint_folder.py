@@ -13,7 +13,7 @@ import torch
 from mimictalk_lib.convert import convert_checkpoint
 from mimictalk_lib.errors import CheckpointError
 from mimictalk_lib.renderer import RendererConfig, load_renderer
-from tests.fixtures.tiny_renderer import renderer_inputs, tiny_checkpoint
+from tests.fixtures.tiny_renderer import renderer_inputs, tiny_checkpoint, with_planes
 
 TINY = {"mimictalk": RendererConfig.tiny(), "real3d": RendererConfig.tiny("real3d")}
 PERSONALISED_YAML = ("task_cls: tasks.os_avatar.secc_img2plane_torso_task.SECC_Img2PlaneEG3D_TorsoTask\n"
@@ -32,7 +32,7 @@ def _folder(tmp_path, layout: str, yaml_text=None, seed=0):
 
 def _render(loaded, inputs):
     with torch.no_grad():
-        return loaded.model.render(**dict(inputs, cano_planes=loaded.cano_planes), deterministic=True).image
+        return loaded.model.render(**with_planes(inputs, loaded.cano_planes), deterministic=True).image
 
 
 def test_converted_personalised_folder_loads_to_the_same_personalised_renderer(tmp_path):

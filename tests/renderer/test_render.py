@@ -7,7 +7,7 @@ import torch
 from mimictalk_lib.errors import InputError
 from mimictalk_lib.lora.official import split_official_lora
 from mimictalk_lib.renderer import RendererConfig, load_renderer
-from tests.fixtures.tiny_renderer import random_renderer, renderer_inputs, tiny_checkpoint
+from tests.fixtures.tiny_renderer import frames_of, random_renderer, renderer_inputs, tiny_checkpoint, with_planes
 
 TINY = RendererConfig.tiny()
 FIELDS = ("image", "image_raw", "alpha", "depth")
@@ -32,7 +32,7 @@ def test_output_shapes_and_ranges(layout):
     m = random_renderer(layout)
     inp = renderer_inputs(m.cfg, frames=2)
     with torch.no_grad():
-        inp["cano_planes"] = m.cano_planes(inp["ref_torso"])  # one-shot path: planes from an image
+        inp = with_planes(inp, m.cano_planes(inp["source"].ref_torso))  # one-shot path: planes from an image
         out = m.render(**inp)
     cfg, r = m.cfg, m.cfg.neural_resolution
     assert out.image.shape == (2, 3, cfg.image_resolution, cfg.image_resolution)
@@ -60,7 +60,7 @@ def test_batched_equals_per_frame(model, inputs):
     single = model.render_frames(**inputs, chunk_size=1)
     assert _max_diff(batched, single) < 1e-5
     with torch.no_grad():  # render() on one frame with per-frame slices of everything
-        one = model.render(**{k: v[1:2] if k in ("drv_secc", "camera", "kp_d") else v for k, v in inputs.items()})
+        one = model.render(**frames_of(inputs, slice(1, 2)))
     assert _max_diff(one, type(one)(*(getattr(batched, f)[1:2] for f in FIELDS))) < 1e-5
 
 
@@ -70,8 +70,7 @@ def test_personalised_with_zero_lora_b_renders_like_its_base():
     base_sd, _ = split_official_lora(ckpt["state_dict"]["model"])
     base = load_renderer(base_sd, base_config=TINY)
     assert personal.layout == "personalised" and base.layout == "mimictalk"
-    inp = renderer_inputs(personal.config, frames=2)
-    inp["cano_planes"] = personal.cano_planes
+    inp = with_planes(renderer_inputs(personal.config, frames=2), personal.cano_planes)
     assert _max_diff(personal.model.render_frames(**inp), base.model.render_frames(**inp)) == 0
     # and a real LoRA does change the frames
     lora = load_renderer(tiny_checkpoint("personalised"), base_config=TINY)
@@ -83,8 +82,7 @@ def test_merged_lora_equals_lora_held_in_the_official_layout():
     merged = load_renderer(ckpt, base_config=TINY)
     on_the_fly = load_renderer(ckpt, base_config=TINY, merge_lora=False)
     assert on_the_fly.config.lora_rank == 2 and merged.config.lora_rank == 0
-    inp = renderer_inputs(merged.config, frames=2)
-    inp["cano_planes"] = merged.cano_planes
+    inp = with_planes(renderer_inputs(merged.config, frames=2), merged.cano_planes)
     assert _max_diff(merged.model.render_frames(**inp), on_the_fly.model.render_frames(**inp)) < 1e-5
 
 

@@ -100,6 +100,12 @@ def _inputs(cfg: SuperResConfig, batch=2, seed=0):
     )
 
 
+def _run(sr, inp, **kwargs):
+    """``sr`` on ``inp`` (:func:`_inputs`), the reference encoded first."""
+    reference = sr.encode_reference(inp["ref_torso"], inp["bg"], inp["segmap"])
+    return sr(inp["rgb"], inp["x"], inp["weights"], inp["kp_s"], inp["kp_d"], reference, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -109,7 +115,7 @@ def tiny():
 def test_tiny_forward_shapes_and_ranges(tiny):
     cfg = tiny.cfg
     with torch.no_grad():
-        out = tiny(**_inputs(cfg))
+        out = _run(tiny, _inputs(cfg))
     r, m = cfg.final_resolution, cfg.mid_resolution
     assert out["image"].shape == (2, 3, r, r) and torch.isfinite(out["image"]).all()
     assert out["rgb_torso"].shape == (2, 3, m, m)
@@ -122,10 +128,10 @@ def test_tiny_forward_shapes_and_ranges(tiny):
 def test_head_threshold_semantics(tiny):
     inp = _inputs(tiny.cfg)
     with torch.no_grad():
-        out_1 = tiny(**inp)
+        out_1 = _run(tiny, inp)
         tiny_low = SuperResolution(dataclasses.replace(tiny.cfg, head_threshold=0.5)).eval()
         tiny_low.load_state_dict(tiny.state_dict())
-        out_05 = tiny_low(**inp)
+        out_05 = _run(tiny_low, inp)
     alpha = F.interpolate(inp["weights"], size=tiny.cfg.mid_resolution, mode="bilinear", align_corners=False, antialias=True)
     torso = out_1["occlusion_2"]
     assert torch.allclose(out_1["person_occlusion"], (torso + alpha).clamp(0, 1), atol=1e-6)  # threshold 1: head_occ = alpha
@@ -133,18 +139,18 @@ def test_head_threshold_semantics(tiny):
     assert torch.allclose(out_05["person_occlusion"], expect, atol=1e-6)
 
 
-def test_precomputed_reference_and_batching_equal_per_frame(tiny):
+def test_batching_equals_per_frame_and_the_reference_broadcasts(tiny):
     inp = _inputs(tiny.cfg, batch=3)
     with torch.no_grad():
-        batched = tiny(**inp)["image"]
+        batched = _run(tiny, inp)["image"]
         ref = tiny.encode_reference(inp["ref_torso"], inp["bg"], inp["segmap"])
-        cached = tiny(inp["rgb"], inp["x"], None, None, inp["weights"], None, inp["kp_s"], inp["kp_d"], reference=ref)["image"]
+        per_frame_ref = type(ref)(*(t.expand(3, *t.shape[1:]) for t in (ref.torso_volume, ref.torso_seg, ref.bg, ref.bg_features)))
+        expanded = tiny(inp["rgb"], inp["x"], inp["weights"], inp["kp_s"], inp["kp_d"], per_frame_ref)["image"]
         frames = [
-            tiny(inp["rgb"][i : i + 1], inp["x"][i : i + 1], inp["ref_torso"], inp["bg"], inp["weights"][i : i + 1],
-                 inp["segmap"], inp["kp_s"], inp["kp_d"][i : i + 1])["image"]
+            tiny(inp["rgb"][i : i + 1], inp["x"][i : i + 1], inp["weights"][i : i + 1], inp["kp_s"], inp["kp_d"][i : i + 1], ref)["image"]
             for i in range(3)
         ]
-    assert torch.allclose(cached, batched, atol=1e-6)
+    assert torch.allclose(expanded, batched, atol=1e-6)
     assert torch.allclose(torch.cat(frames), batched, atol=1e-5)
 
 
@@ -152,7 +158,7 @@ def test_input_is_resized_to_neural_resolution(tiny):
     inp = _inputs(tiny.cfg)
     big = {k: (F.interpolate(v, scale_factor=2.0) if k in ("rgb", "x", "weights") else v) for k, v in inp.items()}
     with torch.no_grad():
-        out = tiny(**big)
+        out = _run(tiny, big)
     assert out["image"].shape[-1] == tiny.cfg.final_resolution
 
 
@@ -160,15 +166,15 @@ def test_opacity_gets_no_gradient_through_sr(tiny):
     inp = _inputs(tiny.cfg)
     inp["weights"].requires_grad_(True)
     inp["x"].requires_grad_(True)
-    tiny(**inp)["image"].sum().backward()
+    _run(tiny, inp)["image"].sum().backward()
     assert inp["weights"].grad is None and inp["x"].grad.abs().sum() > 0
 
 
 def test_bad_inputs_are_reported(tiny):
     inp = _inputs(tiny.cfg)
     with pytest.raises(InputError, match="segmap"):
-        tiny(**{**inp, "segmap": inp["segmap"][:, :5]})
+        _run(tiny, {**inp, "segmap": inp["segmap"][:, :5]})
     with pytest.raises(InputError, match="kp_d"):
-        tiny(**{**inp, "kp_d": inp["kp_d"][:, :10]})
-    with pytest.raises(ValueError, match="reference"):
-        tiny(**{**inp, "bg": None})
+        _run(tiny, {**inp, "kp_d": inp["kp_d"][:, :10]})
+    with pytest.raises(TypeError, match="reference"):
+        tiny(inp["rgb"], inp["x"], inp["weights"], inp["kp_s"], inp["kp_d"], None)
