@@ -59,7 +59,8 @@ class TalkingSource:
         per renderer and reused (cached per device and dtype; weights changed in place since, e.g.
         a LoRA merged into the same module, make a new one)."""
         sr = model.superresolution
-        key = (model.device, model.dtype, sum(p._version for p in sr.parameters()))
+        # (weights made under inference mode, as a ComfyUI host loads them, carry no version counter)
+        key = (model.device, model.dtype, sum(0 if p.is_inference() else p._version for p in sr.parameters()))
         cached = self._references.get(model)
         if cached is None or cached[0] != key:
             with torch.inference_mode():

@@ -70,3 +70,10 @@ def test_talking_source_encodes_its_reference_once_per_renderer(monkeypatch, fac
     restored = pickle.loads(pickle.dumps(src))
     assert len(restored._references) == 0 and torch.equal(restored.bg, src.bg)
     assert dataclasses.replace(src)._references is not src._references
+
+
+def test_weights_made_under_inference_mode_are_cached_too(identity):
+    with torch.inference_mode():  # a ComfyUI host loads models under inference mode
+        model = random_renderer("mimictalk", seed=0)
+    src = one_shot_source(model, identity)
+    assert src.sr_reference(model) is src.sr_reference(model)
