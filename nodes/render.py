@@ -13,6 +13,11 @@ io = host.io
 
 MAX_CHUNK = 64
 MAX_FRAME = 2**31 - 1
+RAY_TOOLTIP = ("Empty (default): render here. Otherwise render on a Ray cluster, one worker per GPU (per CPU without "
+               "GPUs), so this ComfyUI offloads long renders: 'auto' (the cluster this machine joined with ray start), "
+               "'ray://head:10001' (a remote cluster), or 'local' (a new Ray on this machine). With deterministic on "
+               "the frames equal a render here. Needs pip install ray on every machine (docs/scale.md).")
+RAY_OFF = " (or leave ray_address empty to render in this ComfyUI)"
 
 
 class Render(io.ComfyNode):
@@ -54,6 +59,7 @@ class Render(io.ComfyNode):
                                      "clip (docs/scale.md)."),
                 io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True,
                              tooltip="How many frames to render from start_frame (0 = to the end of the motion)."),
+                io.String.Input("ray_address", default="", optional=True, tooltip=RAY_TOOLTIP),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The rendered frames."),
@@ -64,19 +70,29 @@ class Render(io.ComfyNode):
 
     @classmethod
     def execute(cls, renderer, face_model, motion, chunk_size, pose, map_to_init_pose, blink, deterministic, seed,
-                identity=None, background=None, start_frame=None, frame_count=None):
+                identity=None, background=None, start_frame=None, frame_count=None, ray_address=None):
         from ..mimictalk_lib.distributed.ranges import check_range, render_frame_range
         from ..mimictalk_lib.pipeline import FPS
 
-        model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
         start, stop = check_range(motion.shape[-2], start_frame or 0, frame_count or 0, "MimicTalk Render start_frame / frame_count")
+        out = host.intermediate_device()
+        if (ray_address or "").strip():  # the frame ranges render on a Ray cluster (docs/scale.md)
+            from ..mimictalk_lib.distributed.offload import render_on_ray
+
+            head = render_on_ray(
+                renderer.renderer, face_model, identity, motion, address=ray_address.strip(), start=start,
+                count=stop - start, chunk_size=chunk_size, deterministic=deterministic, seed=seed, pose=pose,
+                map_to_init_pose=map_to_init_pose, blink=blink, background=background,
+                on_step=host.progress(stop - start), who="MimicTalk Render ray_address", off=RAY_OFF,
+            )
+            return io.NodeOutput(head.images.to(out), head.masks.to(out), float(FPS))
+        model = renderer.module()  # onto the compute device (ComfyUI may have offloaded it)
         head = render_frame_range(
             renderer.renderer, face_model, identity, motion, start, stop - start, chunk_size=chunk_size,
             deterministic=deterministic, generator=torch.Generator(device=model.device).manual_seed(seed),
             on_step=host.progress(stop - start), pose=pose, map_to_init_pose=map_to_init_pose, blink=blink,
             blink_seed=seed, background=background,
         )
-        out = host.intermediate_device()
         return io.NodeOutput(head.images.to(out), head.masks.to(out), float(FPS))
 
 

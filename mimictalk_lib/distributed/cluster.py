@@ -21,24 +21,28 @@ of the batch goes on. ``on_step(frames_done, frames_total)``: one count across t
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from ..errors import InputError
+import torch
+
+from ..errors import DependencyMissingError, InputError, MimicTalkError
 from ..utils import ProgressFn, logger, report
-from .ranges import frame_ranges
+from .ranges import check_range, frame_ranges
 from .worker import ModelFiles, RenderJob, RenderWorker
 
 FPS = 25
 
 
-def import_ray():
-    """``ray``, or an InputError saying how to install it."""
+def import_ray(who: str = "", off: str = ""):
+    """``ray``, or a DependencyMissingError saying how to install it (``who``: the node / widget or
+    function asking; ``off``: how to do without Ray there)."""
     try:
         import ray
     except ImportError as e:
-        raise InputError('rendering on a Ray cluster needs the optional ray package: pip install "mimictalk[ray]" '
-                         '(or pip install "ray>=2.9") on every machine of the cluster') from e
+        raise DependencyMissingError(
+            f'{who + ": " if who else ""}rendering on a Ray cluster needs the optional ray package: pip install '
+            f'"mimictalk[ray]" (or pip install "ray>=2.9") on every machine of the cluster{off}') from e
     return ray
 
 
@@ -53,87 +57,162 @@ class JobResult:
 
 
 @dataclass
+class RangeDone:
+    """Frames ``[start, stop)`` of job ``index``, delivered in the job's frame order (``last``: its final range)."""
+
+    index: int
+    start: int
+    stop: int
+    frames: Any  # uint8 [n, R, R, 3], or (images, masks) for RenderJob.output 'float32'
+    last: bool
+    tries: int
+
+
+@dataclass
+class JobFailed:
+    """Job ``index`` failed (``max_attempts`` tries of one of its parts); nothing more comes for it."""
+
+    index: int
+    error: str
+
+
+@dataclass
 class _Job:
     index: int
     job: RenderJob
-    result: JobResult
+    wire: dict
+    extra: Any = None  # ObjectRef of the packed in-memory inputs, or None
     motion: Any = None  # ObjectRef of the motion tensor
-    total: int = 0
-    ranges: list = field(default_factory=list)
-    done: dict = field(default_factory=dict)  # start -> uint8 frames, waiting for their turn
+    stop: int = 0
+    ranges: dict = field(default_factory=dict)  # start -> stop
+    done: dict = field(default_factory=dict)  # start -> frames, waiting for their turn
     next_start: int = 0
-    writer: Any = None
     failed: bool = False
 
 
-class RayRenderer:
-    """A pool of render workers on a Ray cluster (``address`` None: the running / a local one;
-    'auto' or 'ray://host:10001': an existing cluster). ``workers`` default: one per GPU, else
-    one per CPU."""
+def connect(address: Optional[str] = None, init_options: Optional[dict] = None):
+    """``ray``, connected: a connection this process already has is used as it is (its workers
+    must be able to import ``mimictalk_lib``: installed, or on their PYTHONPATH); otherwise
+    ``ray.init(address)`` (None: RAY_ADDRESS or a new local cluster; 'auto', 'local',
+    'ray://host:10001') with this copy of the library shipped to the workers (``py_modules``)."""
+    from .remote import runtime_env
 
-    def __init__(self, models: ModelFiles, *, address: Optional[str] = None, workers: Optional[int] = None,
-                 init_options: Optional[dict] = None):
-        ray = self.ray = import_ray()
-        if not ray.is_initialized():
-            ray.init(address=address, **(init_options or {}))
+    ray = import_ray()
+    if not ray.is_initialized():
+        options = dict(init_options or {})
+        env = dict(options.pop("runtime_env", None) or {})
+        env["py_modules"] = list(env.get("py_modules") or []) + runtime_env()["py_modules"]  # this library, for the workers
+        env.setdefault("excludes", runtime_env()["excludes"])
+        ray.init(address=address or None, runtime_env=env, **options)
+    return ray
+
+
+def _length(frames: Any) -> int:
+    return int((frames[0] if isinstance(frames, tuple) else frames).shape[0])
+
+
+class RayRenderer:
+    """A pool of render workers on a Ray cluster (``address``: see :func:`connect`). ``models``:
+    files every worker loads (paths valid on every machine), or ``loaded``: the renderer and face
+    model in memory here (``{"renderer": ..., "face_model": ...}``, as the nodes have them), sent
+    once through Ray's object store. ``workers`` default: one per GPU, else one per CPU."""
+
+    def __init__(self, models: Optional[ModelFiles] = None, *, loaded: Optional[dict] = None,
+                 address: Optional[str] = None, workers: Optional[int] = None, init_options: Optional[dict] = None):
+        from . import remote
+
+        if (models is None) == (loaded is None):
+            raise InputError("RayRenderer: give either models (files to load) or loaded (renderer and face model in memory)")
+        ray = self.ray = connect(address, init_options)
+        remote.register_by_value()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         n = workers or gpus or max(1, cpus)
         opts = dict(num_gpus=1) if gpus else dict(num_cpus=1)
-        actor = ray.remote(**opts, max_restarts=-1, max_task_retries=0)(RenderWorker)
-        self.actors = [actor.remote(models) for _ in range(n)]
+        actor = ray.remote(**opts, max_restarts=-1, max_task_retries=0)(remote.LibraryActor)
+        args = (asdict(models), None) if models is not None else (None, ray.put(remote.pack({"device": "auto", **loaded})))
+        self.actors = [actor.remote(remote.target(RenderWorker), *args) for _ in range(n)]
         logger.info("Ray: %d render workers (%s each)", n, "1 GPU" if gpus else "1 CPU")
 
     def shutdown(self) -> None:
+        """Stop the workers (and whatever they are still rendering)."""
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []
 
-    def run(self, jobs: Sequence[RenderJob], *, range_frames: int = 100, chunk_size: int = 4, max_attempts: int = 3,
-            on_step: Optional[ProgressFn] = None, **video_options) -> list[JobResult]:
-        """Render ``jobs``; returns one :class:`JobResult` per job (in order)."""
-        from ..video import VideoWriter
+    def stream(self, jobs: Sequence[RenderJob], *, extras: Optional[Sequence[Any]] = None, range_frames: int = 100,
+               chunk_size: int = 4, max_attempts: int = 3, on_step: Optional[ProgressFn] = None,
+               dropped: Optional[set] = None) -> Iterator[Union[RangeDone, JobFailed]]:
+        """Render ``jobs`` and yield each job's ranges in its frame order (:class:`RangeDone`; jobs
+        interleave) or its failure (:class:`JobFailed`). ``extras``: per job, in-memory inputs for
+        the workers (``{"identity": ..., "options": {...build_session options}}``) or None. A job
+        whose motion is a tensor skips the motion step. Add a job's index to ``dropped`` to stop it.
+        ``on_step(frames_delivered, frames_total)`` about every second too, so it may raise to cancel."""
+        from .remote import pack
 
         ray = self.ray
-        state = [_Job(i, j, JobResult(j.name, j.out)) for i, j in enumerate(jobs)]
         names = [j.name for j in jobs]
         if len(set(names)) != len(names):
             raise InputError("every job needs its own name (the workers keep one session per name)")
-        queue: list = [(i, -1, "motion") for i in range(len(state))]  # (job, start, kind): job order, motion first
-        heapq.heapify(queue)
+        dropped = dropped if dropped is not None else set()
+        extras = list(extras) if extras is not None else [None] * len(jobs)
+        state = [_Job(i, j, j.wire(), ray.put(pack(e)) if e is not None else None) for i, j, e in zip(range(len(jobs)), jobs, extras)]
+        queue: list = []  # (job, start, kind): job order, motion first
         idle, running = list(range(len(self.actors))), {}  # ObjectRef -> (actor, job index, start, stop)
         tries: dict = {}
-        done_frames = total_frames = 0
+        count = {"done": 0, "total": 0}
         ahead = 2 * len(self.actors) * range_frames  # frames a job may render past its next unwritten one
 
-        def fail(js: _Job, error: str) -> None:
-            js.failed, js.result.error = True, error
-            if js.writer is not None:
-                js.writer.abort()
+        def fail(js: _Job, error: str) -> JobFailed:
+            js.failed = True
             js.done.clear()
+            count["total"] -= js.stop - js.next_start
             logger.error("job %s failed: %s", js.job.name, error)
+            return JobFailed(js.index, error)
 
+        def plan(js: _Job, motion) -> None:
+            start, stop = check_range(int(motion.shape[0]), js.job.start, js.job.count, f"job {js.job.name}")
+            js.motion, js.next_start, js.stop = ray.put(motion), start, stop
+            js.ranges = dict(frame_ranges(int(motion.shape[0]), range_frames, chunk_size=chunk_size, start=start, stop=stop))
+            for s in js.ranges:
+                heapq.heappush(queue, (js.index, s, "range"))
+            count["total"] += stop - start
+
+        for js in state:
+            if isinstance(js.job.motion, torch.Tensor):
+                try:
+                    plan(js, js.job.motion)
+                except InputError as e:
+                    yield fail(js, str(e))
+            else:
+                heapq.heappush(queue, (js.index, -1, "motion"))
+        report(on_step, 0, count["total"])
         while queue or running:
             held = []  # ranges too far ahead of their job's next frame to write: they wait
             while idle and queue:
                 i, start, kind = heapq.heappop(queue)
                 js = state[i]
-                if js.failed:
+                if js.failed or i in dropped:
                     continue
                 if kind == "range" and start >= js.next_start + ahead:
                     held.append((i, start, kind))
                     continue
                 a = idle.pop(0)
                 if kind == "motion":
-                    ref = self.actors[a].motion.remote(js.job)
-                    running[ref] = (a, i, -1, -1)
+                    running[self.actors[a].call.remote("motion", js.wire)] = (a, i, -1, -1)
                 else:
-                    stop = dict(js.ranges)[start]
-                    ref = self.actors[a].render_range.remote(js.job, js.motion, start, stop, chunk_size)
+                    stop = js.ranges[start]
+                    ref = self.actors[a].call.remote("render_range", js.wire, js.motion, start, stop, chunk_size, js.extra)
                     running[ref] = (a, i, start, stop)
             for item in held:
                 heapq.heappush(queue, item)
-            (ref,), _ = ray.wait(list(running), num_returns=1)
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            if not ready:  # nothing new: let on_step see the clock (a Cancel raises there)
+                report(on_step, count["done"], count["total"])
+                continue
+            ref = ready[0]
             a, i, start, stop = running.pop(ref)
             idle.append(a)
             js = state[i]
@@ -143,50 +222,85 @@ class RayRenderer:
                 value = ray.get(ref)
             except ray.exceptions.RayError as e:  # a dead / restarting worker, or the error a range raised
                 died = not isinstance(e, ray.exceptions.RayTaskError)
-                what = "motion" if start < 0 else f"frames {start}-{stop - 1}"
                 cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
-                logger.warning("job %s, %s: %s (try %d of %d)", js.job.name, what,
-                               "worker died" if died else f"{type(cause).__name__}: {cause}", tries[key], max_attempts)
-                if js.failed:
+                what = "motion" if start < 0 else f"frames {start}-{stop - 1}"
+                why = "worker died" if died else (str(cause) if type(cause) is RuntimeError else f"{type(cause).__name__}: {cause}")
+                logger.warning("job %s, %s: %s (try %d of %d)", js.job.name, what, why, tries[key], max_attempts)
+                if js.failed or i in dropped:
                     continue
                 if tries[key] >= max_attempts:
-                    fail(js, f"{what}: {'worker died' if died else f'{type(cause).__name__}: {cause}'} ({tries[key]} tries)")
-                    total_frames -= js.total - js.next_start
-                    report(on_step, done_frames, total_frames)
+                    yield fail(js, f"{what}: {why} ({tries[key]} tries)")
+                    report(on_step, count["done"], count["total"])
                 else:
                     heapq.heappush(queue, (i, start, "motion" if start < 0 else "range"))
                 continue
-            if js.failed:
+            if js.failed or i in dropped:
                 continue
             if start < 0:  # the motion: share it, split the job
-                js.total = int(value.shape[0])
-                js.motion = ray.put(value)
-                js.ranges = frame_ranges(js.total, range_frames, chunk_size=chunk_size)
-                for s, _ in js.ranges:
-                    heapq.heappush(queue, (i, s, "range"))
-                total_frames += js.total
-                report(on_step, done_frames, total_frames)
+                try:
+                    plan(js, value)
+                except InputError as e:
+                    yield fail(js, str(e))
+                report(on_step, count["done"], count["total"])
                 continue
-            js.result.attempts[start] = tries[key]
-            js.done[start] = value
-            try:
-                while js.next_start in js.done:  # write what is next in frame order
-                    frames = js.done.pop(js.next_start)
-                    if js.writer is None:
-                        js.writer = VideoWriter(js.job.out, FPS, audio=js.job.audio, **video_options)
-                    js.writer.write(frames)
-                    js.next_start += int(frames.shape[0])
-                    js.result.frames = js.next_start
-                    done_frames += int(frames.shape[0])
-                if js.next_start == js.total:
-                    js.writer.close()
-                    js.writer, js.result.ok = None, True
-                    logger.info("job %s: %d frames -> %s", js.job.name, js.total, js.job.out)
-            except Exception as e:  # noqa: BLE001 - a bad output path / audio fails this job, not the batch
-                total_frames -= js.total - js.next_start
-                fail(js, f"writing {js.job.out}: {type(e).__name__}: {e}")
-            report(on_step, done_frames, total_frames, job=js.job.name, start=start, worker=a)
-        return [js.result for js in state]
+            js.done[start] = (value, tries[key])
+            while js.next_start in js.done and not js.failed and i not in dropped:  # deliver in frame order
+                s = js.next_start
+                frames, n_tries = js.done.pop(s)
+                js.next_start = s + _length(frames)
+                count["done"] += js.next_start - s
+                yield RangeDone(i, s, js.next_start, frames, js.next_start == js.stop, n_tries)
+                report(on_step, count["done"], count["total"], job=js.job.name, start=s, worker=a)
+            if i in dropped and not js.failed:
+                fail(js, "stopped by the caller")
+
+    def run(self, jobs: Sequence[RenderJob], *, range_frames: int = 100, chunk_size: int = 4, max_attempts: int = 3,
+            on_step: Optional[ProgressFn] = None, **video_options) -> list[JobResult]:
+        """Render ``jobs`` into their mp4 files (written progressively, in frame order, with their
+        audio); returns one :class:`JobResult` per job (in order). A failing job's partial file is
+        removed and the batch goes on."""
+        from ..video import VideoWriter
+
+        results = [JobResult(j.name, j.out) for j in jobs]
+        writers: dict = {}
+        dropped: set = set()
+        try:
+            for event in self.stream(jobs, range_frames=range_frames, chunk_size=chunk_size, max_attempts=max_attempts,
+                                     on_step=on_step, dropped=dropped):
+                job, result = jobs[event.index], results[event.index]
+                if isinstance(event, JobFailed):
+                    result.error = event.error
+                    if event.index in writers:
+                        writers.pop(event.index).abort()
+                    continue
+                result.attempts[event.start] = event.tries
+                try:
+                    if event.index not in writers:
+                        writers[event.index] = VideoWriter(job.out, FPS, audio=job.audio, **video_options)
+                    writers[event.index].write(event.frames)
+                    result.frames = event.stop
+                    if event.last:
+                        writers.pop(event.index).close()
+                        result.ok = True
+                        logger.info("job %s: %d frames -> %s", job.name, event.stop, job.out)
+                except Exception as e:  # noqa: BLE001 - a bad output path / audio fails this job, not the batch
+                    dropped.add(event.index)
+                    result.error = f"writing {job.out}: {type(e).__name__}: {e}"
+                    logger.error("job %s failed: %s", job.name, result.error)
+                    if event.index in writers:
+                        writers.pop(event.index).abort()
+        finally:
+            for w in writers.values():
+                w.abort()
+        return results
+
+    def frames(self, job: RenderJob, *, extra: Any = None, **options) -> Iterator[RangeDone]:
+        """One job's ranges in frame order (``options`` as :meth:`stream`); its failure raises
+        :class:`~mimictalk_lib.errors.MimicTalkError` with the worker's error."""
+        for event in self.stream([job], extras=[extra], **options):
+            if isinstance(event, JobFailed):
+                raise MimicTalkError(f"rendering on Ray failed: {event.error}")
+            yield event
 
 
 def render_jobs(jobs: Sequence[RenderJob], models: ModelFiles, *, address: Optional[str] = None,
@@ -211,10 +325,12 @@ def render_local(jobs: Sequence[RenderJob], models: ModelFiles, *, range_frames:
         result = JobResult(job.name, job.out)
         results.append(result)
         try:
-            motion = worker.motion(job)
-            total += int(motion.shape[0])
+            motion = job.motion if isinstance(job.motion, torch.Tensor) else worker.motion(job)
+            first, last = check_range(int(motion.shape[0]), job.start, job.count, f"job {job.name}")
+            total += last - first
             with VideoWriter(job.out, FPS, audio=job.audio, **video_options) as writer:
-                for start, stop in frame_ranges(int(motion.shape[0]), range_frames, chunk_size=chunk_size):
+                for start, stop in frame_ranges(int(motion.shape[0]), range_frames, chunk_size=chunk_size, start=first,
+                                                stop=last):
                     writer.write(worker.render_range(job, motion, start, stop, chunk_size))
                     result.attempts[start], result.frames = 1, stop
                     done += stop - start
@@ -226,4 +342,4 @@ def render_local(jobs: Sequence[RenderJob], models: ModelFiles, *, range_frames:
     return results
 
 
-__all__ = ["JobResult", "RayRenderer", "import_ray", "render_jobs", "render_local"]
+__all__ = ["JobFailed", "JobResult", "RangeDone", "RayRenderer", "connect", "import_ray", "render_jobs", "render_local"]

@@ -77,15 +77,21 @@ def iter_frame_range(
         report(on_step, done, total)
 
 
-def frame_ranges(total: int, range_frames: int, *, chunk_size: int = 1) -> list[tuple[int, int]]:
-    """Split ``total`` frames into ``(start, stop)`` ranges of about ``range_frames`` frames, each
-    boundary a multiple of ``chunk_size`` (so every range renders in the full render's batches)."""
+def frame_ranges(total: int, range_frames: int, *, chunk_size: int = 1, start: int = 0,
+                 stop: Optional[int] = None) -> list[tuple[int, int]]:
+    """Split frames ``[start, stop)`` of a ``total``-frame clip (default: all of it) into
+    ``(start, stop)`` ranges of about ``range_frames`` frames, every inner boundary a multiple of
+    ``chunk_size`` counted from frame 0 (so every range renders in the full render's batches)."""
     if total < 1:
         raise InputError(f"nothing to split: {total} frames")
     if isinstance(range_frames, bool) or not isinstance(range_frames, int) or range_frames < 1:
         raise InputError(f"range_frames must be a positive integer, got {range_frames!r}")
+    stop = total if stop is None else stop
+    if not 0 <= start < stop <= total:
+        raise InputError(f"frames {start}..{stop} are not a part of a {total}-frame clip")
     step = max(chunk_size, (range_frames // chunk_size) * chunk_size)
-    return [(s, min(s + step, total)) for s in range(0, total, step)]
+    cuts = [start, *range((start // step + 1) * step, stop, step), stop]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def render_frame_range(renderer, face_model, source, motion: torch.Tensor, start: int = 0, count: Optional[int] = None, *,

@@ -164,6 +164,7 @@ def dub_video(
     segmenter: Any = None,
     prepare_options: Optional[dict] = None,
     on_step: Optional[ProgressFn] = None,
+    render_chunks: Optional[Any] = None,
 ) -> DubResult:
     """Dub ``source`` with ``audio``; see the module docstring.
 
@@ -179,7 +180,9 @@ def dub_video(
     speech muxed in; an existing file there is replaced only once the new one is complete);
     without it the frames are returned (short clips only). ``motion_options`` go to
     ``pipeline.audio_to_motion`` (``steps``, ``cfg_scale``, ``temperature``...).
-    ``on_step(done, total)`` after every chunk may raise to cancel."""
+    ``on_step(done, total)`` after every chunk may raise to cancel. ``render_chunks(identity,
+    motion, session_options, chunk_size)``: renders the face frames elsewhere (a Ray cluster:
+    ``mimictalk_lib.distributed.offload.RayChunks``), yielding the chunks a render here would."""
     from ..pipeline import build_session, iter_talking_head, renderer_model
 
     for name, value, modes in (("length", length, LENGTH_MODES), ("pose", pose, POSE_MODES), ("colour", colour, COLOUR_MODES)):
@@ -223,7 +226,7 @@ def dub_video(
         logger.info("dub plan: %s", report_.summary())
         frames_iter = _dub_frames(
             src, identity, track, idx, face_out, motion_out, renderer, face_model, model, pose, colour, feather, blink,
-            chunk_size, generator, on_step, build_session, iter_talking_head,
+            chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks,
         )
         if output is None:
             frames = torch.cat(list(frames_iter)) if n_out else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
@@ -266,7 +269,7 @@ def _write(output, frames_iter, fps: float, speech, length: str, crf: float, sou
 
 
 def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, renderer, face_model, model, pose, colour,
-                feather, blink, chunk_size, generator, on_step, build_session, iter_talking_head):
+                feather, blink, chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks=None):
     """Yield uint8 [n, H, W, 3] output chunks in order."""
     n_out = len(idx)
     idx_t = torch.from_numpy(np.asarray(idx)).long()
@@ -288,9 +291,15 @@ def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, re
             euler, trans = track.euler[src_of], track.trans[src_of]
         else:
             euler, trans = track.euler[src_of[:1]].expand(len(src_of), 3), track.trans[src_of[:1]].expand(len(src_of), 3)
-        session = build_session(renderer, face_model, getattr(identity, "subset", identity), motion_out[face_out], pose=(euler, trans),
-                                map_to_init_pose=False, blink=blink, blink_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        for chunk in iter_talking_head(session, chunk_size=step, output_dtype=torch.float32):
+        options = dict(pose=(euler, trans), map_to_init_pose=False, blink=blink,
+                       blink_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        source = getattr(identity, "subset", identity)
+        if render_chunks is not None:  # e.g. on a Ray cluster (mimictalk_lib.distributed.offload.RayChunks)
+            chunks = render_chunks(source, motion_out[face_out], options, step)
+        else:
+            session = build_session(renderer, face_model, source, motion_out[face_out], **options)
+            chunks = iter_talking_head(session, chunk_size=step, output_dtype=torch.float32)
+        for chunk in chunks:
             n = chunk.images.shape[0]
             outs = face_out[chunk.start: chunk.start + n]
             size = chunk.images.shape[1]

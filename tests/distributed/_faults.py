@@ -20,14 +20,15 @@ def install() -> None:
 
     render_range = worker.RenderWorker.render_range
 
-    def crashing_once(self, job, motion, start, stop, chunk_size=4):
-        if job.name == CRASH_JOB and start == CRASH_START:
+    def crashing_once(self, job, motion, start, stop, chunk_size=4, extra=None):
+        name = job["name"] if isinstance(job, dict) else job.name
+        if name == CRASH_JOB and start == CRASH_START:
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 pass
             else:
                 os._exit(1)
-        return render_range(self, job, motion, start, stop, chunk_size)
+        return render_range(self, job, motion, start, stop, chunk_size, extra)
 
     worker.RenderWorker.render_range = crashing_once

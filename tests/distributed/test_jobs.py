@@ -10,7 +10,7 @@ import pytest
 
 from mimictalk_lib.distributed.cluster import import_ray
 from mimictalk_lib.distributed.jobs import load_jobs
-from mimictalk_lib.errors import InputError
+from mimictalk_lib.errors import DependencyMissingError, InputError
 
 
 def test_who_times_audio_and_explicit_jobs(tmp_path):
@@ -42,5 +42,5 @@ def test_mistakes_are_named(tmp_path, spec, message):
 
 def test_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(InputError, match=r'pip install "mimictalk\[ray\]"'):
+    with pytest.raises(DependencyMissingError, match=r'pip install "mimictalk\[ray\]"'):
         import_ray()

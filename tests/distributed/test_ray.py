@@ -22,24 +22,8 @@ from mimictalk_lib.distributed.cluster import RayRenderer, render_local  # noqa:
 from mimictalk_lib.distributed.worker import ModelFiles, RenderJob  # noqa: E402
 from tests.pipeline.conftest import make_identity, motion  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 T = 6
 OPTIONS = dict(range_frames=2, chunk_size=2)
-
-
-@pytest.fixture(scope="module")
-def crash_marker(tmp_path_factory) -> Path:
-    """The file whose absence makes one worker die mid-range once (tests/distributed/_faults.py)."""
-    return tmp_path_factory.mktemp("fault") / "crashed"
-
-
-@pytest.fixture(scope="module")
-def cluster(crash_marker):
-    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MIMICTALK_TEST_CRASH_MARKER": str(crash_marker)}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "tests.distributed._faults.install"})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +69,7 @@ def reference(files):
 def _pid_when_up(actor, tries: int = 120) -> int:
     for _ in range(tries):  # a restarting actor answers ActorUnavailableError until it is back
         try:
-            return ray.get(actor.info.remote())["pid"]
+            return ray.get(actor.call.remote("info"))["pid"]
         except ray.exceptions.ActorUnavailableError:
             time.sleep(0.5)
     raise AssertionError("the killed worker was not restarted")
@@ -94,7 +78,7 @@ def _pid_when_up(actor, tries: int = 120) -> int:
 def test_ray_render_equals_single_process_and_survives_a_killed_worker(cluster, crash_marker, files, reference):
     root, models = files
     pool = RayRenderer(models, workers=2)
-    before = sorted(p["pid"] for p in ray.get([a.info.remote() for a in pool.actors]))
+    before = sorted(p["pid"] for p in ray.get([a.call.remote("info") for a in pool.actors]))
     steps = []
     try:
         assert not crash_marker.exists()

@@ -1,0 +1,104 @@
+"""Offloading from this process to a local Ray cluster (2 CPU workers, tiny weights): the Render
+node with a ray_address (through the fake ComfyUI host, the pack imported under ComfyUI's mangled
+module name, so the workers get its objects under the library's own name) returns the same frames
+as a local render, whole and as a sub-range, with one progress bar; Cancel stops it and kills the
+workers; a missing ray names the node and widget. The dub path with its face frames rendered on
+the workers equals the single-process dub."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from mimictalk_lib.distributed.offload import RayChunks
+from mimictalk_lib.dub import dub_video
+from tests.dub.conftest import identity_for, source_frames
+from tests.dub.test_dub import speech
+from tests.nodes.harness import lib, pack, tiny  # noqa: F401  (fixtures)
+from tests.nodes.test_nodes import RENDER, call, comfy, interrupt_after, loaded, nodes  # noqa: F401  (fixtures)
+from tests.nodes.tiny_assets import motion_frames
+from tests.pipeline.conftest import motion
+
+
+@contextmanager
+def one_thread():
+    """As the Ray workers (OMP_NUM_THREADS=1): the same fp32 sums, so frames compare exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_ranges(pack, monkeypatch):
+    """4-frame ranges: the tiny motion splits into several ranges over the two workers."""
+    monkeypatch.setattr(lib(pack, "distributed.offload"), "RANGE_FRAMES", 4)
+
+
+def render(nodes, loaded, **inputs):
+    return call(nodes.Render, renderer=loaded["person"], face_model=loaded["face"], motion=loaded["motion"],
+                **{**RENDER, **inputs})
+
+
+def test_render_node_on_ray_equals_a_local_render(cluster, nodes, loaded, small_ranges):
+    t = motion_frames()
+    with one_thread():
+        images, masks, _ = render(nodes, loaded)
+    bars = comfy("comfy.utils").bars
+    n_bars = len(bars)
+    got, got_masks, fps = render(nodes, loaded, ray_address="auto")
+    assert torch.equal(got, images) and torch.equal(got_masks, masks) and fps == 25.0
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    (bar,) = bars[n_bars:]  # one bar: frames done / total, rising to the end
+    done = [d for d, _ in bar.updates]
+    assert done == sorted(done) and bar.updates[-1] == (t, t) and {total for _, total in bar.updates} == {t}
+    part, part_masks, _ = render(nodes, loaded, start_frame=5, frame_count=6, ray_address="auto")
+    assert torch.equal(part, images[5:11]) and torch.equal(part_masks, masks[5:11])
+    assert bars[-1].updates[-1] == (6, 6)
+
+
+def test_render_node_on_ray_stops_on_cancel_and_kills_the_workers(cluster, pack, nodes, loaded, small_ranges,
+                                                                   interrupt_after, monkeypatch):
+    cls = lib(pack, "distributed.cluster").RayRenderer
+    stopped, shutdown = [], cls.shutdown
+
+    def spy(self):
+        stopped.append(list(self.actors))
+        shutdown(self)
+
+    monkeypatch.setattr(cls, "shutdown", spy)
+    t = motion_frames()
+    interrupt_after(1, total=t)  # Cancel right after the first update (0 of t frames)
+    with pytest.raises(comfy("comfy.model_management").InterruptProcessingException):
+        render(nodes, loaded, ray_address="auto")
+    assert comfy("comfy.utils").bars[-1].updates[-1][0] < t
+    (actors,) = stopped
+    assert len(actors) == 2
+    for actor in actors:  # killed, not left rendering
+        with pytest.raises(cluster.exceptions.RayActorError):
+            cluster.get(actor.call.remote("info"), timeout=60)
+
+
+def test_render_node_without_ray_names_the_node_and_widget(nodes, loaded, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(Exception, match=r"MimicTalk Render ray_address: rendering on a Ray cluster needs the optional "
+                                        r"ray package: pip install .* leave ray_address empty"):
+        render(nodes, loaded, ray_address="auto")
+
+
+def test_dub_on_ray_equals_the_single_process_dub(cluster, renderer, face_model):
+    frames = source_frames(12)
+    ident = identity_for(face_model, frames, 30.0, dropped=(4,))  # a no-face source frame inside the dub
+    kw = dict(fps=30.0, renderer=renderer, face_model=face_model, identity=ident, motion=motion(15), chunk_size=2)
+    with one_thread():
+        local = dub_video(frames, speech(0.6), **kw)
+        with RayChunks(renderer, face_model, range_frames=4) as chunks:
+            on_ray = dub_video(frames, speech(0.6), render_chunks=chunks, **kw)
+    assert on_ray.frames.shape == (18, 96, 160, 3) and on_ray.report.no_face_frames == 2
+    assert torch.equal(on_ray.frames, local.frames)
+    assert on_ray.report.as_dict() == local.report.as_dict()
