@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..mimictalk_lib.errors import InputError
 from . import host
+from .render import MAX_FRAME, RAY_OFF, RAY_TOOLTIP
 from .types import Audio2Motion, FaceModel, Identity, Renderer
 
 io, ui = host.io, host.ui
@@ -60,6 +61,14 @@ class DubVideo(io.ComfyNode):
                 io.Image.Input("images", optional=True, tooltip="Or its frames (with fps), or one photo."),
                 io.Audio.Input("source_audio", optional=True,
                                tooltip="The soundtrack of 'images' for the talking-style prompt (a video brings its own)."),
+                io.Int.Input("start_frame", default=0, min=0, max=MAX_FRAME, optional=True,
+                             tooltip="First output frame to write (0 = the start). A part equals the same frames of the "
+                                     "whole dub (motion, blinks and poses are planned for the whole speech) and carries "
+                                     "its stretch of the speech, so several ComfyUI instances can each dub a part "
+                                     "(docs/scale.md)."),
+                io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True,
+                             tooltip="How many output frames from start_frame (0 = to the end of the dub)."),
+                io.String.Input("ray_address", default="", optional=True, tooltip=RAY_TOOLTIP),
             ],
             outputs=[
                 io.Video.Output(display_name="video", tooltip="The dubbed video (saved in the output folder)."),
@@ -70,7 +79,10 @@ class DubVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, renderer, face_model, a2m, audio, length, pose, colour, chunk_size, steps, seed,
-                filename_prefix, crf, fps, identity=None, video=None, images=None, source_audio=None):
+                filename_prefix, crf, fps, identity=None, video=None, images=None, source_audio=None, start_frame=None,
+                frame_count=None, ray_address=None):
+        import contextlib
+
         import torch
 
         from ..mimictalk_lib.dub import dub_video
@@ -100,13 +112,23 @@ class DubVideo(io.ComfyNode):
             if cls.hidden.prompt is not None:
                 metadata["prompt"] = cls.hidden.prompt
         net, hubert = a2m.modules()
-        renderer.module()  # onto the compute device
-        result = dub_video(
-            source, audio, renderer=renderer.renderer, face_model=face_model, identity=identity, a2m=net, hubert=hubert,
-            fps=fps_in, output=folder / name, length=length, pose=pose, colour=colour, chunk_size=chunk_size,
-            seed=seed, style_audio=source_audio, crf=crf, metadata=metadata or None, motion_options={"steps": steps},
-            on_step=host.progress(1), prepare_options={"device": host.torch_device()} if tools else None, **tools,
-        )
+        offload = contextlib.nullcontext()
+        if (ray_address or "").strip():  # the face frames render on a Ray cluster, pasted back here (docs/scale.md)
+            from ..mimictalk_lib.distributed.offload import RayChunks
+
+            offload = RayChunks(renderer.renderer, face_model, address=ray_address.strip(),
+                                who="MimicTalk Dub Video ray_address", off=RAY_OFF,
+                                check=host.throw_if_interrupted)
+        else:
+            renderer.module()  # onto the compute device
+        with offload as render_chunks:
+            result = dub_video(
+                source, audio, renderer=renderer.renderer, face_model=face_model, identity=identity, a2m=net, hubert=hubert,
+                fps=fps_in, output=folder / name, length=length, pose=pose, colour=colour, chunk_size=chunk_size,
+                seed=seed, style_audio=source_audio, crf=crf, metadata=metadata or None, motion_options={"steps": steps},
+                on_step=host.progress(1), prepare_options={"device": host.torch_device()} if tools else None,
+                render_chunks=render_chunks, start_frame=start_frame or 0, frame_count=frame_count or 0, **tools,
+            )
         return io.NodeOutput(host.video_from_file(folder / name), result.report.summary(),
                              ui=ui.PreviewVideo([ui.SavedResult(name, subfolder, io.FolderType.output)]))
 

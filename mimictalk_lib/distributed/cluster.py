@@ -130,7 +130,9 @@ class RayRenderer:
         n = workers or gpus or max(1, cpus)
         opts = dict(num_gpus=1) if gpus else dict(num_cpus=1)
         actor = ray.remote(**opts, max_restarts=-1, max_task_retries=0)(remote.LibraryActor)
-        args = (asdict(models), None) if models is not None else (None, ray.put(remote.pack({"device": "auto", **loaded})))
+        # the in-memory models stay referenced while the pool lives: a restarted worker reads them again
+        self._loaded = None if loaded is None else ray.put(remote.pack({"device": "auto", **loaded}))
+        args = (asdict(models), None) if models is not None else (None, self._loaded)
         self.actors = [actor.remote(remote.target(RenderWorker), *args) for _ in range(n)]
         logger.info("Ray: %d render workers (%s each)", n, "1 GPU" if gpus else "1 CPU")
 
@@ -138,7 +140,7 @@ class RayRenderer:
         """Stop the workers (and whatever they are still rendering)."""
         for a in self.actors:
             self.ray.kill(a)
-        self.actors = []
+        self.actors, self._loaded = [], None
 
     def stream(self, jobs: Sequence[RenderJob], *, extras: Optional[Sequence[Any]] = None, range_frames: int = 100,
                chunk_size: int = 4, max_attempts: int = 3, on_step: Optional[ProgressFn] = None,

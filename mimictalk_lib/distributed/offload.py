@@ -5,7 +5,7 @@ render here (deterministic mode); see :mod:`.cluster` for the scheduling and fau
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -29,7 +29,7 @@ def render_on_ray(
     start: int = 0,
     count: Optional[int] = None,
     chunk_size: int = 4,
-    range_frames: int = RANGE_FRAMES,
+    range_frames: Optional[int] = None,
     workers: Optional[int] = None,
     deterministic: bool = True,
     seed: int = 0,
@@ -57,7 +57,8 @@ def render_on_ray(
     pool = RayRenderer(loaded={"renderer": renderer, "face_model": face_model}, address=address, workers=workers)
     try:
         images = masks = None
-        for part in pool.frames(job, extra=extra, range_frames=range_frames, chunk_size=chunk_size, on_step=on_step):
+        for part in pool.frames(job, extra=extra, range_frames=range_frames or RANGE_FRAMES, chunk_size=chunk_size,
+                                on_step=on_step):
             got, got_masks = part.frames
             if images is None:  # allocated once: the range
                 images = got.new_empty((stop - start,) + tuple(got.shape[1:]))
@@ -74,12 +75,14 @@ class RayChunks:
     ``render_chunks``: ``pool(identity, motion, session_options, chunk_size)`` yields the session's
     :class:`~mimictalk_lib.pipeline.FrameChunk` s (float32 images and masks) in order, the same
     chunks a render in this process makes; ranges of ``range_frames`` run on the workers. Use as a
-    context manager (the workers stop at the end)."""
+    context manager (the workers stop at the end). ``check()``, called about every second while
+    waiting for the workers, may raise to cancel."""
 
     def __init__(self, renderer: Any, face_model: Any, *, address: Optional[str] = None, workers: Optional[int] = None,
-                 range_frames: int = RANGE_FRAMES, who: str = "dub on Ray", off: str = ""):
+                 range_frames: Optional[int] = None, who: str = "dub on Ray", off: str = "",
+                 check: Optional[Callable[[], None]] = None):
         import_ray(who, off)
-        self.range_frames = range_frames
+        self.range_frames, self.check = range_frames or RANGE_FRAMES, check
         self.pool = RayRenderer(loaded={"renderer": renderer, "face_model": face_model}, address=address, workers=workers)
         self.runs = 0
 
@@ -89,12 +92,20 @@ class RayChunks:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown()
 
-    def __call__(self, identity: Any, motion: torch.Tensor, session_options: dict, chunk_size: int) -> Iterator[FrameChunk]:
+    def __call__(self, identity: Any, motion: torch.Tensor, session_options: dict, chunk_size: int, start: int = 0,
+                 stop: Optional[int] = None) -> Iterator[FrameChunk]:
+        """The session's frames ``[start, stop)`` as the chunks :func:`~.ranges.iter_frame_range` yields."""
         self.runs += 1
-        job = RenderJob(name=f"dub{self.runs}", audio="", out="", motion=motion.detach().float().cpu(), output="float32")
+        stop = int(motion.shape[0]) if stop is None else stop
+        job = RenderJob(name=f"dub{self.runs}", audio="", out="", motion=motion.detach().float().cpu(), output="float32",
+                        start=start, count=stop - start)
         extra = {"identity": identity, "options": dict(session_options)}
-        for part in self.pool.frames(job, extra=extra, range_frames=self.range_frames, chunk_size=chunk_size):
+        check = self.check
+        on_step = (lambda *_, **__: check()) if check is not None else None
+        for part in self.pool.frames(job, extra=extra, range_frames=self.range_frames, chunk_size=chunk_size,
+                                     on_step=on_step):
             images, masks = part.frames
-            for at in range(0, part.stop - part.start, chunk_size):  # the chunks a local render yields
-                yield FrameChunk(part.start + at, images[at: at + chunk_size], masks[at: at + chunk_size])
+            cuts = [part.start, *range((part.start // chunk_size + 1) * chunk_size, part.stop, chunk_size), part.stop]
+            for a, b in zip(cuts[:-1], cuts[1:]):  # on the chunk grid, as a render here
+                yield FrameChunk(a, images[a - part.start: b - part.start], masks[a - part.start: b - part.start])
 

@@ -5,6 +5,7 @@ Example::
     python -m mimictalk_lib dub --video me.mp4 --identity me.identity.safetensors \\
         --adapter me.adapter.safetensors --audio speech.wav --out me_dubbed.mp4
     python -m mimictalk_lib dub --video long.mp4 --audio speech.wav --out long_dubbed.mp4
+    python -m mimictalk_lib dub ... --ray ray://head:10001   # face frames rendered on a Ray cluster
 
 Without ``--identity`` the light identity of ``dub.identity`` is prepared from the video while it
 streams (memory flat in the video's length), with the MediaPipe model files of the models folder
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--report", help="also write the dub report as JSON here")
+    p.add_argument("--start-frame", type=int, default=0, help="first output frame to write (a part of the dub)")
+    p.add_argument("--frame-count", type=int, default=0, help="output frames to write from --start-frame (0 = to the end)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="render the face frames on Ray (the running cluster, RAY_ADDRESS or a new local one, or "
+                        "ADDRESS: 'auto', 'ray://host:10001'); pasted back and written here. Needs pip install \"mimictalk[ray]\"")
+    p.add_argument("--workers", type=int, help="Ray workers (default one per GPU, else one per CPU)")
+    p.add_argument("--range-frames", type=int, help="frames per Ray work item (default 100)")
     return p
 
 
@@ -95,6 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace, models: Path):
+    import contextlib
+
     import torch
 
     from ..a2m import load_a2m, load_hubert
@@ -124,9 +134,17 @@ def run(args: argparse.Namespace, models: Path):
     a2m = load_a2m(resolve(args.a2m, "a2m", models), device=device)
     hubert = load_hubert(resolve(args.hubert, "hubert", models), device=device)
     options = {"steps": args.steps} if args.steps else {}
-    result = dub_video(
-        args.video, args.audio, renderer=renderer, face_model=face_model, identity=identity, a2m=a2m, hubert=hubert,
-        output=args.out, length=args.length, pose=args.pose, colour=args.colour, chunk_size=args.chunk_size,
-        seed=args.seed, motion_options=options, **tools,
-    )
+    offload = contextlib.nullcontext()
+    if args.ray is not None:
+        from ..distributed.offload import RayChunks
+
+        offload = RayChunks(renderer, face_model, address=args.ray or None, workers=args.workers,
+                            range_frames=args.range_frames, who="dub --ray")
+    with offload as render_chunks:
+        result = dub_video(
+            args.video, args.audio, renderer=renderer, face_model=face_model, identity=identity, a2m=a2m, hubert=hubert,
+            output=args.out, length=args.length, pose=args.pose, colour=args.colour, chunk_size=args.chunk_size,
+            seed=args.seed, motion_options=options, render_chunks=render_chunks, start_frame=args.start_frame,
+            frame_count=args.frame_count, **tools,
+        )
     return result.report

@@ -165,6 +165,8 @@ def dub_video(
     prepare_options: Optional[dict] = None,
     on_step: Optional[ProgressFn] = None,
     render_chunks: Optional[Any] = None,
+    start_frame: int = 0,
+    frame_count: Optional[int] = None,
 ) -> DubResult:
     """Dub ``source`` with ``audio``; see the module docstring.
 
@@ -181,8 +183,11 @@ def dub_video(
     without it the frames are returned (short clips only). ``motion_options`` go to
     ``pipeline.audio_to_motion`` (``steps``, ``cfg_scale``, ``temperature``...).
     ``on_step(done, total)`` after every chunk may raise to cancel. ``render_chunks(identity,
-    motion, session_options, chunk_size)``: renders the face frames elsewhere (a Ray cluster:
-    ``mimictalk_lib.distributed.offload.RayChunks``), yielding the chunks a render here would."""
+    motion, session_options, chunk_size, start, stop)``: renders the face frames elsewhere (a Ray
+    cluster: ``mimictalk_lib.distributed.offload.RayChunks``), yielding the chunks a render here
+    would. ``start_frame`` / ``frame_count`` (None or 0: to the end): only output frames
+    ``[start, start + count)`` (with their stretch of the speech), equal to the same frames of
+    the whole dub (motion, blinks and poses are planned for the whole dub)."""
     from ..pipeline import build_session, iter_talking_head, renderer_model
 
     for name, value, modes in (("length", length, LENGTH_MODES), ("pose", pose, POSE_MODES), ("colour", colour, COLOUR_MODES)):
@@ -213,6 +218,9 @@ def dub_video(
         n_out = output_frames(speech.duration, src.fps)
         idx = source_indices(n_out, track.num_frames, length)
         n_out = len(idx)
+        from ..distributed.ranges import check_range
+
+        span = check_range(n_out, start_frame, frame_count, "dub_video start_frame / frame_count") if n_out else (0, 0)
         generator = torch.Generator().manual_seed(int(seed))
         motion25 = _motion(motion, a2m, hubert, speech, identity, source, style_audio, generator, motion_options or {})
         motion_out = resample_motion(motion25, n_out, src.fps)  # [n_out, 64] at the source rate
@@ -226,10 +234,15 @@ def dub_video(
         logger.info("dub plan: %s", report_.summary())
         frames_iter = _dub_frames(
             src, identity, track, idx, face_out, motion_out, renderer, face_model, model, pose, colour, feather, blink,
-            chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks,
+            chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks, span,
         )
+        if span != (0, n_out):  # a part: its frames, its stretch of the speech
+            report_.warnings.append(f"part: frames {span[0]}-{span[1] - 1} of {n_out}")
+            report_.frames = span[1] - span[0]
+            a, b = (round(f / src.fps * speech.sample_rate) for f in span)
+            speech, length = type(speech)(speech.waveform[..., a:b], speech.sample_rate), "fit"
         if output is None:
-            frames = torch.cat(list(frames_iter)) if n_out else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
+            frames = torch.cat(list(frames_iter)) if report_.frames else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
             return DubResult(report_, frames=frames, audio=speech)
         report_.path = str(_write(output, frames_iter, src.fps, speech, length, crf, source, metadata))
         return DubResult(report_, audio=speech)
@@ -269,23 +282,28 @@ def _write(output, frames_iter, fps: float, speech, length: str, crf: float, sou
 
 
 def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, renderer, face_model, model, pose, colour,
-                feather, blink, chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks=None):
-    """Yield uint8 [n, H, W, 3] output chunks in order."""
+                feather, blink, chunk_size, generator, on_step, build_session, iter_talking_head, render_chunks=None,
+                span=None):
+    """Yield uint8 [n, H, W, 3] output chunks of output frames ``span`` (default all) in order."""
+    from ..distributed.ranges import iter_frame_range
+
     n_out = len(idx)
+    first, stop = span or (0, n_out)
     idx_t = torch.from_numpy(np.asarray(idx)).long()
     size = None
     step = max(1, int(chunk_size))
-    next_out = 0
+    next_out = first
 
-    def untouched(stop: int):
+    def untouched(until: int):
         nonlocal next_out
-        while next_out < stop:  # frames without a face: the source as it is, in chunk-sized pieces
-            part = idx_t[next_out: min(stop, next_out + step)]
+        while next_out < until:  # frames without a face: the source as it is, in chunk-sized pieces
+            part = idx_t[next_out: min(until, next_out + step)]
             yield src.read(part.numpy())
             next_out += part.numel()
-            report(on_step, next_out, n_out)
+            report(on_step, next_out - first, stop - first)
 
-    if face_out.numel():
+    lo, hi = (int(v) for v in torch.searchsorted(face_out, torch.tensor([first, stop])))  # face frames in the span
+    if hi > lo:
         src_of = idx_t[face_out]
         if pose == "source":
             euler, trans = track.euler[src_of], track.trans[src_of]
@@ -295,10 +313,10 @@ def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, re
                        blink_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         source = getattr(identity, "subset", identity)
         if render_chunks is not None:  # e.g. on a Ray cluster (mimictalk_lib.distributed.offload.RayChunks)
-            chunks = render_chunks(source, motion_out[face_out], options, step)
+            chunks = render_chunks(source, motion_out[face_out], options, step, lo, hi)
         else:
             session = build_session(renderer, face_model, source, motion_out[face_out], **options)
-            chunks = iter_talking_head(session, chunk_size=step, output_dtype=torch.float32)
+            chunks = iter_frame_range(session, lo, hi - lo, chunk_size=step, output_dtype=torch.float32)
         for chunk in chunks:
             n = chunk.images.shape[0]
             outs = face_out[chunk.start: chunk.start + n]
@@ -315,5 +333,5 @@ def _dub_frames(src, identity, track: SourceTrack, idx, face_out, motion_out, re
                 yield from untouched(int(outs[a]))
                 yield pasted[a:b]
                 next_out = int(outs[b - 1]) + 1
-            report(on_step, next_out, n_out)
-    yield from untouched(n_out)
+            report(on_step, next_out - first, stop - first)
+    yield from untouched(stop)

@@ -7,6 +7,7 @@ the workers equals the single-process dub."""
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 
@@ -16,6 +17,7 @@ import torch
 from mimictalk_lib.distributed.offload import RayChunks
 from mimictalk_lib.dub import dub_video
 from tests.dub.conftest import identity_for, source_frames
+from tests.dub.test_cli import files  # noqa: F401  (fixture: tiny weights and a source video as files)
 from tests.dub.test_dub import speech
 from tests.nodes.harness import lib, pack, tiny  # noqa: F401  (fixtures)
 from tests.nodes.test_nodes import RENDER, call, comfy, interrupt_after, loaded, nodes  # noqa: F401  (fixtures)
@@ -102,3 +104,65 @@ def test_dub_on_ray_equals_the_single_process_dub(cluster, renderer, face_model)
     assert on_ray.frames.shape == (18, 96, 160, 3) and on_ray.report.no_face_frames == 2
     assert torch.equal(on_ray.frames, local.frames)
     assert on_ray.report.as_dict() == local.report.as_dict()
+
+
+def _dub_node(pack, loaded, face_model, **inputs):
+    from tests.nodes.harness import submodule
+
+    frames = source_frames(12)
+    ident = identity_for(face_model, frames, 30.0, dropped=(4,))
+    kw = dict(renderer=loaded["person"], face_model=loaded["face"], identity=ident, a2m=loaded["a2m"],
+              audio=loaded["audio"], length="pingpong", pose="source", colour="mean_std", chunk_size=2, steps=3, seed=0,
+              filename_prefix="ray/dub", crf=19, fps=30.0, images=frames.float() / 255)
+    return call(submodule(pack, "nodes.dub").DubVideo, **{**kw, **inputs})
+
+
+@pytest.fixture
+def written(monkeypatch):
+    """written(video_module) -> list: the uint8 frames every VideoWriter of that copy of the library is
+    given, per file name's first word (compared rather than decoded mp4s: H.264 is not bit-stable across runs here)."""
+    def spy_on(video):
+        got, write = {}, video.VideoWriter.write
+
+        def spy(self, frames):
+            got.setdefault(re.split(r"[._]", self.path.name.lstrip("."))[0], []).append(torch.as_tensor(frames).clone())
+            return write(self, frames)
+
+        monkeypatch.setattr(video.VideoWriter, "write", spy)
+        return got
+
+    return spy_on
+
+
+def test_dub_node_on_ray_equals_a_local_dub_and_writes_parts(cluster, pack, loaded, face_model, small_ranges, written):
+    frames = written(lib(pack, "video"))
+    with one_thread():
+        _, local = _dub_node(pack, loaded, face_model, filename_prefix="ray/local")
+        _, on_ray = _dub_node(pack, loaded, face_model, filename_prefix="ray/remote", ray_address="auto")
+        _, part = _dub_node(pack, loaded, face_model, filename_prefix="ray/part", start_frame=6, frame_count=5,
+                            ray_address="auto")
+    local_frames, ray_frames = torch.cat(frames["local"]), torch.cat(frames["remote"])
+    assert local == on_ray and "dubbed 18 frames" in local and local_frames.shape == (18, 96, 160, 3)
+    assert torch.equal(ray_frames, local_frames)
+    assert "part: frames 6-10 of 18" in part and torch.equal(torch.cat(frames["part"]), local_frames[6:11])
+
+
+def test_dub_command_on_ray_equals_the_single_process_command(cluster, files, capsys, written):
+    import av
+
+    from mimictalk_lib import video
+    from mimictalk_lib.__main__ import main
+
+    frames = written(video)
+    r = files["root"]
+    args = ["dub", "--video", str(files["video"]), "--audio", str(r / "speech.wav"), "--identity",
+            str(r / "source.identity.safetensors"), "--renderer", str(r / "renderer"), "--a2m", str(r / "a2m"),
+            "--hubert", str(r / "hubert"), "--face-model", str(files["bfm"]), "--steps", "2", "--chunk-size", "2"]
+    with one_thread():
+        assert main([*args, "--out", str(r / "single.mp4")]) == 0
+        assert main([*args, "--out", str(r / "ray.mp4"), "--ray", "--range-frames", "4"]) == 0
+    assert capsys.readouterr().out.split() == [str(r / "single.mp4"), str(r / "ray.mp4")]
+    single = torch.cat(frames["single"])
+    assert single.shape[0] == 15 and torch.equal(torch.cat(frames["ray"]), single)
+    with av.open(str(r / "ray.mp4")) as c:
+        assert len(c.streams.audio) == 1 and sum(1 for _ in c.decode(video=0)) == 15
