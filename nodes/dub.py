@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..mimictalk_lib.errors import InputError
 from . import host
-from .render import MAX_FRAME, RAY_OFF, RAY_TOOLTIP
+from .render import RAY_OFF, part_and_ray_inputs
 from .types import Audio2Motion, FaceModel, Identity, Renderer
 
 io, ui = host.io, host.ui
@@ -61,14 +61,11 @@ class DubVideo(io.ComfyNode):
                 io.Image.Input("images", optional=True, tooltip="Or its frames (with fps), or one photo."),
                 io.Audio.Input("source_audio", optional=True,
                                tooltip="The soundtrack of 'images' for the talking-style prompt (a video brings its own)."),
-                io.Int.Input("start_frame", default=0, min=0, max=MAX_FRAME, optional=True,
-                             tooltip="First output frame to write (0 = the start). A part equals the same frames of the "
-                                     "whole dub (motion, blinks and poses are planned for the whole speech) and carries "
-                                     "its stretch of the speech, so several ComfyUI instances can each dub a part "
-                                     "(docs/scale.md)."),
-                io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True,
-                             tooltip="How many output frames from start_frame (0 = to the end of the dub)."),
-                io.String.Input("ray_address", default="", optional=True, tooltip=RAY_TOOLTIP),
+                *part_and_ray_inputs(
+                    "First output frame to write (0 = the start). A part equals the same frames of the whole dub "
+                    "(motion, blinks and poses are planned for the whole speech) and carries its stretch of the "
+                    "speech, so several ComfyUI instances can each dub a part (docs/scale.md).",
+                    "How many output frames from start_frame (0 = to the end of the dub)."),
             ],
             outputs=[
                 io.Video.Output(display_name="video", tooltip="The dubbed video (saved in the output folder)."),

@@ -20,6 +20,13 @@ RAY_TOOLTIP = ("Empty (default): render here. Otherwise render on a Ray cluster,
 RAY_OFF = " (or leave ray_address empty to render in this ComfyUI)"
 
 
+def part_and_ray_inputs(start_tooltip: str, count_tooltip: str) -> list:
+    """The optional start_frame / frame_count / ray_address widgets Render and Dub Video end with."""
+    return [io.Int.Input("start_frame", default=0, min=0, max=MAX_FRAME, optional=True, tooltip=start_tooltip),
+            io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True, tooltip=count_tooltip),
+            io.String.Input("ray_address", default="", optional=True, tooltip=RAY_TOOLTIP)]
+
+
 class Render(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -52,14 +59,11 @@ class Render(io.ComfyNode):
                                tooltip="Who to animate (one-shot), and the head poses for pose=identity."),
                 io.Image.Input("background", optional=True,
                                tooltip="Replaces the background plate (centre-cropped to a square)."),
-                io.Int.Input("start_frame", default=0, min=0, max=MAX_FRAME, optional=True,
-                             tooltip="First frame to render (0 = the start). With deterministic on, a part equals the "
-                                     "same frames of a full render (blinks, pose and smoothing are computed for the "
-                                     "whole motion), so several ComfyUI instances can each render a part of a long "
-                                     "clip (docs/scale.md)."),
-                io.Int.Input("frame_count", default=0, min=0, max=MAX_FRAME, optional=True,
-                             tooltip="How many frames to render from start_frame (0 = to the end of the motion)."),
-                io.String.Input("ray_address", default="", optional=True, tooltip=RAY_TOOLTIP),
+                *part_and_ray_inputs(
+                    "First frame to render (0 = the start). With deterministic on, a part equals the same frames of a "
+                    "full render (blinks, pose and smoothing are computed for the whole motion), so several ComfyUI "
+                    "instances can each render a part of a long clip (docs/scale.md).",
+                    "How many frames to render from start_frame (0 = to the end of the motion)."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="The rendered frames."),
