@@ -5,6 +5,7 @@ refuses half precision on the CPU. The figures themselves are not checked (bench
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -129,3 +130,65 @@ def test_plan_refuses_clearly(monkeypatch, capsys, argv, message):
         plan(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --- side by side with upstream (bench/_upstream.py, ``--upstream PATH``) -------------------------
+
+
+def run_upstream_option(repo_root, *options: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "bench.a2m", *options], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_upstream_option_refuses_a_folder_that_is_not_a_checkout(repo_root, tmp_path):
+    (tmp_path / "modules").mkdir()
+    done = run_upstream_option(repo_root, "--upstream", str(tmp_path))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "is not an upstream MimicTalk checkout: it lacks inference/mimictalk_infer.py" in done.stderr
+    assert "git clone https://github.com/yerfor/MimicTalk" in done.stderr
+    done = run_upstream_option(repo_root, "--upstream", str(tmp_path / "absent"))
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+
+
+def test_upstream_stub_fails_loudly_when_used():
+    from bench import _upstream
+
+    name = "mimictalk_test_absent_module"
+    try:
+        assert _upstream.stub([name, "torch"]) == [name]  # installed modules are never stubbed
+        mod = importlib.import_module(name)
+        placeholder = mod.Tsit5  # usable as a default value ...
+        with pytest.raises(RuntimeError, match=f"{name}.Tsit5 is a stub"):
+            placeholder()  # ... never run
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_upstream_random_weights_follow_the_seed():
+    from bench import _upstream
+
+    def weights(seed):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Embedding(5, 2))
+        return _upstream.random_state_dict(model, seed, matrix_std=0.02, gains={"1.weight": 0.5})
+
+    a, b, c = weights(1), weights(1), weights(2)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["0.weight"], c["0.weight"])
+    assert a["0.weight"].std() < 0.05 and a["2.weight"].std() > 0.5  # matrices redrawn, embeddings kept
+    assert torch.allclose(a["1.weight"], torch.full((3,), 0.5), atol=0.2) and (a["1.running_var"] >= 0.5).all()
+
+
+@pytest.mark.slow  # full-size models on both sides: a minute or more on two cores
+def test_upstream_side_by_side_prints_table(repo_root):
+    """Runs only where an upstream checkout is named by MIMICTALK_UPSTREAM (never in CI)."""
+    path = os.environ.get("MIMICTALK_UPSTREAM")
+    if not path:
+        pytest.skip("MIMICTALK_UPSTREAM (an upstream MimicTalk checkout) is not set")
+    if any(importlib.util.find_spec(m) is None for m in ("torchdiffeq", "beartype")):
+        pytest.skip("upstream's torchdiffeq / beartype are not installed")
+    done = run_upstream_option(repo_root, "--upstream", path, "--seconds", "1", "--repeats", "1", "--threads", "1",
+                               timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| audio s | motion frames | threads | repeats | ours s (each) |" in done.stdout
+    assert "parity: max |ours - upstream|" in done.stdout and " <= tolerance 1e-06" in done.stdout
