@@ -153,7 +153,8 @@ def synthetic_identity(face_model, path: Path, n_source: int, fps: float, hw, bo
     return Identity(
         frames=crop.expand(t, -1, -1, -1).contiguous(), segmaps=seg.expand(t, -1, -1).contiguous(),
         landmarks=torch.zeros(t, 478, 3), id=torch.zeros(1, 80), exp=exp, euler=zeros, trans=zeros.clone(),
-        cameras=camera_sequence(HeadPose(zeros, zeros)).float(), keypoints=kps, lip_rects=torch.zeros(t, 4, dtype=torch.long),
+        cameras=camera_sequence(HeadPose(zeros, zeros)).float(), keypoints=kps,
+        lip_rects=torch.zeros(t, 4, dtype=torch.long),
         plate=crop.clone(), torso_ref=crop.clone(), torso_ref_mask=seg != 0, meta=meta,
     )
 

@@ -210,7 +210,8 @@ def run_talk(args: argparse.Namespace, settings: dict[str, Any], folders: Sequen
     identity = None
     if portrait:
         identity = prepare_photo_identity(
-            Path(args.portrait), PrepareBackends(face_model=face_model, **mediapipe_files(folders, allow_download=allow)),
+            Path(args.portrait),
+            PrepareBackends(face_model=face_model, **mediapipe_files(folders, allow_download=allow)),
             PrepareOptions(crop=settings["crop"], device=device, size=renderer.model.cfg.image_resolution,
                            schedule=FitSchedule.with_iterations(settings["fit_iterations"])),
             on_step=_log_progress("identity"))

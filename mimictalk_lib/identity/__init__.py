@@ -36,7 +36,8 @@ from .torso import inpaint_torso
 __all__ = [
     "Clip", "CropBox", "FORMAT_VERSION", "FitResult", "FitSchedule", "FitWeights", "IMAGE_WEIGHTS",
     "Identity", "LandmarkResult", "Landmarker", "MAX_BAD_FRACTION", "MediaPipeLandmarker",
-    "MediaPipeSegmenter", "PrepareBackends", "PrepareOptions", "Segmenter", "VIDEO_WEIGHTS", "background_plate", "choose_crop",
+    "MediaPipeSegmenter", "PrepareBackends", "PrepareOptions", "Segmenter", "VIDEO_WEIGHTS", "background_plate",
+    "choose_crop",
     "com_images", "contact_sheet", "crop_frames", "fit_clip", "fit_images", "head_images",
     "inpaint_torso", "lip_rects", "load_clip", "nearest_seed", "prepare_identity",
     "prepare_photo_identity", "resample_indices", "style_prompt_from_clip",

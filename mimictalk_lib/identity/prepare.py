@@ -198,7 +198,8 @@ def _assemble(clip: Clip, segmaps: torch.Tensor, fit: FitResult, face_model: Fac
     c = c.map(cpu)
     return Identity(
         frames=clip.frames, segmaps=segmaps, landmarks=cpu(clip.landmarks),
-        id=c.id, exp=c.exp, euler=c.euler, trans=c.trans, cameras=cpu(cameras), keypoints=cpu(kps), lip_rects=lip_rects(lm68.cpu(), size),
+        id=c.id, exp=c.exp, euler=c.euler, trans=c.trans, cameras=cpu(cameras), keypoints=cpu(kps),
+        lip_rects=lip_rects(lm68.cpu(), size),
         plate=plate, torso_ref=torso[0], torso_ref_mask=torso_mask[0], meta=meta,
     )
 

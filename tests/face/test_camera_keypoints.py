@@ -144,7 +144,8 @@ def test_torso_keypoints_hand_values():
     assert (kp[:, 2] == 0).all()
     # pure translation in x shifts every keypoint by 1015 tx / (112 z')
     t = torch.tensor([[0.05, 0.0, 0.0]], dtype=D)
-    torch.testing.assert_close(torso_keypoints(fm, Coefficients(id, exp, zero, t))[0, :, 0] - kp[:, 0], 1015 * 0.05 / (112 * zc))
+    moved = torso_keypoints(fm, Coefficients(id, exp, zero, t))[0]
+    torch.testing.assert_close(moved[:, 0] - kp[:, 0], 1015 * 0.05 / (112 * zc))
     # pure yaw: x' = x cos a + z sin a (row-vector points @ R with R = Ry^T), z' = -x sin a + z cos a
     a = 0.3
     yaw = torso_keypoints(fm, Coefficients(id, exp, torch.tensor([[0.0, a, 0.0]], dtype=D), zero))[0]

@@ -223,5 +223,6 @@ def test_backends_and_options_equal_the_keyword_form(face_model):
     assert a.coefficients.exp is a.exp and a.coefficients.pose.trans is a.trans
     with pytest.raises(TypeError, match=r"prepare_identity\(\) got unexpected keyword arguments \['crop_mode'\]"):
         prepare_identity(frames, backends, fps=25, crop_mode="auto")
-    with pytest.raises(TypeError, match=r"needs backends=PrepareBackends\(\.\.\.\) or the keyword arguments \['segmenter'\]"):
+    with pytest.raises(TypeError, match=r"needs backends=PrepareBackends\(\.\.\.\) or the keyword arguments "
+                                        r"\['segmenter'\]"):
         prepare_photo_identity(frames[:1], landmarker=BlobLandmarker(), face_model=face_model)

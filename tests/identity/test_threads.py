@@ -60,10 +60,14 @@ def test_cpu_threads_sets_and_restores_also_on_error():
 def test_fit_runs_single_threaded_and_restores(face_model):
     c = synthetic_clip_landmarks(face_model, 8, seed=2)
     seen = []
-    fit_clip(face_model, c["landmarks"], 512, schedule=SCHEDULE, on_step=lambda *a, **k: seen.append(torch.get_num_threads()))
+
+    def record(*args, **info):
+        seen.append(torch.get_num_threads())
+
+    fit_clip(face_model, c["landmarks"], 512, schedule=SCHEDULE, on_step=record)
     assert set(seen) == {1} and len(seen) == SCHEDULE.total and torch.get_num_threads() == 3
     seen.clear()
-    fit_clip(face_model, c["landmarks"], 512, schedule=SCHEDULE, threads=2, on_step=lambda *a, **k: seen.append(torch.get_num_threads()))
+    fit_clip(face_model, c["landmarks"], 512, schedule=SCHEDULE, threads=2, on_step=record)
     assert set(seen) == {2} and torch.get_num_threads() == 3
 
     def cancel(done, total, **info):
