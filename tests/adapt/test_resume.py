@@ -16,10 +16,12 @@ from tests.fixtures.tiny_renderer import random_renderer
 CFG = AdaptConfig(steps=1, norm_mode="eval", lr=2e-2, lr_triplane=2e-2, preview_every=0, stochastic_render=False)
 
 
-@pytest.fixture(scope="module")
-def first_run(tiny_base, data, tmp_path_factory):
-    """One step of person A's run, with its checkpoint in a work folder."""
-    work = tmp_path_factory.mktemp("run")
+@pytest.fixture
+def first_run(tiny_base, data, tmp_path):
+    """One step of person A's run, with its checkpoint in a work folder. Per test (one tiny step,
+    ~0.3 s): the mutation run maps a function to the tests that call it, and a module-scoped
+    fixture would credit every save to the first test alone."""
+    work = tmp_path / "run"
     train_adapter(tiny_base, data, None, CFG, work_dir=work)
     return work / "checkpoint.safetensors"
 
@@ -42,7 +44,7 @@ def test_same_run_resumes(tiny_base, data, first_run, caplog):
     with caplog.at_level(logging.WARNING, logger="MimicTalk"):
         done = _resume(tiny_base, data, first_run, seed=9)  # seed/batch may change (saved streams win)
     assert done.metadata["training"]["steps_done"] == 2
-    assert "changed settings" in caplog.text
+    assert "changed settings {'seed': (0, 9)} (saved, now)" in caplog.text  # only what changed, both values
     assert done.metadata["training"]["identity_sha256"] == identity_fingerprint(data.identity)
 
 
@@ -51,6 +53,7 @@ def test_second_person_with_the_same_frame_count_is_not_resumed(tiny_base, data,
     with pytest.raises(ResumeMismatch, match="another identity .same length, other content.") as info:
         _resume(tiny_base, other, first_run)
     assert info.value.reasons == ["another identity (same length, other content)"]  # base and settings match
+    assert info.value.path == first_run and str(info.value).startswith(f"{first_run} belongs to another training run")
 
 
 def test_clip_of_another_length_is_not_resumed(tiny_base, first_run):
@@ -134,7 +137,7 @@ def test_identity_fingerprint_is_the_documented_sha256(tiny_base):
 def test_default_run_name_is_the_sources_stem_and_the_fingerprint(tiny_base):
     ident = synthetic_identity(tiny_base.cfg.image_resolution, frames=2, seed=4)
     tail = "-" + identity_fingerprint(ident)[:10]
-    for source, stem in [("C:\\clips\\person 11.mp4", "person_11"), ("/v/..Ünïcode  name!!.mkv", "n_code_name"),
+    for source, stem in [("C:\\clips\\person 11.mp4", "person_11"), ("/v/-Xavier Y.X-.mp4", "Xavier_Y.X"), ("/v/..Ünïcode  name!!.mkv", "n_code_name"),
                          ("/v/" + "a" * 50 + ".mp4", "a" * 40), ("/v/___.mp4", "identity"), ("", "identity"),
                          (None, "identity")]:
         ident.meta = {"source": source}
@@ -172,7 +175,7 @@ def test_own_global_rng_continues_the_runs_stream_and_restores_the_process():
 
 
 def _fake_trainer(**config):
-    return SimpleNamespace(base_structure="arch", base_probe=torch.tensor([1.0, -2.0, 0.5]), identity_sha256="person",
+    return SimpleNamespace(base_structure="arch", base_probe=torch.tensor([1.0, -2.0, 0.5, 0.0]), identity_sha256="person",
                            data=SimpleNamespace(num_frames=6), config=AdaptConfig(**config))
 
 
@@ -191,7 +194,7 @@ def test_resume_mismatches_one_at_a_time_and_all_at_once():
     assert resume_mismatches(trainer, tensors, {k: v for k, v in meta.items() if k != "version"}) == [old]
     assert resume_mismatches(trainer, tensors, dict(meta, version=1)) == [old]
 
-    near = trainer.base_probe * (1 + 0.5 * PROBE_RTOL) + 0.5 * PROBE_ATOL  # a bf16 copy of the same base
+    near = trainer.base_probe * (1 + 0.5 * PROBE_RTOL) + 0.5 * PROBE_ATOL  # a bf16 copy of the same base (0 needs atol)
     assert resume_mismatches(trainer, {"base_probe": near}, meta) == []
     other = "another base renderer (other weights)"
     for probe in (trainer.base_probe + 4 * PROBE_ATOL + 2 * PROBE_RTOL * trainer.base_probe.abs(), trainer.base_probe[:2], None):
