@@ -44,7 +44,8 @@ def test_same_run_resumes(tiny_base, data, first_run, caplog):
     with caplog.at_level(logging.WARNING, logger="MimicTalk"):
         done = _resume(tiny_base, data, first_run, seed=9)  # seed/batch may change (saved streams win)
     assert done.metadata["training"]["steps_done"] == 2
-    assert "changed settings {'seed': (0, 9)} (saved, now)" in caplog.text  # only what changed, both values
+    assert (f"resuming {first_run} with changed settings {{'seed': (0, 9)}} (saved, now): the run continues, "
+            "not bit-for-bit") in caplog.messages  # the file, only what changed, both values
     assert done.metadata["training"]["identity_sha256"] == identity_fingerprint(data.identity)
 
 
