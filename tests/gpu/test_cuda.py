@@ -140,3 +140,24 @@ def test_adaptation_trains_on_cuda():
     assert all(torch.isfinite(torch.as_tensor(float(x))) for x in losses)
     assert float(losses[-1]) < float(losses[0])
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # base untouched
+
+
+def test_adaptation_resumes_on_cuda(tmp_path):
+    """A checkpoint resumed on the GPU puts every tensor of the run there (the regulariser's anchor,
+    Adam's moments) and keeps the accelerator's own RNG stream; the next step runs."""
+    from mimictalk_lib.adapt.resume import load_checkpoint
+    from mimictalk_lib.adapt.train import AdaptConfig, Trainer, train_adapter
+    from tests.adapt.synthetic import make_data
+    from tests.fixtures.tiny_renderer import random_renderer
+
+    base = random_renderer("mimictalk", seed=5)
+    data = make_data(base)
+    cfg = AdaptConfig(steps=2, norm_mode="upstream", lr=2e-2, lr_triplane=2e-2, preview_every=0)
+    train_adapter(base, data, None, AdaptConfig(**dict(cfg.to_dict(), steps=1)), device=CUDA, work_dir=tmp_path)
+    trainer = Trainer(base, data, None, cfg, device=CUDA)
+    load_checkpoint(trainer, tmp_path / "checkpoint.safetensors")
+    assert trainer.step == 1 and set(trainer.global_rng) == {"cpu", "cuda"}
+    assert trainer.triplane.device.type == trainer.triplane_init.device.type == "cuda"
+    moments = [v for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert moments and all(v.device.type == "cuda" for v in moments)
+    assert torch.isfinite(torch.as_tensor(trainer.train_step()["total_loss"]))
