@@ -142,3 +142,19 @@ def test_segmap_store_indexes_like_a_tensor():
     assert torch.equal(store[torch.tensor([3, 0, 1])], maps[[1, 0, 0]])
     assert torch.equal(store[[2]], maps[2:3])
     assert isinstance(DubIdentity, type)
+
+
+def test_preparation_reports_each_chunk_and_can_be_cancelled(fit_model):
+    class Cancelled(Exception):
+        pass
+
+    seen = []
+
+    def on_step(done, total, **info):
+        seen.append((done, total, info.get("stage")))
+        raise Cancelled
+
+    lm = CountingLandmarker()
+    with pytest.raises(Cancelled):
+        prepare(draw_clip(30), fit_model, landmarker=lm, chunk_frames=8, size=64, on_step=on_step)
+    assert seen == [(8, 30, "dub identity")] and lm.batches == [8]  # stopped after the first chunk
