@@ -72,13 +72,19 @@ class DubReport:
 class DubResult:
     report: DubReport
     frames: Optional[torch.Tensor] = None  # uint8 [T, H, W, 3] when no output path was given
-    audio: Any = None  # the speech as written (an Audio), for the caller's own writer
+    audio: Any = None  # the speech (an Audio; 16 kHz mono when read from a file for an output path)
 
 
-def _as_audio(audio):
+def _as_audio(audio, stream: bool = False):
+    """The speech as an Audio; ``stream``: a file is read as the models read it (16 kHz mono, 3-6x
+    less than its own rate), its own samples being muxed from the file by the writer."""
     from ..video import Audio, as_audio, read_audio
 
     if isinstance(audio, (str, os.PathLike)):
+        if stream:
+            from ..a2m.audio import load_audio
+
+            return Audio(load_audio(audio)[None], 16000)
         got = read_audio(audio)
         if got is None:
             raise InputError(f"audio: '{os.fspath(audio)}' has no audio track")
@@ -89,15 +95,35 @@ def _as_audio(audio):
     return got
 
 
-def _style_audio(source, style_audio):
-    """The source's soundtrack (ICS-A2M's style prompt pairs it with the clip's expressions)."""
-    if style_audio is not None:
-        return style_audio
-    if isinstance(source, (str, os.PathLike)):
-        from ..video import read_audio
+STYLE_SECONDS = 20.0
+"""Longest stretch of the source (its start) used as ICS-A2M's style prompt: every sampling window
+attends to the whole prompt, so a longer one costs memory and time in proportion to the source's
+length without changing the style (5-20 s is what the style needs)."""
 
-        return read_audio(source)
-    return None
+
+def _style_audio(source, style_audio, seconds: Optional[float] = None):
+    """The first ``seconds`` (default ``STYLE_SECONDS``) of the source's soundtrack (ICS-A2M's style
+    prompt pairs it with the clip's expressions); only that much is decoded."""
+    from ..video import Audio, as_audio, open_audio
+
+    seconds = STYLE_SECONDS if seconds is None else seconds
+    if style_audio is not None:
+        got = as_audio(style_audio)
+        return Audio(got.waveform[..., : int(round(seconds * got.sample_rate))], got.sample_rate) if got else None
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    src = open_audio(source)
+    if src is None:
+        return None
+    need, parts, n = int(round(seconds * src.rate)), [], 0
+    chunks = src.chunks()
+    for chunk in chunks:
+        parts.append(chunk[:, : need - n])
+        n += parts[-1].shape[1]
+        if n >= need:
+            chunks.close()  # stop decoding; closes the file
+            break
+    return Audio(torch.from_numpy(np.concatenate(parts, 1)) if parts else torch.zeros(src.channels, 0), src.rate)
 
 
 def _motion(motion, a2m, hubert, audio, identity, source, style_audio, generator, motion_options) -> torch.Tensor:
@@ -106,15 +132,19 @@ def _motion(motion, a2m, hubert, audio, identity, source, style_audio, generator
         return motion[0] if motion.dim() == 3 and motion.shape[0] == 1 else motion
     if a2m is None or hubert is None:
         raise InputError("dub_video: give either motion (25 fps expressions [T, 64]) or the a2m and hubert models")
+    from ..a2m import extract_audio_features
+    from ..identity.style import style_prompt_from_identity
     from ..pipeline import audio_to_motion
 
     style: Any = identity
     s_audio = _style_audio(source, style_audio)
-    if not identity.is_photo and s_audio is None:
+    if not identity.is_photo and (s_audio is None or s_audio.num_samples == 0):
         logger.info("the source has no soundtrack for the ICS-A2M style prompt; using its first expression as the prompt")
         style = identity.exp[0]
-    return audio_to_motion(a2m, hubert, audio.to_comfy(), style=style, style_audio=s_audio, generator=generator,
-                           **motion_options)
+    elif not identity.is_photo:  # the start of the clip, at most STYLE_SECONDS (see there)
+        features = extract_audio_features(s_audio, hubert, with_f0=bool(a2m.cfg.use_aux_features))
+        style = style_prompt_from_identity(identity, features, max_frames=int(STYLE_SECONDS * 25))
+    return audio_to_motion(a2m, hubert, audio.to_comfy(), style=style, generator=generator, **motion_options)
 
 
 def _check_source_matches(identity, src) -> None:
@@ -198,7 +228,8 @@ def dub_video(
                          "to prepare one while streaming it")
     if identity is not None and (not hasattr(identity, "meta") or not hasattr(identity, "segmaps")):
         raise InputError("dub_video: identity must be a prepared identity of the source (prepare_identity)")
-    speech = _as_audio(audio)
+    from_file = output is not None and isinstance(audio, (str, os.PathLike))  # the writer streams the file's audio
+    speech = _as_audio(audio, stream=from_file)
     src = open_source(source, fps)
     try:
         model = renderer_model(renderer)
@@ -244,7 +275,8 @@ def dub_video(
         if output is None:
             frames = torch.cat(list(frames_iter)) if report_.frames else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
             return DubResult(report_, frames=frames, audio=speech)
-        report_.path = str(_write(output, frames_iter, src.fps, speech, length, crf, source, metadata))
+        report_.path = str(_write(output, frames_iter, src.fps, audio if from_file else speech, length, crf, source,
+                                  metadata))
         return DubResult(report_, audio=speech)
     finally:
         src.close()

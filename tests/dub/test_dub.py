@@ -180,3 +180,49 @@ def test_variable_frame_rate_source_is_reported(clip, renderer, face_model):
     res = dub_video(frames, speech(0.1), fps=FPS, renderer=renderer, face_model=face_model, identity=vfr,
                     motion=motion(3))
     assert res.report.variable_frame_rate and "constant 30 fps" in res.report.summary()
+
+
+def test_style_prompt_is_the_start_of_a_long_source(tmp_path, monkeypatch, clip, renderer, face_model):
+    """ICS-A2M's style prompt comes from at most STYLE_SECONDS of the source (every sampling window
+    attends to the whole prompt: a 5-minute prompt would grow memory and time with the source);
+    only that much of the soundtrack is decoded."""
+    import dataclasses
+
+    import mimictalk_lib.pipeline as pipeline
+    from mimictalk_lib.a2m import A2MConfig, InContextAudio2MotionModel, StylePrompt
+    from mimictalk_lib.dub import dub as dub_module
+    from tests.fixtures.tiny_a2m import randomize_, speech_like, tiny_hubert
+
+    from tests.nodes.tiny_assets import write_wav
+
+    frames, ident = clip
+    write_wav(tmp_path / "long.wav", speech_like(3.0, 16000), 16000)  # a source file with a 3 s soundtrack
+    head = dub_module._style_audio(tmp_path / "long.wav", None, seconds=1.0)
+    assert abs(head.duration - 1.0) < 0.01
+    assert dub_module._style_audio(frames, speech(2.0), seconds=0.5).duration == pytest.approx(0.5)
+    seen = []
+    monkeypatch.setattr(pipeline, "audio_to_motion", lambda *a, style=None, **k: seen.append(style) or motion(10))
+    monkeypatch.setattr(dub_module, "STYLE_SECONDS", 0.2)
+    a2m = randomize_(InContextAudio2MotionModel(dataclasses.replace(A2MConfig.tiny(True), motion_dim=64)), seed=0)
+    dub_video(frames, speech(0.3), fps=FPS, renderer=renderer, face_model=face_model, identity=ident, a2m=a2m,
+              hubert=tiny_hubert(), style_audio=speech(2.0))
+    (style,) = seen
+    assert isinstance(style, StylePrompt) and 1 <= style.num_frames <= 5  # 0.2 s at 25 fps
+
+
+def test_speech_from_a_file_is_not_held_at_its_own_rate(tmp_path, clip, renderer, face_model):
+    """With an output path, speech from a file is read at 16 kHz mono for the models (a 5-minute
+    44.1 kHz stereo track held whole is 106 MB) and muxed from the file at its own rate."""
+    import av
+
+    from tests.fixtures.tiny_a2m import speech_like
+    from tests.nodes.tiny_assets import write_wav
+
+    frames, ident = clip
+    write_wav(tmp_path / "speech.wav", speech_like(0.5, 44100), 44100)
+    res = dub_video(frames, tmp_path / "speech.wav", fps=FPS, renderer=renderer, face_model=face_model, identity=ident,
+                    motion=motion(13), output=tmp_path / "out.mp4")
+    assert res.audio.sample_rate == 16000 and res.report.frames == 15
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 44100
+        assert abs(float(c.streams.audio[0].duration * c.streams.audio[0].time_base) - 0.5) < 0.05
