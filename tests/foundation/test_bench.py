@@ -26,6 +26,7 @@ HEADERS = {
     "dub": "| seconds | source | frames | identity frames (25 fps) | wall s (prepare + dub) | frames/s | peak RSS MiB "
            "| identity held MiB | frames held |",
     "prepare --threads": "| stage | threads | best s | median s | median / first count's |",
+    "ray": "| workers | models | frames | start-up s | render s | frames/s | speed-up |",
 }
 
 
@@ -94,6 +95,19 @@ def test_tiny_prepare_threads_prints_table(repo_root):
                                                                          ("keypoints", "1"), ("keypoints", "2")]
     assert all(float(r["best s"]) > 0 and float(r["median s"]) >= float(r["best s"]) for r in rows)
     assert rows[0]["median / first count's"] == rows[2]["median / first count's"] == "1.00"
+
+
+def test_tiny_ray_prints_table(repo_root):
+    """One Ray CPU worker on a local cluster renders the 4-frame job with the models from files and
+    sent from memory (as the nodes' ray_address): ~20-40 s, most of it Ray and worker start-up."""
+    pytest.importorskip("ray")
+    from bench.ray import HEADER
+
+    assert HEADERS["ray"] == "| " + " | ".join(HEADER) + " |"
+    rows = run_bench(repo_root, "ray", "--workers", "1", "--models", "files,memory")
+    assert [(r["workers"], r["models"], r["frames"], r["speed-up"]) for r in rows] == [("1", "files", "4", "1.00"),
+                                                                                      ("1", "memory", "4", "1.00")]
+    assert all(float(r["frames/s"]) > 0 and float(r["start-up s"]) > 0 for r in rows)
 
 
 # --- the shared (device, dtype) plan ------------------------------------------------------------
