@@ -227,6 +227,9 @@ class RayRenderer:
                 cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
                 what = "motion" if start < 0 else f"frames {start}-{stop - 1}"
                 why = "worker died" if died else (str(cause) if type(cause) is RuntimeError else f"{type(cause).__name__}: {cause}")
+                if died and getattr(e, "actor_init_failed", False):  # its constructor raised: say what
+                    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                    why = f"worker failed to start: {lines[-1] if lines else e}"
                 logger.warning("job %s, %s: %s (try %d of %d)", js.job.name, what, why, tries[key], max_attempts)
                 if js.failed or i in dropped:
                     continue

@@ -166,3 +166,11 @@ def test_dub_command_on_ray_equals_the_single_process_command(cluster, files, ca
     assert single.shape[0] == 15 and torch.equal(torch.cat(frames["ray"]), single)
     with av.open(str(r / "ray.mp4")) as c:
         assert len(c.streams.audio) == 1 and sum(1 for _ in c.decode(video=0)) == 15
+
+
+def test_a_worker_that_cannot_start_says_why(cluster, face_model):
+    from mimictalk_lib.distributed.offload import render_on_ray
+    from mimictalk_lib.errors import MimicTalkError
+
+    with pytest.raises(MimicTalkError, match="worker failed to start: .*expected a MimicTalk renderer, got str"):
+        render_on_ray("not a renderer", face_model, None, motion(4), workers=1)
