@@ -21,6 +21,7 @@ of the batch goes on. ``on_step(frames_done, frames_total)``: one count across t
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -162,6 +163,8 @@ class RayRenderer:
         queue: list = []  # (job, start, kind): job order, motion first
         idle, running = list(range(len(self.actors))), {}  # ObjectRef -> (actor, job index, start, stop)
         tries: dict = {}
+        sick: dict = {}  # actor that failed -> when to ask whether it is back (it gets no work until then)
+        last_error = "worker died"
         count = {"done": 0, "total": 0}
         ahead = 2 * len(self.actors) * range_frames  # frames a job may render past its next unwritten one
 
@@ -191,6 +194,10 @@ class RayRenderer:
         report(on_step, 0, count["total"])
         while queue or running:
             held = []  # ranges too far ahead of their job's next frame to write: they wait
+            for a, when in list(sick.items()):  # a worker that failed gets work again once it answers
+                if when <= time.monotonic():
+                    del sick[a]
+                    running[self.actors[a].call.remote("info")] = (a, -1, 0, 0)
             while idle and queue:
                 i, start, kind = heapq.heappop(queue)
                 js = state[i]
@@ -209,6 +216,13 @@ class RayRenderer:
             for item in held:
                 heapq.heappush(queue, item)
             if not running:
+                if queue and sick:  # the only workers left are restarting: wait for them
+                    time.sleep(0.2)
+                    continue
+                if queue and not idle:  # every worker is gone for good
+                    for js in state:
+                        if not js.failed and js.index not in dropped and (js.next_start < js.stop or js.motion is None):
+                            yield fail(js, f"no Ray workers left ({last_error})")
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             if not ready:  # nothing new: let on_step see the clock (a Cancel raises there)
@@ -216,7 +230,15 @@ class RayRenderer:
                 continue
             ref = ready[0]
             a, i, start, stop = running.pop(ref)
-            idle.append(a)
+            if i < 0:  # the answer of a worker that failed: back to work, later again, or gone
+                try:
+                    ray.get(ref)
+                    idle.append(a)
+                except ray.exceptions.ActorUnavailableError:
+                    sick[a] = time.monotonic() + 0.5
+                except ray.exceptions.RayError as e:
+                    logger.warning("Ray worker %d is gone: %s", a, str(e).strip().splitlines()[0] if str(e).strip() else e)
+                continue
             js = state[i]
             key = (i, start)
             tries[key] = tries.get(key, 0) + 1
@@ -224,12 +246,17 @@ class RayRenderer:
                 value = ray.get(ref)
             except ray.exceptions.RayError as e:  # a dead / restarting worker, or the error a range raised
                 died = not isinstance(e, ray.exceptions.RayTaskError)
+                if died:  # no more work for it until it answers (Ray restarts it)
+                    sick[a] = time.monotonic()
+                else:
+                    idle.append(a)
                 cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
                 what = "motion" if start < 0 else f"frames {start}-{stop - 1}"
                 why = "worker died" if died else (str(cause) if type(cause) is RuntimeError else f"{type(cause).__name__}: {cause}")
                 if died and getattr(e, "actor_init_failed", False):  # its constructor raised: say what
                     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                     why = f"worker failed to start: {lines[-1] if lines else e}"
+                last_error = why
                 logger.warning("job %s, %s: %s (try %d of %d)", js.job.name, what, why, tries[key], max_attempts)
                 if js.failed or i in dropped:
                     continue
@@ -239,6 +266,7 @@ class RayRenderer:
                 else:
                     heapq.heappush(queue, (i, start, "motion" if start < 0 else "range"))
                 continue
+            idle.append(a)
             if js.failed or i in dropped:
                 continue
             if start < 0:  # the motion: share it, split the job
