@@ -275,7 +275,8 @@ def dub_video(
         if output is None:
             frames = torch.cat(list(frames_iter)) if report_.frames else torch.empty(0, src.height, src.width, 3, dtype=torch.uint8)
             return DubResult(report_, frames=frames, audio=speech)
-        report_.path = str(_write(output, frames_iter, src.fps, audio if from_file else speech, length, crf, source,
+        whole_file = from_file and span == (0, n_out)  # a part muxes its stretch of the speech as read (16 kHz)
+        report_.path = str(_write(output, frames_iter, src.fps, audio if whole_file else speech, length, crf, source,
                                   metadata))
         return DubResult(report_, audio=speech)
     finally:

@@ -4,6 +4,7 @@ in the whole dub's chunks; an mp4 part carries its stretch of the speech."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,15 +42,25 @@ def test_a_part_past_the_end_is_refused(clip, renderer, face_model):
                   motion=motion(15), start_frame=18)
 
 
-def test_an_mp4_part_has_its_frames_and_its_stretch_of_the_speech(tmp_path, clip, renderer, face_model):
+@pytest.mark.parametrize("from_file", [False, True])
+def test_an_mp4_part_has_its_frames_and_its_stretch_of_the_speech(tmp_path, clip, renderer, face_model, from_file):
     import av
 
+    from tests.nodes.tiny_assets import write_wav
+
     frames, ident = clip
-    res = dub_video(frames, speech(0.6), fps=FPS, renderer=renderer, face_model=face_model, identity=ident,
+    audio = speech(0.6)
+    audio.waveform[:, : audio.sample_rate // 5] = 0  # silent until 0.2 s = frame 6, where the part starts
+    if from_file:  # a file is muxed from the file for a whole dub: a part must not take all of it
+        write_wav(tmp_path / "speech.wav", audio.waveform[0], audio.sample_rate)
+        audio = str(tmp_path / "speech.wav")
+    res = dub_video(frames, audio, fps=FPS, renderer=renderer, face_model=face_model, identity=ident,
                     motion=motion(15), output=tmp_path / "part.mp4", start_frame=6, frame_count=9)
     with av.open(str(res.report.path)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 9
     with av.open(str(res.report.path)) as c:
         a = c.streams.audio[0]
-        seconds = sum(f.samples for f in c.decode(a)) / a.codec_context.sample_rate
+        wave = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(a)])
+        seconds = wave.size / a.channels / a.codec_context.sample_rate
     assert abs(seconds - 9 / FPS) < 0.05
+    assert np.sqrt(np.mean(wave[: wave.size // 2] ** 2)) > 0.1  # the tone from 0.2 s on, not the silence before
