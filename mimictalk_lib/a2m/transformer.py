@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.gamma
+        return F.normalize(x, dim=-1).mul_(self.scale).mul_(self.gamma)
 
 
 class AdaptiveRMSNorm(nn.Module):
@@ -59,7 +59,8 @@ class AdaptiveRMSNorm(nn.Module):
         # x: [B, N, D]; cond: [B, time_dim] -> gamma, beta: [B, 1, D]
         gamma = self.to_gamma(cond).unsqueeze(1)
         beta = self.to_beta(cond).unsqueeze(1)
-        return F.normalize(x, dim=-1) * self.scale * gamma + beta
+        # the same operations in the same order as (normalize * scale * gamma + beta), in place
+        return F.normalize(x, dim=-1).mul_(self.scale).mul_(gamma).add_(beta)
 
 
 class MultiheadRMSNorm(nn.Module):
@@ -104,6 +105,13 @@ class RotaryEmbedding(nn.Module):
         return freqs.cos(), freqs.sin()
 
 
+def signed_sine(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == swap_halves(x) * signed_sine(sin)
+    exactly (IEEE negation commutes with rounding), so :func:`apply_rotary` needs no negation pass."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] over the two halves of the last dim (not interleaved pairs)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -118,6 +126,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate [B, H, N, d] queries or keys by the angles of their positions (at least fp32)."""
     x32 = _at_least_fp32(x)
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def _rotate_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` (without casts) with the same products and sum, in fewer passes:
+    x * cos + [x2, x1] * signed_sin, the swapped product written straight into its halves."""
+    half = x.shape[-1] // 2
+    swapped = torch.empty_like(x)
+    torch.mul(x[..., half:], signed_sin[..., :half], out=swapped[..., :half])
+    torch.mul(x[..., :half], signed_sin[..., half:], out=swapped[..., half:])
+    return torch.mul(x, cos, out=x.new_empty(x.shape)).add_(swapped)
 
 
 class Attention(nn.Module):
@@ -141,11 +159,19 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        # qk-norm and rotation in fp32 (upstream disables autocast for RoPE)
-        q = apply_rotary(self.q_norm(_at_least_fp32(q)), *rope).to(v.dtype)
-        k = apply_rotary(self.k_norm(_at_least_fp32(k)), *rope).to(v.dtype)
+        b, n, _ = x.shape
+        qkv = self.to_qkv(x).view(b, n, 3, self.heads, -1)
+        v = qkv[:, :, 2].transpose(1, 2)  # [B, H, N, d]
+        # queries and keys together, [2, B, H, N, d]: qk-norm (normalize * gamma * sqrt(d), the
+        # per-head gains stacked) and rotation in fp32 (upstream disables autocast for RoPE)
+        qk = F.normalize(_at_least_fp32(qkv[:, :, :2]).permute(2, 0, 3, 1, 4), dim=-1)
+        gains = torch.stack((self.q_norm.gamma, self.k_norm.gamma))[:, None].to(qk.dtype)  # [2, 1, H, 1, d]
+        qk.mul_(gains).mul_(self.q_norm.scale)
+        if len(rope) == 3:  # (cos, sin, signed sin) from Transformer.forward
+            qk = _rotate_(qk, rope[0], rope[2])
+        else:
+            qk = apply_rotary(qk, *rope[:2])
+        q, k = qk.to(v.dtype).unbind(0)
         mask = None if key_mask is None else rearrange(key_mask, "b j -> b 1 1 j")
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.logit_scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
@@ -156,7 +182,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = x.chunk(2, dim=-1)
-        return F.gelu(gate) * x
+        return F.gelu(gate).mul_(x)  # gelu(gate) * x, in place
 
 
 def feed_forward(dim: int, inner: int) -> nn.Sequential:
@@ -180,8 +206,8 @@ class TransformerLayer(nn.ModuleList):
 
     def forward(self, x, time_emb, rope, key_mask=None):
         attn_norm, attn, ff_norm, ff = self[2], self[3], self[4], self[5]
-        x = attn(attn_norm(x, time_emb), rope, key_mask) + x
-        return ff(ff_norm(x, time_emb)) + x
+        x = attn(attn_norm(x, time_emb), rope, key_mask).add_(x)  # residuals in place (a + b == b + a)
+        return ff(ff_norm(x, time_emb)).add_(x)
 
 
 class Transformer(nn.Module):
@@ -210,7 +236,8 @@ class Transformer(nn.Module):
             torch.full((r,), self.cfg.register_position, device=x.device, dtype=torch.long),
             torch.arange(seq_len, device=x.device, dtype=torch.long),
         ])
-        rope = self.rotary_emb(positions)
+        cos, sin = self.rotary_emb(positions)
+        rope = (cos, sin, signed_sine(sin))
         for layer in self.layers:
             x = layer(x, time_emb, rope, key_mask)
         return self.final_norm(x[:, r:])  # [B, R + N, D] -> [B, N, D]
