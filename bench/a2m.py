@@ -32,6 +32,7 @@ import argparse
 import math
 import statistics
 import sys
+import time
 
 import torch
 
@@ -175,11 +176,13 @@ def _upstream_child(inp: dict) -> dict:
         return ret["pred"][0]
 
     sample(3)  # warm-up, not timed
-    seconds, motion = [], None
+    seconds, cpu_seconds, motion = [], [], None
     for _ in range(inp["repeats"]):
+        cpu = time.process_time()
         motion, s = common.timed(lambda: sample(inp["steps"]), torch.device("cpu"))
         seconds.append(s)
-    return {"seconds": seconds, "motion": motion.float().contiguous()}
+        cpu_seconds.append(time.process_time() - cpu)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "motion": motion.float().contiguous()}
 
 
 def _side_by_side(args: argparse.Namespace) -> None:
@@ -209,25 +212,29 @@ def _side_by_side(args: argparse.Namespace) -> None:
 
         ours(3)  # warm-up, not timed
         load = [_upstream.load_average()]
-        t_ours, t_up, diff = [], [], 0.0
+        t_ours, t_up, cpu_ours, cpu_up, diff = [], [], [], [], 0.0
         for r in range(args.repeats):  # alternately: ours, then upstream
+            cpu = time.process_time()
             mine, s = common.timed(ours, torch.device("cpu"))
+            cpu_ours.append(time.process_time() - cpu)
             t_ours.append(s)
             up = _upstream.run(root, "a2m", {**inp, "state_dict": state_dict, "repeats": 1}, args.threads)
             t_up.extend(up["seconds"])
+            cpu_up.extend(up["cpu_seconds"])
             diff = max(diff, float((mine - up["motion"]).abs().max()))
             print(f"# {sec:g} s repeat {r + 1}: ours {s:.2f} s, upstream {up['seconds'][0]:.2f} s"
                   + (f" (stubbed: {', '.join(up['stubbed'])})" if up["stubbed"] else ""), file=sys.stderr, flush=True)
         load.append(_upstream.load_average())
         worst = max(worst, diff)
         med_ours, med_up = statistics.median(t_ours), statistics.median(t_up)
+        cpu_o, cpu_u = statistics.median(cpu_ours), statistics.median(cpu_up)
         rows.append([f"{sec:g}", mine.shape[0], args.threads, args.repeats,
                      " / ".join(f"{v:.2f}" for v in t_ours), " / ".join(f"{v:.2f}" for v in t_up),
-                     f"{med_ours:.2f}", f"{med_up:.2f}", f"{med_up / med_ours:.2f}x", f"{diff:.1e}",
-                     " -> ".join(load)])
+                     f"{med_ours:.2f}", f"{med_up:.2f}", f"{med_up / med_ours:.2f}x",
+                     f"{cpu_o:.2f} / {cpu_u:.2f}", f"{cpu_u / cpu_o:.2f}x", f"{diff:.1e}", " -> ".join(load)])
     common.print_table(["audio s", "motion frames", "threads", "repeats", "ours s (each)", "upstream s (each)",
-                        "ours s (median)", "upstream s (median)", "speed-up", "max |ours - upstream|",
-                        "load average (1/5/15 min)"], rows)
+                        "ours s (median)", "upstream s (median)", "speed-up", "CPU s ours / upstream (median)",
+                        "speed-up (CPU s)", "max |ours - upstream|", "load average (1/5/15 min)"], rows)
     ok = worst <= PARITY_ATOL
     print(f"\nparity: max |ours - upstream| {worst:.1e} {'<=' if ok else '>'} tolerance {PARITY_ATOL:.0e}")
     if not ok:

@@ -172,3 +172,52 @@ def test_f0_to_coarse_bins():
         assert c == int(np.floor(1 + 254 * (mel(f) - mel(50)) / (mel(1100) - mel(50)) + 0.5))
     dense = f0_to_coarse(torch.linspace(0, 1500, 20001))
     assert dense.min() == 1 and dense.max() == 255 and (dense.diff() >= 0).all()
+
+
+def test_joint_query_key_path_equals_the_separate_modules():
+    """Attention normalises, scales and rotates queries and keys together, with a pre-negated sine
+    written into the halves (issue 16): the same IEEE operations in the same order as q_norm / k_norm
+    + apply_rotary, so the rotation is bit-identical; the stacked normalisation is compared to the
+    fp32 noise floor (a reduction over a differently strided view)."""
+    from mimictalk_lib.a2m.transformer import _rotate_, apply_rotary, signed_sine
+
+    torch.manual_seed(0)
+    attn = Attention(dim=32, dim_head=16, heads=2, qk_norm_scale=10.0)
+    with torch.no_grad():
+        attn.q_norm.gamma.uniform_(0.5, 1.5)
+        attn.k_norm.gamma.uniform_(0.5, 1.5)
+    pos = torch.cat([torch.full((4,), -10_000), torch.arange(11)])
+    cos, sin = RotaryEmbedding(16, 50_000.0)(pos)
+    x = torch.randn(2, 15, 32) * 3
+    qk = torch.randn(2, 2, 2, 15, 16)
+    assert torch.equal(_rotate_(qk.clone(), cos, signed_sine(sin)), apply_rotary(qk, cos, sin))
+    with torch.no_grad():
+        joint = attn(x, (cos, sin, signed_sine(sin)))  # the path Transformer.forward takes
+        q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.view(2, 15, 2, 16).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(attn.q_norm(q), cos, sin), apply_rotary(attn.k_norm(k), cos, sin)
+        ref = F.scaled_dot_product_attention(q, k, v, scale=10.0).transpose(1, 2).reshape(2, 15, 32)
+        ref = attn.to_out(ref)
+    assert torch.allclose(joint, ref, atol=1e-6, rtol=0)
+    with torch.no_grad():  # without the signed sine (callers passing (cos, sin)): apply_rotary, same values
+        assert torch.equal(attn(x, (cos, sin)), joint)
+
+
+def test_in_place_norms_equal_the_out_of_place_formula():
+    """RMSNorm / AdaptiveRMSNorm / GEGLU now work in place: same values as the formulas."""
+    from mimictalk_lib.a2m.transformer import GEGLU, AdaptiveRMSNorm, RMSNorm
+
+    torch.manual_seed(0)
+    x, cond = torch.randn(2, 7, 16), torch.randn(2, 12)
+    norm, ada = RMSNorm(16), AdaptiveRMSNorm(16, 12)
+    with torch.no_grad():
+        norm.gamma.uniform_(0.5, 1.5)
+        ada.to_gamma.weight.normal_()
+        ada.to_beta.weight.normal_()
+        keep = x.clone()
+        assert torch.equal(norm(x), F.normalize(x, dim=-1) * norm.scale * norm.gamma)
+        gamma, beta = ada.to_gamma(cond)[:, None], ada.to_beta(cond)[:, None]
+        assert torch.equal(ada(x, cond), F.normalize(x, dim=-1) * ada.scale * gamma + beta)
+        y = torch.randn(2, 7, 32)
+        assert torch.equal(GEGLU()(y), F.gelu(y[..., 16:]) * y[..., :16])
+    assert torch.equal(x, keep)  # the input itself is never modified
