@@ -44,3 +44,27 @@ def test_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(DependencyMissingError, match=r'pip install "mimictalk\[ray\]"'):
         import_ray()
+
+
+def test_connect_ships_this_library_to_the_workers(monkeypatch):
+    """When the library makes the Ray connection (a ComfyUI node, the CLI without a running Ray in
+    the process), ray.init gets this copy of mimictalk_lib as a py_module (inside ComfyUI the workers
+    could not import it otherwise), merged with the caller's runtime_env; a connection the process
+    already has is used as it is."""
+    import types
+    from pathlib import Path
+
+    import mimictalk_lib
+    from mimictalk_lib.distributed.cluster import connect
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: bool(calls), init=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert connect("ray://head:10001", {"runtime_env": {"env_vars": {"A": "1"}}, "num_cpus": 2}) is fake
+    (kw,) = calls
+    assert kw["address"] == "ray://head:10001" and kw["num_cpus"] == 2
+    assert kw["runtime_env"]["env_vars"] == {"A": "1"}
+    (lib,) = kw["runtime_env"]["py_modules"]
+    assert Path(lib) == Path(mimictalk_lib.__file__).resolve().parent and Path(lib).name == "mimictalk_lib"
+    connect("auto")  # already connected: no second init
+    assert len(calls) == 1
