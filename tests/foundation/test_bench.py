@@ -165,6 +165,19 @@ def test_upstream_option_refuses_a_folder_that_is_not_a_checkout(repo_root, tmp_
     assert done.returncode == 2 and "is not a folder" in done.stderr
 
 
+def test_render_upstream_option_refuses_clearly(repo_root, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(*options):
+        return subprocess.run([sys.executable, "-m", "bench.render", *options], cwd=repo_root, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    done = run("--upstream", str(tmp_path))
+    assert done.returncode == 2 and "is not an upstream MimicTalk checkout" in done.stderr, done.stderr[-2000:]
+    done = run("--upstream", str(tmp_path), "--tiny")
+    assert done.returncode == 2 and "full-size renderer on the CPU in fp32; leave out --tiny" in done.stderr
+
+
 def test_upstream_stub_fails_loudly_when_used():
     from bench import _upstream
 
