@@ -158,3 +158,11 @@ def test_preparation_reports_each_chunk_and_can_be_cancelled(fit_model):
     with pytest.raises(Cancelled):
         prepare(draw_clip(30), fit_model, landmarker=lm, chunk_frames=8, size=64, on_step=on_step)
     assert seen == [(8, 30, "dub identity")] and lm.batches == [8]  # stopped after the first chunk
+
+
+def test_dub_of_one_photo_prepares_a_photo_identity(fit_model, renderer):
+    photo = draw_clip(1, 120, 200, centre=(120.0, 60.0), radius=30)
+    res = dub_video(photo, speech(0.2), renderer=renderer, face_model=fit_model, motion=motion(5),
+                    landmarker=BlobLandmarker(), segmenter=LandmarkSegmenter(), prepare_options={"schedule": FAST})
+    assert res.frames.shape == (5, 120, 200, 3) and res.report.no_face_frames == 0
+    assert not torch.equal(res.frames[0], photo[0])
