@@ -174,3 +174,24 @@ def test_a_worker_that_cannot_start_says_why(cluster, face_model):
 
     with pytest.raises(MimicTalkError, match="worker failed to start: .*expected a MimicTalk renderer, got str"):
         render_on_ray("not a renderer", face_model, None, motion(4), workers=1)
+
+
+def test_dub_node_on_ray_stops_on_cancel_and_kills_the_workers(cluster, pack, tiny, loaded, face_model, small_ranges,
+                                                               interrupt_after, monkeypatch):
+    cls = lib(pack, "distributed.cluster").RayRenderer
+    stopped, shutdown = [], cls.shutdown
+
+    def spy(self):
+        stopped.append(list(self.actors))
+        shutdown(self)
+
+    monkeypatch.setattr(cls, "shutdown", spy)
+    interrupt_after(1)  # Cancel after the dub's first progress update
+    with pytest.raises(comfy("comfy.model_management").InterruptProcessingException):
+        _dub_node(pack, loaded, face_model, filename_prefix="ray/cancelled", ray_address="auto")
+    assert comfy("comfy.utils").bars[-1].updates[-1][0] < 18
+    (actors,) = stopped
+    for actor in actors:
+        with pytest.raises(cluster.exceptions.RayActorError):
+            cluster.get(actor.call.remote("info"), timeout=60)
+    assert not list((tiny["output"] / "ray").glob("*cancelled*"))  # no partial mp4 left
