@@ -129,3 +129,31 @@ def test_deterministic_default_is_listed_as_a_deliberate_difference(repo_root):
     doc = (repo_root / "docs" / "fidelity.md").read_text(encoding="utf-8")
     deliberate = doc.split("## Deliberate differences", 1)[1].split("\n## ", 1)[0]
     assert "**Ray sampling when rendering.**" in deliberate and "deterministic=False" in deliberate
+
+
+def test_tri_grid_lookup_is_split_across_threads_bit_identically(monkeypatch):
+    """PyTorch's CPU 3-D grid_sample parallelises over the batch only: the 3 planes are cut into
+    lcm(3, threads) entries, with values bit-identical to one call."""
+    import torch.nn.functional as F
+
+    from mimictalk_lib.renderer import volume
+
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(1, 3, 4 * 3, 8, 8, generator=g)
+    points = torch.rand(1, 48 * 5, 3, generator=g) * 1.2 - 0.6
+    feats = planes.reshape(3, 4, 3, 8, 8)
+    seen = []
+    original = F.grid_sample
+    monkeypatch.setattr(F, "grid_sample", lambda inp, grid, **kw: seen.append(inp.shape[0]) or original(inp, grid, **kw))
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, entries in ((1, 3), (2, 6), (4, 12)):
+            torch.set_num_threads(n_threads)
+            seen.clear()
+            got = volume.sample_planes(planes, points, depth=3, box_warp=1.0)
+            assert seen == [entries]
+            grid = torch.stack([(2 / 1.0) * points[..., list(a)] for a in volume.PLANE_AXES], 1).reshape(3, 1, 1, -1, 3)
+            want = original(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            assert torch.equal(got, want.reshape(1, 3, 4, -1).mean(1).transpose(1, 2))
+    finally:
+        torch.set_num_threads(threads)
