@@ -84,7 +84,7 @@ Makes the face in **a video** say new speech; the rest of each frame (background
 3. **New speech**: upload the speech (an audio or a video file).
 4. **Run**. Dub Video saves the mp4 in `ComfyUI/output/MimicTalk/`; its *report* counts frames without a face.""",
     "mimictalk_evaluate": f"""## MimicTalk · evaluate
-Scores a trained **adapter** against real frames of the person: PSNR, SSIM and LPIPS (full frame and head).
+Scores a trained **adapter** against real frames of the person: PSNR, SSIM and LPIPS (full frame and head), landmarks, lip sync (LSE-D / LSE-C, SyncNet, on the clip's own audio) and identity similarity (CSIM).
 
 1. {WEIGHTS}
 2. **Load Video**: a clip of the same person (its held-out end was not used in training).
