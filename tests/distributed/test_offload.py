@@ -64,16 +64,22 @@ def test_render_node_on_ray_equals_a_local_render(cluster, nodes, loaded, small_
     assert bars[-1].updates[-1] == (6, 6)
 
 
-def test_render_node_on_ray_stops_on_cancel_and_kills_the_workers(cluster, pack, nodes, loaded, small_ranges,
-                                                                   interrupt_after, monkeypatch):
+@pytest.fixture
+def stopped(pack, monkeypatch) -> list:
+    """The actors of every Ray pool shut down during the test (the pack's own RayRenderer class)."""
     cls = lib(pack, "distributed.cluster").RayRenderer
-    stopped, shutdown = [], cls.shutdown
+    pools, shutdown = [], cls.shutdown
 
     def spy(self):
-        stopped.append(list(self.actors))
+        pools.append(list(self.actors))
         shutdown(self)
 
     monkeypatch.setattr(cls, "shutdown", spy)
+    return pools
+
+
+def test_render_node_on_ray_stops_on_cancel_and_kills_the_workers(cluster, pack, nodes, loaded, small_ranges,
+                                                                   interrupt_after, stopped):
     t = motion_frames()
     interrupt_after(1, total=t)  # Cancel right after the first update (0 of t frames)
     with pytest.raises(comfy("comfy.model_management").InterruptProcessingException):
@@ -177,15 +183,7 @@ def test_a_worker_that_cannot_start_says_why(cluster, face_model):
 
 
 def test_dub_node_on_ray_stops_on_cancel_and_kills_the_workers(cluster, pack, tiny, loaded, face_model, small_ranges,
-                                                               interrupt_after, monkeypatch):
-    cls = lib(pack, "distributed.cluster").RayRenderer
-    stopped, shutdown = [], cls.shutdown
-
-    def spy(self):
-        stopped.append(list(self.actors))
-        shutdown(self)
-
-    monkeypatch.setattr(cls, "shutdown", spy)
+                                                               interrupt_after, stopped):
     interrupt_after(1)  # Cancel after the dub's first progress update
     with pytest.raises(comfy("comfy.model_management").InterruptProcessingException):
         _dub_node(pack, loaded, face_model, filename_prefix="ray/cancelled", ray_address="auto")
