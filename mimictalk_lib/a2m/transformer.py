@@ -132,6 +132,9 @@ def _rotate_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> to
     """:func:`apply_rotary` (without casts) with the same products and sum, in fewer passes:
     x * cos + [x2, x1] * signed_sin, the swapped product written straight into its halves."""
     half = x.shape[-1] // 2
+    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or signed_sin.requires_grad):
+        # autograd cannot record ``out=``: the same products and sum, out of place
+        return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
     swapped = torch.empty_like(x)
     torch.mul(x[..., half:], signed_sin[..., :half], out=swapped[..., :half])
     torch.mul(x[..., :half], signed_sin[..., half:], out=swapped[..., half:])

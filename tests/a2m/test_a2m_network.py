@@ -221,3 +221,15 @@ def test_in_place_norms_equal_the_out_of_place_formula():
         y = torch.randn(2, 7, 32)
         assert torch.equal(GEGLU()(y), F.gelu(y[..., 16:]) * y[..., :16])
     assert torch.equal(x, keep)  # the input itself is never modified
+
+
+def test_velocity_runs_with_autograd_on_and_equals_the_no_grad_value(model):
+    """The in-place fast paths are for inference; with grad enabled (parameters require grad) the
+    network still runs, with the same products and sums out of place (``out=`` cannot be recorded)."""
+    x, t, emb, cond, mask = inputs()
+    null = torch.tensor([False])
+    with torch.no_grad():
+        fast = model.velocity(x, t, emb, cond, mask, null)
+    slow = model.velocity(x, t, emb, cond, mask, null)
+    assert slow.requires_grad
+    assert torch.equal(slow.detach(), fast)  # same operations in the same order (see _rotate_)
