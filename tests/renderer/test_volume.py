@@ -131,28 +131,39 @@ def test_deterministic_default_is_listed_as_a_deliberate_difference(repo_root):
     assert "**Ray sampling when rendering.**" in deliberate and "deterministic=False" in deliberate
 
 
-def test_tri_grid_lookup_is_split_across_threads_bit_identically(monkeypatch):
-    """PyTorch's CPU 3-D grid_sample parallelises over the batch only: the 3 planes are cut into
-    lcm(3, threads) entries, with values bit-identical to one call."""
+@pytest.mark.parametrize("depth", [3, 1])
+@pytest.mark.parametrize("points", [48 * 5, 47])
+def test_plane_lookup_is_split_across_threads_and_channels_last_bit_identically(monkeypatch, depth, points):
+    """PyTorch's CPU grid_sample parallelises over the batch only: the 3 planes are cut into
+    lcm(3, threads) entries (one per plane when the points do not split evenly), stored
+    channels-last (each sample's C features adjacent: the 3-D kernel is a scalar loop), with
+    values bit-identical to one plain call, points beyond the borders (zero padding) included."""
     import torch.nn.functional as F
 
     from mimictalk_lib.renderer import volume
 
     g = torch.Generator().manual_seed(0)
-    planes = torch.randn(1, 3, 4 * 3, 8, 8, generator=g)
-    points = torch.rand(1, 48 * 5, 3, generator=g) * 1.2 - 0.6
-    feats = planes.reshape(3, 4, 3, 8, 8)
+    planes = torch.randn(1, 3, 4 * depth, 8, 8, generator=g)
+    pts = torch.rand(1, points, 3, generator=g) * 1.2 - 0.6  # grid coordinates in [-1.2, 1.2]
+    feats = planes.reshape(3, 4, depth, 8, 8) if depth > 1 else planes.reshape(3, 4, 8, 8)
+    layout = torch.channels_last_3d if depth > 1 else torch.channels_last
     seen = []
     original = F.grid_sample
-    monkeypatch.setattr(F, "grid_sample", lambda inp, grid, **kw: seen.append(inp.shape[0]) or original(inp, grid, **kw))
+
+    def spy(inp, grid, **kw):
+        seen.append((inp.shape[0], inp.is_contiguous(memory_format=layout)))
+        return original(inp, grid, **kw)
+
+    monkeypatch.setattr(F, "grid_sample", spy)
     threads = torch.get_num_threads()
     try:
         for n_threads, entries in ((1, 3), (2, 6), (4, 12)):
             torch.set_num_threads(n_threads)
             seen.clear()
-            got = volume.sample_planes(planes, points, depth=3, box_warp=1.0)
-            assert seen == [entries]
-            grid = torch.stack([(2 / 1.0) * points[..., list(a)] for a in volume.PLANE_AXES], 1).reshape(3, 1, 1, -1, 3)
+            got = volume.sample_planes(planes, pts, depth=depth, box_warp=1.0)
+            assert seen == [(entries if points % (entries // 3) == 0 else 3, entries == 3 or points % (entries // 3) == 0)]
+            grid = torch.stack([(2 / 1.0) * pts[..., list(a)] for a in volume.PLANE_AXES], 1).reshape(3, 1, -1, 3)
+            grid = grid.unsqueeze(1) if depth > 1 else grid[..., :2]
             want = original(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             assert torch.equal(got, want.reshape(1, 3, 4, -1).mean(1).transpose(1, 2))
     finally:
