@@ -7,9 +7,11 @@ it: Workflow > Open (the frontend's file chooser) and the templates browser (its
 show our thumbnail). After each load: no error caused by the pack in the console or the page; every
 node built by the frontend as the registered type (no red stand-in); node and link counts equal the
 file's; every link's slot types match; the widget values equal the API twin's by name; and
-``app.graphToPrompt()`` equals the API twin (tests/workflows/api). The talk and one-shot workflows
-are then queued from the page with the Run button (after setting the tiny weights in their widgets,
-as a user picks files) and must finish with ``success`` and show their video in the page.
+``app.graphToPrompt()`` equals the API twin (tests/workflows/api). Every workflow
+is then queued from the page with the Run button (after setting the tiny weights in their widgets,
+as a user picks files) and must finish with ``success`` and show their result in the page: the video
+of talk, one-shot and dub, the preview image of evaluate (metrics plot) and personalise (training
+report).
 
 Runs when ``COMFYUI_DIR`` is set and a Chromium (``CHROMIUM``, default ``chromium`` on PATH) and
 the ``playwright`` package are present; skips with the reason otherwise (fails in CI).
@@ -30,13 +32,23 @@ from tests.frontend.page import (
     GRAPH_FACTS, LOAD_TIMEOUT_MS, Page, chromium_path, launch, open_with_file_chooser, prompt_from_page,
     saved_form, comparable,
 )
+from tests.dub.test_dub_node import DUB_OVERRIDES
 from tests.nodes.harness import TINY_OVERRIDES, WORKFLOWS, load_twin, load_workflow, with_overrides
+from tests.workflows.test_workflows import EVALUATE_OVERRIDES
 
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-RUN_FROM_PAGE = {  # what the page changes before Run besides the tiny weights, per workflow
-    "mimictalk_talk": {},
-    "mimictalk_one_shot": {"MimicTalkLoadRenderer": {"weights": "tiny/real3d_renderer"}},
+RUN_FROM_PAGE = {  # what the page changes before Run besides the tiny weights, and what the run must show in it
+    "mimictalk_talk": ({}, ("video", "MimicTalk Video Combine")),
+    "mimictalk_one_shot": ({"MimicTalkLoadRenderer": {"weights": "tiny/real3d_renderer"}},
+                           ("video", "MimicTalk Video Combine")),
+    "mimictalk_dub": (DUB_OVERRIDES, ("video", "MimicTalk Dub Video")),
+    "mimictalk_evaluate": (EVALUATE_OVERRIDES, ("image", "Metrics plot")),
+    "mimictalk_personalise": ({"MimicTalkTrainAdapter": {"run_name": "page", "holdout_seconds": 0.2, "validate_every": 1},
+                               "MimicTalkSaveAdapter": {"name": "page_person", "overwrite": True}},
+                              ("image", "Training report")),
 }
+"""Every shipped workflow is queued from the page (issue 19: every node of the pack is covered
+through its workflow): its video plays in the page, or its preview image is shown there."""
 
 
 @pytest.fixture(scope="module")
@@ -159,15 +171,22 @@ SET_WIDGETS = """([values]) => {
 SHOWN_VIDEO = """(file) => [...document.querySelectorAll('video')]
   .some(v => decodeURIComponent(v.currentSrc || v.src || '').includes(file) && v.readyState >= 1)"""
 
+SHOWN_IMAGE = """([id, file]) => { const n = window.app.graph.getNodeById(id);
+  return !!(n && n.imgs && n.imgs.some(i => decodeURIComponent(i.src || '').includes(file) && i.complete && i.naturalWidth > 0)); }"""
 
-@pytest.mark.slow  # tiny weights, but a full graph on the CPU: ~1 min each
+IN_VIEW = ("(id) => { const c = window.app.canvas; c.ds.scale = 0.8; c.centerOnNode(window.app.graph.getNodeById(id)); "
+           "c.setDirty(true, true); }")
+
+
+@pytest.mark.slow  # tiny weights, but a full graph on the CPU: ~10 s each
 @pytest.mark.parametrize("name", sorted(RUN_FROM_PAGE))
-def test_workflow_runs_from_the_page_and_shows_its_video(name, page_factory, comfy_server):
+def test_workflow_runs_from_the_page_and_shows_its_result(name, page_factory, comfy_server):
     page = page_factory(f"run_{name}")
     open_with_file_chooser(page, WORKFLOWS / f"{name}.json")
     check_loaded(page, name)
+    page_overrides, (kind, shown_title) = RUN_FROM_PAGE[name]
     overrides = {k: dict(v) for k, v in TINY_OVERRIDES.items()}
-    for cls, values in RUN_FROM_PAGE[name].items():
+    for cls, values in page_overrides.items():
         overrides.setdefault(cls, {}).update(values)
     page.js(SET_WIDGETS, [overrides])  # as a user picks the (tiny) weights in the widgets
     expected = with_overrides(load_twin(name), overrides)
@@ -188,11 +207,16 @@ def test_workflow_runs_from_the_page_and_shows_its_video(name, page_factory, com
     assert {k: (v["class_type"], v["inputs"]) for k, v in comparable(entry["prompt"][2]).items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in expected.items()}
     assert len(entry["prompt"][3]["extra_pnginfo"]["workflow"]["nodes"]) == len(load_workflow(name)["nodes"])
-    (node_id,) = [k for k, v in expected.items() if v["class_type"] == "MimicTalkVideoCombine"]
+    (node_id,) = [k for k, v in expected.items() if v["_meta"]["title"] == shown_title]
     (saved,) = entry["outputs"][node_id]["images"]
-    page.js("(id) => { const c = window.app.canvas; c.ds.scale = 0.8; c.centerOnNode(window.app.graph.getNodeById(id)); "
-            "c.setDirty(true, true); }", int(node_id))  # Video Combine in view: the frontend loads shown videos only
-    page.page.wait_for_function(SHOWN_VIDEO, arg=saved["filename"], timeout=60_000)
+    page.js(IN_VIEW, int(node_id))  # the node in view: the frontend loads shown previews only
+    if kind == "video":
+        page.page.wait_for_function(SHOWN_VIDEO, arg=saved["filename"], timeout=60_000)
+    else:
+        page.page.wait_for_function(SHOWN_IMAGE, arg=[int(node_id), saved["filename"]], timeout=60_000)
+    if name == "mimictalk_personalise":
+        (save_id,) = [k for k, v in expected.items() if v["class_type"] == "MimicTalkSaveAdapter"]
+        assert entry["outputs"][save_id]["text"] == ["page_person.safetensors"]
     assert not page.pack_errors(), page.pack_errors()
     page.shot("finished")
-    print(json.dumps({"workflow": name, "video": saved}))
+    print(json.dumps({"workflow": name, "shown": saved}))
