@@ -51,6 +51,10 @@ RUN_FROM_PAGE = {  # what the page changes before Run besides the tiny weights, 
 through its workflow): its video plays in the page, or its preview image is shown there."""
 
 
+def test_every_workflow_is_run_from_the_page():
+    assert sorted(RUN_FROM_PAGE) == NAMES  # a new workflow is run from the page too
+
+
 @pytest.fixture(scope="module")
 def artefacts(tmp_path_factory) -> Path:
     folder = Path(os.environ.get("MIMICTALK_ARTEFACTS") or tmp_path_factory.mktemp("frontend_artefacts"))

@@ -33,6 +33,15 @@ def test_the_workflows_ship_with_their_twins():
     assert sorted(p.stem for p in API_TWINS.glob("*.json")) == NAMES
 
 
+def test_every_node_of_the_pack_is_in_a_shipped_workflow(pack):
+    """The browser test (tests/frontend) opens every shipped workflow and runs it from the page,
+    so a node in one of them is covered through the frontend (issue 19: every node added later
+    must be); a new node needs a workflow, or a place in one."""
+    used = {n["type"] for name in NAMES for n in load_workflow(name)["nodes"]}
+    missing = sorted({cls.define_schema().node_id for cls in node_list(pack)} - used)
+    assert not missing, f"nodes in no shipped workflow: {missing}"
+
+
 def without_notes(wf: dict) -> dict:
     return {**wf, "nodes": [n for n in wf["nodes"] if n["type"] not in FRONTEND_ONLY]}
 
