@@ -23,7 +23,9 @@ in this process, upstream's `InContextAudio2MotionModel.forward(train=False)` in
 (bench/_upstream.py), alternately, --repeats times, each after an untimed 3-step warm-up. Both
 times cover encoding the audio condition and the 19 midpoint steps with CFG. The table gives every
 repeat, the medians, their ratio, and the largest |ours - upstream| of the motion against the
-parity tolerance (docs/fidelity.md).
+parity tolerance (docs/fidelity.md). ``--dtypes fp32,bf16`` (CPUs with native bf16 only) also
+times ours with bf16 weights, the library's non-exact CPU opt-in, in the same rounds, and prints
+its speed-ups and its error against our fp32 motion (absolute and relative to the motion's std).
 """
 
 from __future__ import annotations
@@ -186,43 +188,57 @@ def _upstream_child(inp: dict) -> dict:
 
 
 def _side_by_side(args: argparse.Namespace) -> None:
-    from mimictalk_lib.a2m import A2MConfig, AudioFeatures, InContextAudio2MotionModel, StylePrompt, sample_motion
+    from mimictalk_lib.a2m import A2MConfig, AudioFeatures, InContextAudio2MotionModel, StylePrompt, build_a2m, sample_motion
+    from mimictalk_lib.utils import cpu_bf16_native
 
     if args.tiny:
         raise _upstream.UpstreamError("it measures upstream's full-size model; leave out --tiny")
-    if args.device not in (None, "cpu") or args.dtypes not in (None, "fp32"):
-        raise _upstream.UpstreamError("it compares on the CPU in fp32 only; leave out --device/--dtypes")
+    if args.device not in (None, "cpu") or args.dtypes not in (None, "fp32", "fp32,bf16"):
+        raise _upstream.UpstreamError("it compares on the CPU in fp32 (--dtypes fp32,bf16 adds our bf16 mode); "
+                                      "leave out --device, or give --dtypes fp32 or fp32,bf16")
+    with_bf16 = args.dtypes == "fp32,bf16"
+    if with_bf16 and not cpu_bf16_native():
+        raise _upstream.UpstreamError("--dtypes fp32,bf16 needs a CPU with native bf16 (AVX512-BF16 / AMX); "
+                                      "this one has none: leave out --dtypes")
     root = _upstream.checkout(args.upstream, [UPSTREAM_MODEL])
     seconds = common.comma_list(args.seconds or "10", float)
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     model = InContextAudio2MotionModel(A2MConfig.full(use_aux_features=True)).eval()
     state_dict = _upstream.random_state_dict(model, SEED, **RANDOM_WEIGHTS)
+    half = build_a2m(state_dict, "cpu", torch.bfloat16) if with_bf16 else None  # the library's opt-in
     print(f"# cpu: {common.machine('cpu')}; upstream: {root}", flush=True)
-    rows, worst = [], 0.0
+    rows, half_rows, worst = [], [], 0.0
     for sec in seconds:
         inp = _side_inputs(sec)
         feats = AudioFeatures(inp["hubert"], inp["f0"], inp["hubert"].shape[0] * 320)
         style = StylePrompt(inp["style_motion"], inp["style_hubert"], inp["style_f0"])
         noise = _upstream_noise(inp)
 
-        def ours(steps: int = STEPS) -> torch.Tensor:
-            return sample_motion(model, feats, style, steps=steps, cfg_scale=CFG_SCALE, temperature=TEMPERATURE,
+        def ours(steps: int = STEPS, net=model) -> torch.Tensor:
+            return sample_motion(net, feats, style, steps=steps, cfg_scale=CFG_SCALE, temperature=TEMPERATURE,
                                  method="midpoint", noise=noise)
 
         ours(3)  # warm-up, not timed
+        if half is not None:
+            ours(3, half)
         load = [_upstream.load_average()]
-        t_ours, t_up, cpu_ours, cpu_up, diff = [], [], [], [], 0.0
-        for r in range(args.repeats):  # alternately: ours, then upstream
+        t_ours, t_up, cpu_ours, cpu_up, diff, t_half, half_err = [], [], [], [], 0.0, [], []
+        for r in range(args.repeats):  # alternately: ours, (ours in bf16,) then upstream
             cpu = time.process_time()
             mine, s = common.timed(ours, torch.device("cpu"))
             cpu_ours.append(time.process_time() - cpu)
             t_ours.append(s)
+            if half is not None:
+                fast, s_half = common.timed(lambda: ours(STEPS, half), torch.device("cpu"))
+                t_half.append(s_half)
+                half_err.append((fast - mine).abs())
             up = _upstream.run(root, "a2m", {**inp, "state_dict": state_dict, "repeats": 1}, args.threads)
             t_up.extend(up["seconds"])
             cpu_up.extend(up["cpu_seconds"])
             diff = max(diff, float((mine - up["motion"]).abs().max()))
-            print(f"# {sec:g} s repeat {r + 1}: ours {s:.2f} s, upstream {up['seconds'][0]:.2f} s"
+            print(f"# {sec:g} s repeat {r + 1}: ours {s:.2f} s, " + (f"ours bf16 {t_half[-1]:.2f} s, " if t_half else "")
+                  + f"upstream {up['seconds'][0]:.2f} s"
                   + (f" (stubbed: {', '.join(up['stubbed'])})" if up["stubbed"] else ""), file=sys.stderr, flush=True)
         load.append(_upstream.load_average())
         worst = max(worst, diff)
@@ -232,9 +248,21 @@ def _side_by_side(args: argparse.Namespace) -> None:
                      " / ".join(f"{v:.2f}" for v in t_ours), " / ".join(f"{v:.2f}" for v in t_up),
                      f"{med_ours:.2f}", f"{med_up:.2f}", f"{med_up / med_ours:.2f}x",
                      f"{cpu_o:.2f} / {cpu_u:.2f}", f"{cpu_u / cpu_o:.2f}x", f"{diff:.1e}", " -> ".join(load)])
+        if half is not None:
+            err, std = half_err[-1], float(mine.std())
+            med_half = statistics.median(t_half)
+            half_rows.append([f"{sec:g}", args.repeats, " / ".join(f"{v:.2f}" for v in t_half), f"{med_half:.2f}",
+                              f"{med_up / med_half:.2f}x", f"{med_ours / med_half:.2f}x", f"{float(err.max()):.1e}",
+                              f"{float(err.max()) / std:.2%}", f"{float(err.mean()) / std:.2%}", " -> ".join(load)])
     common.print_table(["audio s", "motion frames", "threads", "repeats", "ours s (each)", "upstream s (each)",
                         "ours s (median)", "upstream s (median)", "speed-up", "CPU s ours / upstream (median)",
                         "speed-up (CPU s)", "max |ours - upstream|", "load average (1/5/15 min)"], rows)
+    if half_rows:
+        print("\nours with bf16 weights (build_a2m(..., dtype=torch.bfloat16), the CPU opt-in; not exact), "
+              "timed in the same rounds; its error is against our fp32 motion:")
+        common.print_table(["audio s", "repeats", "ours bf16 s (each)", "ours bf16 s (median)", "speed-up vs upstream",
+                            "speed-up vs ours fp32", "max |bf16 - fp32|", "max / motion std", "mean / motion std",
+                            "load average (1/5/15 min)"], half_rows)
     ok = worst <= PARITY_ATOL
     print(f"\nparity: max |ours - upstream| {worst:.1e} {'<=' if ok else '>'} tolerance {PARITY_ATOL:.0e}")
     if not ok:

@@ -47,15 +47,37 @@ def check_shape(t: torch.Tensor, shape: Sequence[Optional[int]], name: str) -> N
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def check_device_dtype(device: torch.device | str, dtype: torch.dtype) -> None:
+def cpu_bf16_native() -> bool:
+    """True when this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX tiles, e.g. Intel
+    Sapphire Rapids or AMD Zen 4 and later). Without it oneDNN emulates bf16, slower than fp32.
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is True on any AVX-512 CPU, so it is not
+    the test.)"""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
+def check_device_dtype(device: torch.device | str, dtype: torch.dtype, cpu_bf16: bool = False) -> None:
     """Refuse half precision on the CPU: fp16 kernels are missing or slow there and bf16
-    changes the numerics for no speed gain. Callers pass the host's device and dtype."""
+    changes the numerics. Callers pass the host's device and dtype.
+
+    ``cpu_bf16=True`` (call sites whose bf16 loss on the CPU is measured and documented, an
+    opt-in that is never the default) lets bf16 through on a CPU with native bf16
+    (:func:`cpu_bf16_native`); fp16 on the CPU is refused always."""
     device = torch.device(device)
-    if device.type == "cpu" and dtype in _HALF:
+    if device.type != "cpu" or dtype not in _HALF:
+        return
+    if cpu_bf16 and dtype == torch.bfloat16:
+        if cpu_bf16_native():
+            return
         raise InputError(
-            f"precision {dtype} was requested on the CPU; half precision is only supported on a "
-            "GPU. Use fp32 (or 'auto') when running on the CPU."
+            "precision torch.bfloat16 was requested on the CPU, but this CPU has no native bf16 "
+            "arithmetic (AVX512-BF16 or AMX), where it would be slower than fp32. Use fp32 on this CPU."
         )
+    raise InputError(
+        f"precision {dtype} was requested on the CPU; half precision is only supported on a "
+        "GPU. Use fp32 (or 'auto') when running on the CPU."
+    )
 
 
 SMALL_TENSOR_THREADS_ENV = "MIMICTALK_SMALL_TENSOR_THREADS"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mimictalk_lib.a2m import A2MConfig, InContextAudio2MotionModel, build_a2m, f0_to_coarse
 from mimictalk_lib.a2m.transformer import Attention, RotaryEmbedding
+from mimictalk_lib import utils
 from mimictalk_lib.errors import InputError
 from tests.fixtures.tiny_a2m import tiny_a2m
 
@@ -156,7 +157,25 @@ def test_rope_frequencies_stay_fp32_under_half_precision():
 def test_half_precision_is_refused_on_cpu():
     sd = InContextAudio2MotionModel(A2MConfig.tiny()).state_dict()
     with pytest.raises(InputError, match="half precision"):
+        build_a2m(sd, device="cpu", dtype=torch.float16)  # fp16 never on the CPU
+
+
+def test_cpu_bf16_is_refused_without_native_bf16(monkeypatch):
+    sd = InContextAudio2MotionModel(A2MConfig.tiny()).state_dict()
+    monkeypatch.setattr(utils, "cpu_bf16_native", lambda: False)
+    with pytest.raises(InputError, match="no native bf16.*Use fp32"):
         build_a2m(sd, device="cpu", dtype=torch.bfloat16)
+    with pytest.raises(InputError, match="half precision"):  # the library's default policy elsewhere
+        utils.check_device_dtype("cpu", torch.bfloat16)
+
+
+@pytest.mark.skipif(not utils.cpu_bf16_native(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+def test_cpu_bf16_is_an_opt_in_on_cpus_with_native_bf16():
+    sd = InContextAudio2MotionModel(A2MConfig.tiny()).state_dict()
+    half = build_a2m(sd, device="cpu", dtype=torch.bfloat16)
+    assert half.velocity_net.to_pred.weight.dtype == torch.bfloat16
+    assert half.velocity_net.transformer.rotary_emb.inv_freq.dtype == torch.float32
+    assert build_a2m(sd).velocity_net.to_pred.weight.dtype == torch.float32  # fp32 stays the default
 
 
 def test_f0_to_coarse_bins():

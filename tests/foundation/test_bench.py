@@ -165,6 +165,12 @@ def test_upstream_option_refuses_a_folder_that_is_not_a_checkout(repo_root, tmp_
     assert done.returncode == 2 and "is not a folder" in done.stderr
 
 
+def test_a2m_upstream_option_takes_fp32_or_fp32_with_bf16_only(repo_root, tmp_path):
+    done = run_upstream_option(repo_root, "--upstream", str(tmp_path), "--dtypes", "bf16")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "give --dtypes fp32 or fp32,bf16" in done.stderr
+
+
 def test_render_upstream_option_refuses_clearly(repo_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
