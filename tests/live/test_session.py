@@ -165,3 +165,76 @@ def test_hubert_on_a_normalised_stream_accepts_silence():
     with pytest.raises(InputError, match="silent"):
         hubert(np.zeros(4800, np.float32))
     assert torch.isfinite(hubert(np.zeros(4800, np.float32), normalized=True)).all()
+
+
+class _SimulatedTime:
+    """Stands in for the worker's stop event on a simulated clock: waiting moves the clock on,
+    and the stream ends at ``until`` seconds."""
+
+    def __init__(self, clock: Clock, until: float):
+        self.clock, self.until = clock, until
+
+    def is_set(self) -> bool:
+        return self.clock.t >= self.until
+
+    def wait(self, seconds: float) -> bool:
+        self.clock.t += seconds
+        return self.is_set()
+
+    def set(self) -> None:
+        self.until = self.clock.t
+
+
+def _run_under_load(max_lag: float, seconds: float = 30.0, cost_per_frame: float = 0.08) -> tuple[LiveSession, list]:
+    """The real worker loop (``LiveSession._run``) on a simulated clock, with a renderer twice as
+    slow as real time (``cost_per_frame`` s per frame against 0.04 s of audio) and a consumer that
+    takes every frame as soon as it is queued; speech bursts (0.6 s every 1.5 s) from the start.
+    Returns the session and the worker's lag behind the clock after each step."""
+    clock = Clock()
+
+    class SlowRenderer(_Renderer):
+        def render(self, motion, d_euler, d_trans, closure):
+            clock.t += cost_per_frame * len(motion)
+            return super().render(motion, d_euler, d_trans, closure)
+
+    session = LiveSession(_Motion(), SlowRenderer(), max_lag=max_lag)
+    session.clock, session.timeline, session._stop = clock, AudioTimeline(clock), _SimulatedTime(clock, seconds)
+    burst = np.concatenate([np.full(int(0.6 * RATE), 0.3, np.float32), np.zeros(int(0.9 * RATE), np.float32)])
+    session.timeline.write(np.tile(burst, int(seconds / 1.5) + 2), arrival=0.0)
+    lags, step = [], session.step
+
+    def step_and_consume(wav, render_last=None):
+        frames = step(wav, render_last)
+        while session.take_frame() is not None:
+            pass
+        lags.append(clock.t - session.timeline.read_pos / RATE)
+        return frames
+
+    session.step = step_and_consume
+    session._run()
+    return session, lags
+
+
+def test_worker_under_load_drops_frames_and_latency_does_not_grow():
+    """Issue 18: under load the stream drops frames rather than letting latency grow. The worker
+    loop itself decides (when it is more than ``max_lag`` behind it renders only the newest hop):
+    on a renderer that needs 2 s per second of video, the worker's lag stays under max_lag + one
+    hop's audio + one hop's render time, every speech latency under that + one more hop's render
+    (speech at the oldest unread sample waits for the step that reads it and for its render), and
+    about half the frames are dropped. Without the bound (max_lag = inf) the same run falls
+    further behind with every hop."""
+    max_lag, hop_s, hop_render_s = 0.5, 5 * 0.04, 5 * 0.08
+    bound = max_lag + hop_s + hop_render_s + 1e-9
+    session, lags = _run_under_load(max_lag)
+    s = session.stats
+    assert s.errors == 0, s.last_error
+    assert max(lags) <= bound, max(lags)
+    latencies = list(s.latencies)
+    assert len(latencies) >= 18 and max(latencies) <= bound + hop_render_s, latencies  # a burst every 1.5 s for 30 s
+    assert max(latencies[-5:]) <= max(latencies[:5]) + hop_render_s, latencies  # not growing over the run
+    produced = session.motion.frames_out
+    assert s.frames_rendered + s.frames_dropped == produced and s.frames_sent == s.frames_rendered
+    assert 0.35 <= s.frames_dropped / produced <= 0.65, (s.frames_dropped, produced)  # renders half of real time
+
+    _, unbounded = _run_under_load(float("inf"))  # the control: nothing dropped, the lag piles up
+    assert unbounded[-1] > 10 * bound and unbounded[-1] > unbounded[len(unbounded) // 2] + 5
