@@ -149,6 +149,33 @@ def test_speech_posted_over_http(browser, live_server, live_assets, tmp_path):
 
 
 @pytest.mark.slow
+def test_speech_file_is_said_by_every_new_session(browser, live_assets, tmp_path):
+    """``serve --speech FILE``: each new session says the file first (here 22.05 kHz, resampled),
+    with nothing from the microphone or over HTTP; its latency is measured and the speech comes
+    back as audio, then the stream goes on idle."""
+    from tests.live.conftest import LiveServer
+
+    write_wav(tmp_path / "greeting.wav", speech_like(1.0, 22_050, seed=3), 22_050)
+    server = LiveServer(live_assets, "--speech", str(tmp_path / "greeting.wav"), "--max-sessions", "1")
+    try:
+        for _ in range(2):  # a second session says it again
+            client = Client(browser, server.url, "mic=0")
+            try:
+                sid = client.connected()
+                stats = wait_for(lambda: (s := http(f"{server.url}stats/{sid}")[1])["speech_events"] >= 1 and s,
+                                 LATENCY_BOUND_S + 5, "the speech file's first frame")
+                assert stats["speech_events"] == 1 and 0 < stats["latency_last_ms"] / 1000 <= LATENCY_BOUND_S, stats
+                wait_for(lambda: client.received()["audio"]["totalAudioEnergy"] > 1e-3, 10, "the speech file's audio")
+                _check_stream(client, server.url, sid, 2.0)
+                assert http(f"{server.url}stats/{sid}")[1]["speech_events"] == 1  # said once, then idle
+            finally:
+                client.close()
+            wait_for(lambda: http(f"{server.url}status")[1]["sessions"] == 0, 45, "the closed tab's session to end")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
 def test_session_bound_and_disconnect(browser, live_server):
     """Two sessions run at once; a third client is refused with the reason; a client that goes
     away frees its session for the next one."""
