@@ -37,6 +37,18 @@ def http(url: str, data: bytes | None = None, method: str | None = None) -> tupl
         return e.code, json.loads(e.read())
 
 
+@pytest.fixture(autouse=True)
+def _sessions_end_with_their_test(request):
+    """Tests share one server (``--max-sessions 2``) and run in random order: each test's
+    sessions must be gone before the next starts. A closed tab frees its session at once (the
+    page's DELETE, or the connection closing); a peer that vanishes without a word within
+    about 30 s (ICE consent), so at most 45 s are waited."""
+    yield
+    if "live_server" in request.fixturenames:
+        url = request.getfixturevalue("live_server").url
+        wait_for(lambda: http(f"{url}status")[1]["sessions"] == 0, 45, "the test's sessions to end")
+
+
 class Client:
     """One browser tab on the live page."""
 
