@@ -223,14 +223,16 @@ def _side_by_side(args: argparse.Namespace) -> None:
         if half is not None:
             ours(3, half)
         load = [_upstream.load_average()]
-        t_ours, t_up, cpu_ours, cpu_up, diff, t_half, half_err = [], [], [], [], 0.0, [], []
+        t_ours, t_up, cpu_ours, cpu_up, diff, t_half, cpu_half, half_err = [], [], [], [], 0.0, [], [], []
         for r in range(args.repeats):  # alternately: ours, (ours in bf16,) then upstream
             cpu = time.process_time()
             mine, s = common.timed(ours, torch.device("cpu"))
             cpu_ours.append(time.process_time() - cpu)
             t_ours.append(s)
             if half is not None:
+                cpu = time.process_time()
                 fast, s_half = common.timed(lambda: ours(STEPS, half), torch.device("cpu"))
+                cpu_half.append(time.process_time() - cpu)
                 t_half.append(s_half)
                 half_err.append((fast - mine).abs())
             up = _upstream.run(root, "a2m", {**inp, "state_dict": state_dict, "repeats": 1}, args.threads)
@@ -250,9 +252,10 @@ def _side_by_side(args: argparse.Namespace) -> None:
                      f"{cpu_o:.2f} / {cpu_u:.2f}", f"{cpu_u / cpu_o:.2f}x", f"{diff:.1e}", " -> ".join(load)])
         if half is not None:
             err, std = half_err[-1], float(mine.std())
-            med_half = statistics.median(t_half)
+            med_half, cpu_h = statistics.median(t_half), statistics.median(cpu_half)
             half_rows.append([f"{sec:g}", args.repeats, " / ".join(f"{v:.2f}" for v in t_half), f"{med_half:.2f}",
-                              f"{med_up / med_half:.2f}x", f"{med_ours / med_half:.2f}x", f"{float(err.max()):.1e}",
+                              f"{med_up / med_half:.2f}x", f"{med_ours / med_half:.2f}x", f"{cpu_h:.2f}",
+                              f"{cpu_u / cpu_h:.2f}x / {cpu_o / cpu_h:.2f}x", f"{float(err.max()):.1e}",
                               f"{float(err.max()) / std:.2%}", f"{float(err.mean()) / std:.2%}", " -> ".join(load)])
     common.print_table(["audio s", "motion frames", "threads", "repeats", "ours s (each)", "upstream s (each)",
                         "ours s (median)", "upstream s (median)", "speed-up", "CPU s ours / upstream (median)",
@@ -261,7 +264,8 @@ def _side_by_side(args: argparse.Namespace) -> None:
         print("\nours with bf16 weights (build_a2m(..., dtype=torch.bfloat16), the CPU opt-in; not exact), "
               "timed in the same rounds; its error is against our fp32 motion:")
         common.print_table(["audio s", "repeats", "ours bf16 s (each)", "ours bf16 s (median)", "speed-up vs upstream",
-                            "speed-up vs ours fp32", "max |bf16 - fp32|", "max / motion std", "mean / motion std",
+                            "speed-up vs ours fp32", "CPU s (median)", "speed-up (CPU s) vs upstream / ours fp32",
+                            "max |bf16 - fp32|", "max / motion std", "mean / motion std",
                             "load average (1/5/15 min)"], half_rows)
     ok = worst <= PARITY_ATOL
     print(f"\nparity: max |ours - upstream| {worst:.1e} {'<=' if ok else '>'} tolerance {PARITY_ATOL:.0e}")

@@ -197,16 +197,17 @@ def intermediate_device() -> torch.device:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device, cpu_bf16: bool = False) -> torch.dtype:
     """The compute dtype for a node's ``precision`` widget (auto / fp32 / bf16 / fp16).
 
     ``auto`` follows the host (``should_use_bf16`` / ``should_use_fp16``, which honour
-    ``--force-fp32``); half precision is never chosen, and refused, on the CPU."""
+    ``--force-fp32``); half precision is never chosen on the CPU, and refused there except bf16
+    where the caller opts in (``cpu_bf16``, see ``check_device_dtype``)."""
     device = torch.device(device)
     if precision != "auto":
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
-        check_device_dtype(device, PRECISIONS[precision])
+        check_device_dtype(device, PRECISIONS[precision], cpu_bf16=cpu_bf16)
         return PRECISIONS[precision]
     if device.type == "cpu":
         return torch.float32

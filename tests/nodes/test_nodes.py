@@ -90,6 +90,29 @@ def test_missing_face_model_shows_the_checker_message(pack, nodes, tmp_path, mon
     assert "BFM_model_front.mat" in str(e.value) and str(tmp_path / "bfm") in str(e.value)
 
 
+def test_a2m_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes, loaded, monkeypatch):
+    """bf16 on the CPU is the motion sampler's opt-in (docs/benchmarks.md): the A2M loader takes it
+    where the CPU has native bf16 (HuBERT stays fp32); fp16, and bf16 for other loaders, stay refused."""
+    loaders = submodule(pack, "nodes.loaders")
+
+    def check(precision):
+        return nodes.LoadAudio2Motion.validate_inputs(a2m="tiny/ics_a2m", hubert="tiny/hubert", precision=precision)
+
+    assert "half precision" in check("fp16")
+    assert "half precision" in nodes.LoadRenderer.validate_inputs(weights="tiny/mimictalk_renderer", precision="bf16")
+    monkeypatch.setattr(loaders, "cpu_bf16_native", lambda: False)
+    assert "no native bf16" in check("bf16")
+    monkeypatch.undo()
+    if not lib(pack, "utils").cpu_bf16_native():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    assert check("bf16") is True
+    (a2m,) = call(nodes.LoadAudio2Motion, **{**A2M, "precision": "bf16"})
+    net, hubert = a2m.modules()
+    assert next(net.parameters()).dtype == torch.bfloat16 and next(hubert.parameters()).dtype == torch.float32
+    (motion,) = call(nodes.AudioToMotion, a2m=a2m, audio=loaded["audio"], **MOTION)
+    assert motion.dtype == torch.float32 and motion.shape == loaded["motion"].shape and torch.isfinite(motion).all()
+
+
 def test_apply_adapter_leaves_the_base_untouched(nodes, loaded):
     base_module = loaded["base"].module()
     before = {k: v.clone() for k, v in base_module.state_dict().items()}
