@@ -199,3 +199,26 @@ def test_state_dict_names():
             "torgb.affine.weight", "torgb.affine.bias"} <= keys
     assert set(sg.Conv2dLayer(9, 3, 1).state_dict()) == {"weight", "bias", "resample_filter"}
     assert "in_features=4" in repr(sg.FullyConnectedLayer(4, 2))
+
+
+@pytest.mark.parametrize("shape, out, groups", [((1, 64, 32, 32), 32, 1), ((2, 8, 9, 7), 5, 1), ((2, 8, 9, 7), 4, 2)])
+def test_cpu_transposed_conv_layout_shortcut_keeps_the_values(shape, out, groups):
+    """The x2 modulated conv's transposed convolution runs on channels-last input with blocked
+    2-D transposes around it on the CPU (PyTorch's own NHWC -> NCHW copy was as slow as the
+    convolution): a contiguous result with the same values and gradients. At the renderer's
+    sizes oneDNN computes both layouts with one kernel (bit-identical on this machine); small
+    inputs may take PyTorch's reference kernel on the contiguous side (1 ulp apart here), so
+    the bound is fp32 reordering noise: sums of ~600 products of values <= 4, |out| <= ~40."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(shape[1], out // groups, 3, 3, generator=g)
+    want = F.conv_transpose2d(x, w, stride=2, groups=groups)
+    got = sg._conv_transpose2d(x, w, stride=2, groups=groups)
+    assert got.is_contiguous() and torch.allclose(got, want, rtol=0, atol=2e-5)
+    cl = sg._transpose_layout(x, torch.channels_last)
+    assert torch.equal(cl, x) and cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(sg._transpose_layout(cl), x) and sg._transpose_layout(cl).is_contiguous()
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    grads = torch.autograd.grad(sg._conv_transpose2d(xg, wg, stride=2, groups=groups).square().sum(), (xg, wg))
+    ref = torch.autograd.grad(F.conv_transpose2d(xg, wg, stride=2, groups=groups).square().sum(), (xg, wg))
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-5 * b.abs().max().item()) for a, b in zip(grads, ref))
