@@ -119,9 +119,11 @@ def open_from_templates(page: Page, name: str) -> None:
     try:
         dialog = page.page.get_by_role("dialog")
         dialog.wait_for(timeout=30_000)
-        nav = dialog.get_by_text(PACK_FOLDER, exact=True)
-        if nav.count():
-            nav.first.click()
+        # our category in the dialog's navigation (1.27: Custom Nodes, 1.58: Extensions); it is
+        # listed after the core ones have loaded, so it is waited for, not looked up once
+        nav = dialog.get_by_text(PACK_FOLDER, exact=True).first
+        nav.wait_for(timeout=30_000)
+        nav.click()
         card = dialog.locator(f"[data-testid='template-workflow-{name}']")
         thumb = card.locator("img")
         thumb.first.wait_for(timeout=30_000)
