@@ -15,6 +15,7 @@ import torch
 
 from ..mimictalk_lib.errors import InputError
 from . import host
+from .messages import node_terms
 from .train import CHECKPOINTS_SUBDIR
 from .types import Adapter, Renderer, RendererHandle
 
@@ -120,6 +121,7 @@ class LoadAdapter(io.ComfyNode):
         return (adapter, "missing") if path is None else (str(path), path.stat().st_size, path.stat().st_mtime_ns)
 
     @classmethod
+    @node_terms()
     def execute(cls, adapter, renderer=None):
         path = locate_adapter(adapter)
         if path is None:
@@ -152,6 +154,7 @@ class ApplyAdapter(io.ComfyNode):
         )
 
     @classmethod
+    @node_terms()
     def execute(cls, renderer, adapter, check_base):
         from ..mimictalk_lib.adapt.adapter import personalise
 

@@ -117,7 +117,9 @@ def check_base(adapter: Adapter, renderer: nn.Module) -> None:
     if probe.shape != adapter.base_probe.shape or not torch.allclose(probe, adapter.base_probe, rtol=PROBE_RTOL, atol=PROBE_ATOL):
         raise CheckpointError(
             "this adapter was trained on a different base model (same architecture, other weights); "
-            "load the base renderer it was made for, or pass check_base=False to apply it anyway"
+            "load the base renderer it was made for, or pass check_base=False to apply it anyway",
+            in_node="Apply Adapter: this adapter was trained on a different base model (same architecture, other "
+                    "weights); connect the base renderer it was made for, or turn check_base off to apply it anyway",
         )
 
 
@@ -195,9 +197,13 @@ def _checked_metadata(meta: Any, path) -> tuple[dict, LoraSpec]:
     if not isinstance(meta, dict):
         raise _metadata_error(path, f"a {type(meta).__name__} instead of a JSON object")
     if meta.get("format") != ADAPTER_FORMAT:
+        problem = f"{path} is not a MimicTalk adapter (metadata format {meta.get('format')!r}); "
         raise CheckpointError(
-            f"{path} is not a MimicTalk adapter (metadata format {meta.get('format')!r}); an upstream personalised "
-            "checkpoint (model_ckpt_steps_N.ckpt) is imported with import_official_checkpoint"
+            problem + "an upstream personalised checkpoint (model_ckpt_steps_N.ckpt) is imported with "
+            "import_official_checkpoint",
+            in_node="Load Adapter: adapter " + problem + "pick a file saved by Save Adapter or a training run's "
+                    "adapter.safetensors; an official personalised checkpoint is picked as its .ckpt file itself, "
+                    "which Load Adapter imports",
         )
     version = meta.get("version")
     if type(version) is not int or version < 1:

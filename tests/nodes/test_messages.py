@@ -76,3 +76,45 @@ def test_prepare_identity_shows_the_node_wording(pack, nodes, fake_mediapipe):  
     msg = str(e.value)
     assert "(2 frames at 25 fps)" in msg and "Prepare Identity's images input" in msg
     assert "prepare_photo_identity" not in msg
+
+
+def test_load_adapter_names_the_node_for_files_that_are_not_adapters(pack, nodes, tiny):  # noqa: F811
+    """A safetensors file that is no adapter (a converted renderer, say) picked in Load Adapter: the
+    node's wording (the .ckpt route in the node), not the library function; a .ckpt of random bytes
+    picked there: not a checkpoint or damaged, never 'weights_only'."""
+    from mimictalk_lib.adapt.adapter import load_adapter
+    from mimictalk_lib.checkpoint import save_safetensors
+    from mimictalk_lib.errors import CheckpointError
+
+    folder = tiny["models"] / "adapters" / "not_adapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(folder / "model.safetensors", {"w": torch.zeros(2)}, {"format": "renderer"})
+    (folder / "random.ckpt").write_bytes(torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(0),
+                                                       dtype=torch.uint8).numpy().tobytes())
+    errors = lib(pack, "errors")
+    with pytest.raises(errors.CheckpointError) as e:
+        call(nodes.LoadAdapter, adapter="not_adapters/model.safetensors")
+    msg = str(e.value)
+    assert msg.startswith("Load Adapter: adapter ") and "is not a MimicTalk adapter (metadata format 'renderer')" in msg
+    assert "Save Adapter" in msg and ".ckpt" in msg and "import_official_checkpoint" not in msg, msg
+    with pytest.raises(CheckpointError, match="imported with import_official_checkpoint"):  # the library's terms
+        load_adapter(folder / "model.safetensors")
+    with pytest.raises(errors.CheckpointError) as e:
+        call(nodes.LoadAdapter, adapter="not_adapters/random.ckpt")
+    msg = str(e.value)
+    assert "not an upstream" in msg and "damaged" in msg and "weights_only" not in msg and "safe loader" not in msg, msg
+
+
+def test_apply_adapter_names_its_check_base_widget(pack, nodes, tiny):  # noqa: F811
+    from mimictalk_lib.adapt.adapter import check_base
+    from mimictalk_lib.errors import CheckpointError
+
+    (base,) = call(nodes.LoadRenderer, weights="tiny/mimictalk_renderer", precision="auto", auto_download=False)
+    (adapter,) = call(nodes.LoadAdapter, adapter="person.safetensors")
+    adapter.base_probe = adapter.base_probe + 1.0  # as if trained on other base weights
+    with pytest.raises(lib(pack, "errors").CheckpointError) as e:
+        call(nodes.ApplyAdapter, renderer=base, adapter=adapter, check_base=True)
+    msg = str(e.value)
+    assert msg.startswith("Apply Adapter: ") and "turn check_base off" in msg and "check_base=False" not in msg, msg
+    with pytest.raises(CheckpointError, match="pass check_base=False"):  # the library's terms
+        check_base(adapter, base.module())
