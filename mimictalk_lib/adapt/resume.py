@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import load_safetensors, save_safetensors
 from ..errors import CheckpointError
-from ..utils import logger
+from ..utils import count, logger
 from ..lora.inject import lora_state_dict, load_lora_state_dict
 from .adapter import PROBE_ATOL, PROBE_RTOL, load_norm_state, norm_state
 
@@ -171,17 +171,13 @@ def resume_mismatches(trainer: "Trainer", tensors: dict[str, torch.Tensor], meta
     ident = meta.get("identity") or {}
     if ident.get("sha256") != trainer.identity_sha256:
         frames = ident.get("num_frames")
-        reasons.append(f"another identity ({_frames(frames)} vs {_frames(trainer.data.num_frames)} now)"
+        reasons.append(f"another identity ({count(frames, 'frame')} vs {count(trainer.data.num_frames, 'frame')} now)"
                        if frames != trainer.data.num_frames else "another identity (same length, other content)")
     saved, now = meta.get("config") or {}, trainer.config.to_dict()
     changed = [f"{k} {saved.get(k)!r} (now {now[k]!r})" for k in _STRUCTURE if saved.get(k) != now[k]]
     if changed:
         reasons.append("other settings: " + ", ".join(changed))
     return reasons
-
-
-def _frames(n) -> str:
-    return f"{n} frame" if n == 1 else f"{n} frames"
 
 
 # --- the global RNG streams (dropout, drop-path) a run owns -------------------------------------

@@ -261,7 +261,7 @@ class RayRenderer:
                 if js.failed or i in dropped:
                     continue
                 if tries[key] >= max_attempts:
-                    yield fail(js, f"{what}: {why} ({tries[key]} tries)")
+                    yield fail(js, f"{what}: {why} ({tries[key]} {'try' if tries[key] == 1 else 'tries'})")
                     report(on_step, count["done"], count["total"])
                 else:
                     heapq.heappush(queue, (i, start, "motion" if start < 0 else "range"))

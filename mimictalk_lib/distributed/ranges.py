@@ -20,6 +20,7 @@ import torch
 from ..errors import InputError
 from ..pipeline import FrameChunk, TalkingHead, TalkingSession, build_session, iter_talking_head
 from ..utils import ProgressFn, report
+from ..utils import count as count_of
 
 RENDER_OPTIONS = ("deterministic", "generator", "output_dtype")  # iter_talking_head's, the rest are build_session's
 PER_FRAME = ("motion", "camera", "kp_d", "euler", "trans", "blink")  # TalkingSession rows, one per frame
@@ -32,7 +33,7 @@ def check_range(total: int, start: int, count: Optional[int], what: str = "frame
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise InputError(f"{what}: {name} must be a non-negative integer, got {value!r}")
     if start >= total:
-        raise InputError(f"{what}: start frame {start} is past the end of the motion ({total} frames, 0..{total - 1}); "
+        raise InputError(f"{what}: start frame {start} is past the end of the motion ({count_of(total, 'frame')}, 0..{total - 1}); "
                          "lower the start frame")
     stop = total if not count else min(total, start + count)
     return start, stop
@@ -83,7 +84,7 @@ def frame_ranges(total: int, range_frames: int, *, chunk_size: int = 1, start: i
     ``(start, stop)`` ranges of about ``range_frames`` frames, every inner boundary a multiple of
     ``chunk_size`` counted from frame 0 (so every range renders in the full render's batches)."""
     if total < 1:
-        raise InputError(f"nothing to split: {total} frames")
+        raise InputError(f"nothing to split: {count_of(total, 'frame')}")
     if isinstance(range_frames, bool) or not isinstance(range_frames, int) or range_frames < 1:
         raise InputError(f"range_frames must be a positive integer, got {range_frames!r}")
     stop = total if stop is None else stop

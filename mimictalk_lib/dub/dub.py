@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..utils import ProgressFn, logger, report
+from ..utils import ProgressFn, count, logger, report
 from .pasteback import COLOUR_MODES, DEFAULT_FEATHER, CropTransform, blend_mask, paste_back
 from .source import open_source
 from .timeline import LENGTH_MODES, SourceTrack, output_frames, resample_motion, source_indices, track_from_identity
@@ -59,9 +59,9 @@ class DubReport:
         return self.frames / self.fps
 
     def summary(self) -> str:
-        text = (f"dubbed {self.frames} frames ({self.duration:.2f} s) at {self.fps:g} fps, {self.width}x{self.height}; "
-                f"source {self.source_frames} frames played {self.passes:.2f}x ({self.length_mode}); "
-                f"{self.no_face_frames} frames without a face kept untouched")
+        text = (f"dubbed {count(self.frames, 'frame')} ({self.duration:.2f} s) at {self.fps:g} fps, {self.width}x{self.height}; "
+                f"source {count(self.source_frames, 'frame')} played {self.passes:.2f}x ({self.length_mode}); "
+                f"{count(self.no_face_frames, 'frame')} without a face kept untouched")
         return text + "".join(f"; {w}" for w in self.warnings)
 
     def as_dict(self) -> dict:

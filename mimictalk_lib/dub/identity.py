@@ -265,7 +265,7 @@ def prepare_dub_identity(
         done += m
         report(on_step, done, n, stage="dub identity")
     if done != n:
-        raise InputError(f"{WHAT}: '{name}' ended after {done} of its {n} frames; the file is damaged or was changed")
+        raise InputError(f"{WHAT}: '{name}' ended after {done} of its {count(n, 'frame')}; the file is damaged or was changed")
     good_u = torch.cat(good_all).numpy()
     if not good_u.any():
         raise InputError(f"{WHAT}: no face found in any of its {count(n, 'frame')}. The video needs one clearly visible, "

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import InputError
-from ..utils import check_shape
+from ..utils import check_shape, count
 
 COLOUR_MODES = ("none", "mean_std")
 DEFAULT_FEATHER = 0.04
@@ -255,7 +255,8 @@ def paste_back(
         renders = renders.permute(0, 3, 1, 2).float() / 255.0
     tfs = list(tf) if isinstance(tf, (list, tuple)) else [tf] * n
     if len(tfs) != n or renders.shape[0] != n or masks.shape[0] != n:
-        raise InputError(f"paste_back: {n} frames, {renders.shape[0]} renders, {masks.shape[0]} masks, {len(tfs)} transforms")
+        raise InputError(f"paste_back: {count(n, 'frame')}, {count(renders.shape[0], 'render')}, {count(masks.shape[0], 'mask')}, "
+                         f"{count(len(tfs), 'transform')}")
     out = frames.clone()
     # frames sharing a transform are warped together
     groups: dict[CropTransform, list[int]] = {}

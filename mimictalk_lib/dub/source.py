@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..identity.frames import to_uint8_frames
+from ..utils import count
 from ..video import _import_av, _open, _video_stream, probe
 
 WINDOW_BYTES = 256 * 2**20
@@ -116,7 +117,7 @@ class VideoFileFrames:
             if got is None:
                 self.end = self._next
                 raise InputError(
-                    f"{self.name}: frame {i} was requested but the video ends after {self._next} frames "
+                    f"{self.name}: frame {i} was requested but the video ends after {count(self._next, 'frame')} "
                     "(the identity was prepared from a longer video?)"
                 )
             j, img = got

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..utils import ProgressFn, report
+from ..utils import ProgressFn, count, report
 from . import metrics as M
 
 CHUNK = 8  # frames measured at a time
@@ -79,7 +79,7 @@ class Evaluation:
         for name, value in self.metrics.items():
             unit, meaning = DESCRIPTIONS.get(name, ("", ""))
             lines.append(f"| {name} | {_show(value)} | {unit} | {meaning} |")
-        lines.append(f"\n{self.info.get('frames')} frames at {self.info.get('fps')} fps, "
+        lines.append(f"\n{count(self.info.get('frames'), 'frame')} at {self.info.get('fps')} fps, "
                      f"{self.info.get('width')}x{self.info.get('height')}.")
         lines.extend(f"- {n}" for n in self.notes)
         return "\n".join(lines)
@@ -240,7 +240,7 @@ class _Accumulator:
             self._sync_summary(summary, notes, audio, info)
         if self.whole_frame and (self.sync is not None or self.embedder is not None):
             notes.append(f"SyncNet / CSIM face crops: no face box (landmarks or head mask) in {self.whole_frame} of "
-                         f"{self.done} frames; the whole frame was used there (turn landmarks on for face boxes).")
+                         f"{count(self.done, 'frame')}; the whole frame was used there (turn landmarks on for face boxes).")
         if self.landmarker is not None and self.points["pred"]:
             pred, pred_ok = torch.cat(self.points["pred"]), torch.cat(self.points["pred_ok"])
             ref, ref_ok = torch.cat(self.points["ref"]), torch.cat(self.points["ref_ok"])
@@ -405,7 +405,7 @@ def identity_frames(identity, frames: str = "held_out", *, holdout_fraction: flo
         raise InputError(f"evaluate: frames must be 'all' or 'held_out', got {frames!r}")
     split = holdout_split(identity.num_frames, holdout_fraction, holdout_min_frames)
     if split is None:
-        raise InputError(f"evaluate: the identity has {identity.num_frames} frames, too few for a held-out slice "
+        raise InputError(f"evaluate: the identity has {count(identity.num_frames, 'frame')}, too few for a held-out slice "
                          f"(at least {2 * holdout_min_frames}); use frames='all'")
     return torch.tensor(list(split[1]))
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, DependencyMissingError, InputError
+from ..utils import count
 
 SYNCNET_ASSET = "syncnet"
 SAMPLE_RATE = 16000
@@ -266,7 +267,7 @@ class SyncScorer:
         length = min(self.frames, audio_16k.shape[-1] // SAMPLES_PER_FRAME)
         windows = length - WINDOW
         if windows < 1:
-            raise InputError(f"LSE: {self.frames} frames and {audio_16k.shape[-1] / SAMPLE_RATE:.2f} s of audio are too "
+            raise InputError(f"LSE: {count(self.frames, 'frame')} and {audio_16k.shape[-1] / SAMPLE_RATE:.2f} s of audio are too "
                              f"short; SyncNet needs at least {WINDOW + 1} frames (0.24 s) of both")
         video = torch.cat(self.video)[:windows]
         feats = mfcc(audio_16k)

@@ -86,7 +86,7 @@ def bad_frame_policy(bad: torch.Tensor, what: str, reasons: dict[str, torch.Tens
     detail = "; ".join(f"{name}: frames {_list(torch.nonzero(m).flatten().tolist())}" for name, m in reasons.items() if m.any())
     if len(idx) > MAX_BAD_FRACTION * n:
         raise InputError(
-            f"{what}: {len(idx)} of {n} frames ({100 * len(idx) / n:.0f} %) have no usable face "
+            f"{what}: {len(idx)} of {count(n, 'frame')} ({100 * len(idx) / n:.0f} %) have no usable face "
             f"({detail}); at most {MAX_BAD_FRACTION:.0%} can be repaired. Use a clip where one face "
             "is visible and fully inside the frame throughout, or trim it."
         )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..utils import logger
+from ..utils import count, logger
 from ..video import iter_video, length_limit, probe, to_uint8_array
 
 TARGET_FPS = 25.0
@@ -193,7 +193,7 @@ def timestamps_from(n: int, fps: Optional[float], timestamps: Optional[Sequence[
     if timestamps is not None:
         ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
         if ts.size != n:
-            raise InputError(f"got {n} frames but {ts.size} timestamps; pass one timestamp per frame")
+            raise InputError(f"got {count(n, 'frame')} but {count(ts.size, 'timestamp')}; pass one timestamp per frame")
         return ts
     if fps is None:
         raise InputError("frames need a frame rate (fps) or per-frame timestamps to be resampled to 25 fps")

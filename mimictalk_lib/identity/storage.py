@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError
+from ..utils import count
 
 FRAME_CODECS = ("h264", "lossless", "raw")
 DEFAULT_FRAME_CODEC = "h264"
@@ -95,7 +96,7 @@ def iter_decoded(data: torch.Tensor, info: dict, what: str):
                 if (frame.height, frame.width) != (h, w) or k >= t:
                     raise CheckpointError(
                         f"{what}: the stored frames do not match the identity (frame {k} is {frame.width}x"
-                        f"{frame.height}, expected {t} frames of {w}x{h}); the file is damaged"
+                        f"{frame.height}, expected {count(t, 'frame')} of {w}x{h}); the file is damaged"
                     )
                 yield frame.to_ndarray(format="rgb24")
                 k += 1
@@ -124,12 +125,12 @@ def check_frame_info(info, num_frames: int, size: int, what: str) -> dict:
         raise CheckpointError(f"{what}: unknown frame storage {info!r}; the file is damaged or from a newer pack")
     dims = [info.get(k) for k in ("num_frames", "height", "width")]
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims) or dims != [num_frames, size, size]:
-        raise CheckpointError(f"{what}: stored frames {dims} do not match the identity ({num_frames} frames of "
+        raise CheckpointError(f"{what}: stored frames {dims} do not match the identity ({count(num_frames, 'frame')} of "
                               f"{size}x{size}); the file is damaged")
     limit = max_clip_seconds()
     if size > MAX_FRAME_SIDE or num_frames > limit * TARGET_FPS + 1:
         raise CheckpointError(
-            f"{what}: {num_frames} frames of {size}x{size} exceed what the pack loads ({limit:g} s at 25 fps, "
+            f"{what}: {count(num_frames, 'frame')} of {size}x{size} exceed what the pack loads ({limit:g} s at 25 fps, "
             f"{MAX_FRAME_SIDE} px); raise MIMICTALK_MAX_CLIP_SECONDS if the identity is genuine"
         )
     return info

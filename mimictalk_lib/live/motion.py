@@ -41,7 +41,7 @@ from ..a2m import (
 from ..a2m.hubert import NORM_EPS
 from ..a2m.pitch import _import_parselmouth, resolve_pitch_tracker
 from ..errors import InputError
-from ..utils import logger
+from ..utils import count, logger
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio per 25 fps motion frame
 LEVEL_FLOOR = 1e-4  # variance floor of the running level (-40 dBFS rms)
@@ -148,7 +148,7 @@ class MotionStream:
         wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0).clip(-1, 1)
         n, s = len(wav) // SAMPLES_PER_FRAME, self.s
         if n < s.fade:
-            raise InputError(f"MotionStream.push: push at least fade={s.fade} frames at a time, got {n}")
+            raise InputError(f"MotionStream.push: push at least fade={count(s.fade, 'frame')} at a time, got {n}")
         audio = np.concatenate([self._audio, wav])
         hub, f0 = self._features(audio, n)
         keep = s.audio_context * SAMPLES_PER_FRAME

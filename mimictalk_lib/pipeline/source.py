@@ -20,7 +20,7 @@ from ..identity.torso import inpaint_torso
 from ..renderer.loading import LoadedRenderer, PersonalisedRenderer
 from ..renderer.model import RenderSource
 from ..renderer.superres import SRReference
-from ..utils import logger
+from ..utils import count, logger
 
 MIN_FACE_AREA = 0.2  # real3d_infer --min_face_area_percent: face box / image area for one-shot sources
 
@@ -111,7 +111,7 @@ def one_shot_source(renderer: Any, identity, *, frame: int = 0) -> TalkingSource
     segmentation, and the clip's poses for ``pose='identity'``."""
     model = renderer_model(renderer)
     if not 0 <= frame < identity.num_frames:
-        raise InputError(f"source frame {frame} is outside the identity's {identity.num_frames} frames")
+        raise InputError(f"source frame {frame} is outside the identity's {count(identity.num_frames, 'frame')}")
     pts = identity.landmarks[frame, :468, :2]  # MediaPipe face points, pixels
     area = float((pts.max(0).values - pts.min(0).values).prod()) / identity.size**2
     if area < MIN_FACE_AREA:

@@ -118,3 +118,40 @@ def test_apply_adapter_names_its_check_base_widget(pack, nodes, tiny):  # noqa: 
     assert msg.startswith("Apply Adapter: ") and "turn check_base off" in msg and "check_base=False" not in msg, msg
     with pytest.raises(CheckpointError, match="pass check_base=False"):  # the library's terms
         check_base(adapter, base.module())
+
+
+PLURAL_NOUNS = ("frames", "tries", "renders", "masks", "transforms", "timestamps")
+NEVER_ONE = {  # (file, expression): numbers that cannot be 1 here, or a size rather than a count
+    ("mimictalk_lib/identity/frames.py", "max_count"),  # frames per 10 s at the highest frame rate accepted
+    ("mimictalk_lib/evaluate/syncnet.py", "WINDOW + 1"),  # SyncNet's 6-frame window
+    ("mimictalk_lib/dub/pasteback.py", "t.source_hw[0]"),  # "{W}x{H} frames": a frame size
+}
+
+
+def test_no_message_puts_a_number_straight_before_a_plural_noun(repo_root):
+    """'1 frames': every f-string that formats a number directly before one of these nouns goes
+    through utils.count (or the number cannot be 1). Scans the library and the nodes."""
+    import ast
+    import re
+
+    found = []
+    for path in sorted([*(repo_root / "mimictalk_lib").rglob("*.py"), *(repo_root / "nodes").rglob("*.py")]):
+        rel = path.relative_to(repo_root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            for value, after in zip(node.values, node.values[1:]):
+                if (isinstance(value, ast.FormattedValue) and value.format_spec is None
+                        and isinstance(after, ast.Constant) and re.match(rf" ({'|'.join(PLURAL_NOUNS)})\b", after.value)
+                        and (rel, ast.unparse(value.value)) not in NEVER_ONE):
+                    found.append(f"{rel}:{node.lineno}: {{{ast.unparse(value.value)}}}{after.value[:20]}")
+    assert found == [], "use utils.count for these: " + "; ".join(found)
+
+
+def test_a_dub_report_of_one_frame_says_frame():
+    from mimictalk_lib.dub.dub import DubReport
+
+    one = DubReport(frames=1, fps=25.0, width=64, height=64, audio_seconds=0.04, source_frames=1, no_face_frames=1,
+                    length_mode="loop", passes=1.0, warnings=[])
+    assert one.summary().startswith("dubbed 1 frame (0.04 s) at 25 fps, 64x64; source 1 frame played 1.00x (loop); "
+                                    "1 frame without a face kept untouched"), one.summary()
