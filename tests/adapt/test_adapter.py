@@ -68,7 +68,14 @@ def test_save_load_round_trip_and_base_check(official, tmp_path):
     assert back.metadata["format"] == "mimictalk-adapter" and back.metadata["lora"]["conv_lora"] == "upstream"
     inputs = renderer_inputs(base.cfg, frames=1, seed=23)
     a, b = personalise(base, adapter), personalise(base, back)
-    assert torch.equal(_render(a.model, inputs, a.cano_planes), _render(b.model, inputs, b.cano_planes))
+    # Same values, but not exact by construction: tensors read from a safetensors file are views of
+    # the mapped file, not 64-byte aligned, and BLAS/oneDNN kernels may take another (peeled) path
+    # for unaligned data on some CPUs: a converted renderer rendered 1.8e-7 off with
+    # ATEN_CPU_CAPABILITY=default and MKL_ENABLE_INSTRUCTIONS=SSE4_2 (0 once the weights are copied to
+    # aligned memory). 1e-5 is ~50x
+    # that fp32 floor and far below one 8-bit level of the image (a wrong tensor shows at that scale).
+    torch.testing.assert_close(_render(a.model, inputs, a.cano_planes), _render(b.model, inputs, b.cano_planes),
+                               rtol=0, atol=1e-5)
 
     save_adapter(tmp_path / "half.safetensors", adapter, triplane_dtype=torch.float16)
     half = load_adapter(tmp_path / "half.safetensors")
@@ -101,4 +108,6 @@ def test_personalise_under_inference_mode_shares_the_base_weights(official):
         assert (p.data_ptr() in shared) != merged, name
     inputs = renderer_inputs(base.cfg, frames=1, seed=24)
     plain = personalise(base, adapter)
-    assert torch.equal(_render(pers.model, inputs, pers.cano_planes), _render(plain.model, inputs, plain.cano_planes))
+    # merged weights of equal value in other allocations: within the fp32 floor (see the round-trip test)
+    torch.testing.assert_close(_render(pers.model, inputs, pers.cano_planes),
+                               _render(plain.model, inputs, plain.cano_planes), rtol=0, atol=1e-5)
