@@ -199,7 +199,9 @@ class FakeDrive:
 
     def download(self, url=None, output=None, quiet=False, id=None, progress=None, **kw):
         self.calls.append(("download", id))
-        if id in self.fail:
+        if id in self.fail:  # as a broken transfer leaves it: part of the file written, then the error
+            with open(output, "wb") as fh:
+                fh.write(self.files.get(id, b"PK\x03\x04 partial")[:100])
             raise self.fail[id]
         data = self.files[id]
         with open(output, "wb") as fh:
