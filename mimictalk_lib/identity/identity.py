@@ -180,7 +180,7 @@ class Identity:
         if meta.get("format") != FORMAT:
             raise CheckpointError(
                 f"{path} is not a MimicTalk identity file (format {meta.get('format')!r}); "
-                "prepare one with the MimicTalk identity node or prepare_identity()."
+                "prepare one with prepare_identity() (in ComfyUI: the Prepare Identity node)."
             )
         version = meta.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:

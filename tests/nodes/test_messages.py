@@ -155,3 +155,14 @@ def test_a_dub_report_of_one_frame_says_frame():
                     length_mode="loop", passes=1.0, warnings=[])
     assert one.summary().startswith("dubbed 1 frame (0.04 s) at 25 fps, 64x64; source 1 frame played 1.00x (loop); "
                                     "1 frame without a face kept untouched"), one.summary()
+
+
+def test_a_file_that_is_no_identity_names_the_function_and_the_node(tmp_path):
+    from mimictalk_lib.checkpoint import save_safetensors
+    from mimictalk_lib.errors import CheckpointError
+    from mimictalk_lib.identity import Identity
+
+    save_safetensors(tmp_path / "x.safetensors", {"w": torch.zeros(1)}, {"format": "mimictalk-adapter"})
+    with pytest.raises(CheckpointError, match=r"is not a MimicTalk identity file .* prepare_identity\(\) "
+                                              r"\(in ComfyUI: the Prepare Identity node\)"):
+        Identity.load(tmp_path / "x.safetensors")
