@@ -32,7 +32,7 @@ PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on GPUs
                      "otherwise or with --force-fp32); bf16/fp16 are refused on the CPU.")
 A2M_PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on GPUs that support them, fp32 "
                          "otherwise or with --force-fp32). On the CPU fp16 is refused and bf16 is an opt-in for CPUs with "
-                         "native bf16 (AVX512-BF16 / AMX): motion sampling about 2x faster, not exact (within about 2% "
+                         "native bf16 (AVX512-BF16 / AMX): motion sampling 1.7-2x faster, not exact (within about 2% "
                          "of the motion's spread of fp32; HuBERT stays fp32). auto stays fp32 on the CPU.")
 AUTO_DOWNLOAD_TOOLTIP = ("Download missing files listed in the pack's models manifest (pinned, checksummed) into "
                          "models/mimictalk. Off, or offline (HF_HUB_OFFLINE=1 / MIMICTALK_NO_DOWNLOAD=1): only files "

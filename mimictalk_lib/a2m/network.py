@@ -206,7 +206,7 @@ def build_a2m(
     when they already have the target device and dtype).
 
     ``dtype=torch.bfloat16`` on the CPU is an opt-in fast mode for CPUs with native bf16
-    (AVX512-BF16 / AMX; refused elsewhere, fp16 always): sampling about 2x faster than fp32, the
+    (AVX512-BF16 / AMX; refused elsewhere, fp16 always): sampling 1.7-2x faster than fp32, the
     motion within about 2% of its standard deviation of fp32's (docs/benchmarks.md, "Audio to
     motion"). The ODE state and output stay fp32; fp32 remains the default."""
     check_device_dtype(device, dtype, cpu_bf16=True)
