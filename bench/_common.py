@@ -62,9 +62,10 @@ def add_common_args(ap: argparse.ArgumentParser, dtypes: Sequence[str] = ("fp32"
 
 
 def plan(ap: argparse.ArgumentParser, args: argparse.Namespace,
-         allowed: Sequence[str] = ("fp32", "bf16")) -> list[tuple[str, list[str]]]:
+         allowed: Sequence[str] = ("fp32", "bf16"), cpu_bf16: bool = False) -> list[tuple[str, list[str]]]:
     """The (device, dtype names) to measure. Without ``--device``: cpu, plus cuda when available.
-    Half precision asked for on an explicit ``--device cpu`` is an error; with the default device
+    Half precision asked for on an explicit ``--device cpu`` is an error (bf16 is allowed there
+    with ``cpu_bf16`` on a CPU with native bf16, see check_device_dtype); with the default device
     list the cpu runs only the fp32 of ``--dtypes`` and says what it skipped."""
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
@@ -81,7 +82,7 @@ def plan(ap: argparse.ArgumentParser, args: argparse.Namespace,
         usable = []
         for name in names:
             try:
-                check_device_dtype(device, DTYPES[name])
+                check_device_dtype(device, DTYPES[name], cpu_bf16=cpu_bf16)
             except InputError as exc:
                 if args.device:
                     ap.error(f"--dtypes {name} with --device {device}: {exc}")

@@ -349,7 +349,7 @@ def main() -> None:
     if args.worker:
         return _worker(args)
 
-    configs = common.plan(ap, args, allowed=("fp32", "bf16", "fp16"))
+    configs = common.plan(ap, args, allowed=("fp32", "bf16", "fp16"), cpu_bf16=True)
     rows, failed = common.sweep("render", args, configs, "--chunks", common.comma_list(args.chunks, int),
                                 extra=["--frames", str(args.frames), "--layout", args.layout])
     n = args.frames

@@ -196,7 +196,7 @@ def iter_talking_head(
     if output_dtype not in (torch.float32, torch.float16, torch.uint8):
         raise InputError(f"output_dtype must be float32, float16 or uint8, got {output_dtype}")
     model, src = session.model, session.source
-    check_device_dtype(model.device, model.dtype)
+    check_device_dtype(model.device, model.dtype, cpu_bf16=True)  # bf16 on a CPU with native bf16: opt-in
     with torch.inference_mode():
         source = model.prepare_source(src.render_source(session.cano_secc, session.src_secc), src.sr_reference(model))
     for part, out in model.iter_chunks(source, session.drv_secc, session.camera, session.kp_d, chunk_size=chunk_size,

@@ -118,10 +118,11 @@ def load_renderer(
     ``head_threshold`` overrides ``htbsr_head_threshold`` (default: 1.0 for MimicTalk layouts as
     MimicTalk forces it, 0.9 for Real3D-Portrait; or the value in our ``config.json``).
     ``base_config`` supplies what the weights cannot tell (see :func:`infer_renderer_config`;
-    ``RendererConfig.tiny()`` for test checkpoints). bf16 / fp16 are for GPUs only. Raises
+    ``RendererConfig.tiny()`` for test checkpoints). bf16 / fp16 are for GPUs, except bf16 on a
+    CPU with native bf16 (an opt-in fast mode, not exact: docs/benchmarks.md). Raises
     CheckpointError naming offending keys on a mismatch.
     """
-    check_device_dtype(device, dtype)
+    check_device_dtype(device, dtype, cpu_bf16=True)
     parts = _read_source(source)
     sd = parts["model"]
     threshold = head_threshold if head_threshold is not None else parts.get("head_threshold")

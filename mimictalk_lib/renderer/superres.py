@@ -208,7 +208,10 @@ class SuperResolution(nn.Module):
         self.fuse_fg_bg_convs = _lrelu_convs((2 * b0, cfg.fuse_fg_bg_hidden, 1), (cfg.fuse_fg_bg_hidden, b0, 3), (b0, b0, 3))
 
     def _resize(self, img: torch.Tensor, size: int) -> torch.Tensor:
-        """Bilinear, align_corners=False, antialias = ``sr_antialias`` (upstream SR input resizes)."""
+        """Bilinear, align_corners=False, antialias = ``sr_antialias`` (upstream SR input resizes);
+        in fp32 for bf16 on the CPU, where PyTorch has no bf16 antialiased kernel."""
+        if img.dtype == torch.bfloat16 and img.device.type == "cpu":
+            return self._resize(img.float(), size).to(img.dtype)
         return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=self.cfg.antialias)
 
     def encode_reference(self, ref_torso: torch.Tensor, bg: torch.Tensor, segmap: torch.Tensor) -> SRReference:

@@ -178,9 +178,19 @@ class ResBlock(LayerStack):
         return x + self.layers(x)
 
 
+class AvgPool3d(nn.AvgPool3d):
+    """``nn.AvgPool3d``, computed in fp32 for bf16 input on the CPU (PyTorch has no bf16 CPU
+    kernel for it; the bf16 fast mode of :meth:`Renderer.iter_chunks`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
 def down_block(in_ch: int, out_ch: int, dim: int) -> LayerStack:
     """Conv-BN-ReLU then 2x average pooling over H, W (the depth of a 3-D volume is kept)."""
-    pool = nn.AvgPool2d((2, 2)) if dim == 2 else nn.AvgPool3d((1, 2, 2))
+    pool = nn.AvgPool2d((2, 2)) if dim == 2 else AvgPool3d((1, 2, 2))
     return LayerStack(conv_block("CNA", in_ch, out_ch, 3, dim), pool)
 
 
