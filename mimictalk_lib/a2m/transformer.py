@@ -10,6 +10,7 @@ feed-forward; both residual. 16 learned register tokens are prepended, with rota
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -169,7 +170,11 @@ class Attention(nn.Module):
         # per-head gains stacked) and rotation in fp32 (upstream disables autocast for RoPE)
         qk = F.normalize(_at_least_fp32(qkv[:, :, :2]).permute(2, 0, 3, 1, 4), dim=-1)
         gains = torch.stack((self.q_norm.gamma, self.k_norm.gamma))[:, None].to(qk.dtype)  # [2, 1, H, 1, d]
-        qk.mul_(gains).mul_(self.q_norm.scale)
+        scale = self.q_norm.scale
+        if math.frexp(scale)[0] == 0.5:  # a power of two (sqrt(64) = 8): x * g * s == x * (g * s) exactly
+            qk.mul_(gains * scale)
+        else:
+            qk.mul_(gains).mul_(scale)
         if len(rope) == 3:  # (cos, sin, signed sin) from Transformer.forward
             qk = _rotate_(qk, rope[0], rope[2])
         else:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mimictalk_lib.a2m import A2MConfig, InContextAudio2MotionModel, build_a2m, f0_to_coarse
-from mimictalk_lib.a2m.transformer import Attention, RotaryEmbedding
+from mimictalk_lib.a2m.transformer import Attention, RotaryEmbedding, apply_rotary
 from mimictalk_lib import utils
 from mimictalk_lib.errors import InputError
 from tests.fixtures.tiny_a2m import tiny_a2m
@@ -252,3 +252,32 @@ def test_velocity_runs_with_autograd_on_and_equals_the_no_grad_value(model):
     slow = model.velocity(x, t, emb, cond, mask, null)
     assert slow.requires_grad
     assert torch.equal(slow.detach(), fast)  # same operations in the same order (see _rotate_)
+
+
+@pytest.mark.parametrize("dim_head", [16, 64, 32])  # qk-norm scale 4, 8 (folded into the gains), sqrt(32) (not)
+def test_qk_gain_and_scale_in_one_product_equal_two(dim_head):
+    """Attention multiplies the normalised q, k by gains * sqrt(d) in one pass when sqrt(d) is a power
+    of two: bit-identical to the two products (scaling by 2^k commutes with rounding)."""
+    torch.manual_seed(0)
+    attn = Attention(dim=32, dim_head=dim_head, heads=2, qk_norm_scale=10.0)
+    with torch.no_grad():
+        attn.q_norm.gamma.uniform_(0.1, 1.9)
+        attn.k_norm.gamma.uniform_(0.1, 1.9)
+        x = torch.randn(2, 13, 32) * 3
+        cos, sin = RotaryEmbedding(dim_head, 50_000.0)(torch.arange(13))
+        seen = {}
+        real = F.scaled_dot_product_attention
+
+        def spy(q, k, v, **kw):
+            seen["q"], seen["k"] = q, k
+            return real(q, k, v, **kw)
+
+        try:
+            F.scaled_dot_product_attention = spy
+            attn(x, (cos, sin))
+        finally:
+            F.scaled_dot_product_attention = real
+        q, k, _ = (t.view(2, 13, 2, dim_head).transpose(1, 2) for t in attn.to_qkv(x).chunk(3, dim=-1))
+        two = [apply(F.normalize(t, dim=-1).mul_(norm.gamma).mul_(dim_head**0.5), cos, sin)
+               for t, norm, apply in ((q, attn.q_norm, apply_rotary), (k, attn.k_norm, apply_rotary))]
+    assert torch.equal(seen["q"], two[0]) and torch.equal(seen["k"], two[1])
