@@ -34,6 +34,10 @@ A2M_PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on 
                          "otherwise or with --force-fp32). On the CPU fp16 is refused and bf16 is an opt-in for CPUs with "
                          "native bf16 (AVX512-BF16 / AMX): motion sampling 1.7-2x faster, not exact (within about 2% "
                          "of the motion's spread of fp32; HuBERT stays fp32). auto stays fp32 on the CPU.")
+RENDERER_PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on GPUs that support them, fp32 "
+                              "otherwise or with --force-fp32). On the CPU fp16 is refused and bf16 is an opt-in for "
+                              "CPUs with native bf16 (AVX512-BF16 / AMX): rendering about 2x faster, not exact (about "
+                              "61 dB PSNR against fp32). auto stays fp32 on the CPU.")
 AUTO_DOWNLOAD_TOOLTIP = ("Download missing files listed in the pack's models manifest (pinned, checksummed) into "
                          "models/mimictalk. Off, or offline (HF_HUB_OFFLINE=1 / MIMICTALK_NO_DOWNLOAD=1): only files "
                          "already on disk are used.")
@@ -119,7 +123,7 @@ class LoadRenderer(io.ComfyNode):
                                tooltip="mimictalk_base_renderer / real3dportrait_renderer: the official checkpoints "
                                        "in models/mimictalk (downloaded from the authors' Google Drive when auto_download is on; "
                                        "by hand otherwise, see README); or a converted model folder."),
-                *precision_and_download(),
+                *precision_and_download(RENDERER_PRECISION_TOOLTIP),
             ],
             outputs=[Renderer.Output(display_name="renderer", tooltip="The loaded renderer.")],
         )
@@ -127,7 +131,7 @@ class LoadRenderer(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, weights, precision):
         ok = check_choice(weights, RENDERER_ASSETS, "renderer weights")
-        return check_precision(precision) if ok is True else ok
+        return check_precision(precision, cpu_bf16=True) if ok is True else ok
 
     @classmethod
     def fingerprint_inputs(cls, weights, precision, auto_download):
@@ -139,7 +143,7 @@ class LoadRenderer(io.ComfyNode):
 
         device = host.torch_device()
         loaded = load_renderer(resolve(weights, RENDERER_ASSETS, auto_download), device=device,
-                               dtype=host.resolve_dtype(precision, device))
+                               dtype=host.resolve_dtype(precision, device, cpu_bf16=True))
         return io.NodeOutput(RendererHandle(loaded, host.manage_model(loaded.model), weights, {"layout": loaded.layout}))
 
 
