@@ -90,23 +90,25 @@ def test_missing_face_model_shows_the_checker_message(pack, nodes, tmp_path, mon
     assert "BFM_model_front.mat" in str(e.value) and str(tmp_path / "bfm") in str(e.value)
 
 
-def test_renderer_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes, loaded, monkeypatch):
-    """bf16 on the CPU is the renderer's opt-in too (docs/benchmarks.md: ~2x, ~61 dB PSNR): refused
-    without native bf16; where the CPU has it, a personalised bf16 renderer renders through the
-    Render node to frames near the fp32 ones (measured on [0, 1] frames: mean |diff| 5.1e-4,
-    max 4.3e-3; the bound is ~6x that, a broken path is off by far more)."""
-    loaders = submodule(pack, "nodes.loaders")
-
-    def check(precision):
-        return nodes.LoadRenderer.validate_inputs(weights="tiny/mimictalk_renderer", precision=precision)
-
+def _cpu_bf16_gate(pack, monkeypatch, check):
+    """A loader's ``validate_inputs`` (as ``check(precision)``) refuses fp16 on the CPU always and
+    bf16 without native bf16; skips the test on CPUs without it, else bf16 passes."""
     assert "half precision" in check("fp16")
-    monkeypatch.setattr(loaders, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(submodule(pack, "nodes.loaders"), "cpu_bf16_native", lambda: False)
     assert "no native bf16" in check("bf16")
     monkeypatch.undo()
     if not lib(pack, "utils").cpu_bf16_native():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
     assert check("bf16") is True
+
+
+def test_renderer_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes, loaded, monkeypatch):
+    """bf16 on the CPU is the renderer's opt-in too (docs/benchmarks.md: ~2x, ~61 dB PSNR): refused
+    without native bf16; where the CPU has it, a personalised bf16 renderer renders through the
+    Render node to frames near the fp32 ones (measured on [0, 1] frames: mean |diff| 5.1e-4,
+    max 4.3e-3; the bound is ~6x that, a broken path is off by far more)."""
+    _cpu_bf16_gate(pack, monkeypatch, lambda precision: nodes.LoadRenderer.validate_inputs(
+        weights="tiny/mimictalk_renderer", precision=precision))
     (base,) = call(nodes.LoadRenderer, **{**RENDERER, "precision": "bf16"})
     (person,) = call(nodes.ApplyAdapter, renderer=base, adapter=loaded["adapter"], check_base=True)
     assert person.module().dtype == torch.bfloat16
@@ -120,19 +122,8 @@ def test_renderer_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes
 def test_a2m_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes, loaded, monkeypatch):
     """bf16 on the CPU is the motion sampler's opt-in (docs/benchmarks.md): the A2M loader takes it
     where the CPU has native bf16 (HuBERT stays fp32); fp16 stays refused."""
-    loaders = submodule(pack, "nodes.loaders")
-
-    def check(precision):
-        return nodes.LoadAudio2Motion.validate_inputs(a2m="tiny/ics_a2m", hubert="tiny/hubert", precision=precision)
-
-    assert "half precision" in check("fp16")
-    assert "half precision" in nodes.LoadRenderer.validate_inputs(weights="tiny/mimictalk_renderer", precision="fp16")
-    monkeypatch.setattr(loaders, "cpu_bf16_native", lambda: False)
-    assert "no native bf16" in check("bf16")
-    monkeypatch.undo()
-    if not lib(pack, "utils").cpu_bf16_native():
-        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
-    assert check("bf16") is True
+    _cpu_bf16_gate(pack, monkeypatch, lambda precision: nodes.LoadAudio2Motion.validate_inputs(
+        a2m="tiny/ics_a2m", hubert="tiny/hubert", precision=precision))
     (a2m,) = call(nodes.LoadAudio2Motion, **{**A2M, "precision": "bf16"})
     net, hubert = a2m.modules()
     assert next(net.parameters()).dtype == torch.bfloat16 and next(hubert.parameters()).dtype == torch.float32
