@@ -5,6 +5,7 @@
     python -m bench.render --device cuda --dtypes fp32,bf16,fp16 --frames 64
     python -m bench.render --tiny --device cpu  # smoke test: tiny renderer, 2 frames, chunks 1,2
     python -m bench.render --upstream ~/MimicTalk   # side by side with an upstream checkout (CPU fp32)
+    python -m bench.render --upstream ~/MimicTalk --dtypes fp32,bf16   # + our bf16 CPU opt-in
 
 Random weights (speed does not depend on the values; spectral norms are set to their converged
 state so activations stay finite, as with trained weights), deterministic sampling, the MimicTalk
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 import time
 
@@ -111,6 +113,7 @@ def _side_by_side_inputs(cfg, frames: int, seed: int = 0) -> tuple[dict, dict]:
 
 def _side_by_side(args: argparse.Namespace) -> None:
     from mimictalk_lib.renderer import Renderer, RendererConfig, RenderSource, load_renderer
+    from mimictalk_lib.utils import cpu_bf16_native
     from tests.fixtures.tiny_renderer import converge_spectral_norms_
 
     root = _upstream.checkout(args.upstream, required=(UPSTREAM_CONFIG, "modules/real3d/secc_img2plane_torso.py"))
@@ -137,6 +140,10 @@ def _side_by_side(args: argparse.Namespace) -> None:
 
     ours_s, theirs_s, ours_img, theirs_img, stubbed = [], [], None, None, []
     ours_cpu, theirs_cpu = [], []  # process CPU seconds per frame (all threads): steadier on a shared machine
+    bf16 = args.dtypes == "fp32,bf16"
+    if bf16 and not cpu_bf16_native():
+        raise _upstream.UpstreamError("--dtypes fp32,bf16: this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    bf16_s, bf16_cpu, bf16_img = [], [], None
     for round_ in range(args.rounds):
         with torch.inference_mode():
             start, cpu = time.perf_counter(), time.process_time()
@@ -152,6 +159,13 @@ def _side_by_side(args: argparse.Namespace) -> None:
         theirs_img, stubbed = up["image"], up["stubbed"]
         print(f"# round {round_ + 1}: upstream {theirs_s[-1]:.2f} s/frame (load average {_upstream.load_average()})",
               file=sys.stderr, flush=True)
+        if bf16:
+            got = _upstream.run(_upstream.ROOT, "render", dict(ours_bf16=True, state=state, **ident, **per_frame), threads)
+            bf16_s.append(got["seconds_per_frame"])
+            bf16_cpu.append(got["cpu_seconds_per_frame"])
+            bf16_img = got["image"]
+            print(f"# round {round_ + 1}: ours bf16 {bf16_s[-1]:.2f} s/frame (load average {_upstream.load_average()})",
+                  file=sys.stderr, flush=True)
 
     ours_mean, theirs_mean = sum(ours_s) / len(ours_s), sum(theirs_s) / len(theirs_s)
     diff = (ours_img - theirs_img).abs().max().item()
@@ -169,6 +183,15 @@ def _side_by_side(args: argparse.Namespace) -> None:
           f"tolerance {tolerance:.1e} (max of {PARITY_TOLERANCE:.0e} and twice the noise floor {floor:.1e} = ours "
           "with the LoRA merged vs applied on the fly)")
     ours_cpu_mean, theirs_cpu_mean = sum(ours_cpu) / len(ours_cpu), sum(theirs_cpu) / len(theirs_cpu)
+    rows = []
+    if bf16:
+        mse = ((bf16_img - ours_img) / 2).square().mean().item()  # on the [0, 1] scale
+        print(f"# ours bf16 (opt-in, not exact): PSNR against our exact fp32 image {10 * math.log10(1 / mse):.1f} dB, "
+              f"max |diff| {(bf16_img - ours_img).abs().max().item():.1e}")
+        mean, cpu_mean = sum(bf16_s) / len(bf16_s), sum(bf16_cpu) / len(bf16_cpu)
+        rows = [["ours bf16 opt-in (`render_frames`, batch 1)", " / ".join(f"{t:.2f}" for t in bf16_s), f"{mean:.2f}",
+                 f"{1 / mean:.3f}", f"{theirs_mean / mean:.2f}x", f"{cpu_mean:.2f}", f"{theirs_cpu_mean / cpu_mean:.2f}x",
+                 f"{(bf16_img - theirs_img).abs().max().item():.1e}"]]
     common.print_table(
         ["implementation", "s/frame per round", "s/frame (mean)", "frames/s", "speed-up (wall)", "CPU s/frame",
          "speed-up (CPU time)", "max |diff| of the 512² image"],
@@ -176,7 +199,7 @@ def _side_by_side(args: argparse.Namespace) -> None:
           f"{1 / theirs_mean:.3f}", "1.00x", f"{theirs_cpu_mean:.2f}", "1.00x", "-"],
          ["ours (`Renderer.render`, batch 1)", " / ".join(f"{t:.2f}" for t in ours_s), f"{ours_mean:.2f}",
           f"{1 / ours_mean:.3f}", f"{theirs_mean / ours_mean:.2f}x", f"{ours_cpu_mean:.2f}",
-          f"{theirs_cpu_mean / ours_cpu_mean:.2f}x", f"{diff:.1e}"]])
+          f"{theirs_cpu_mean / ours_cpu_mean:.2f}x", f"{diff:.1e}"]] + rows)
 
 
 def _shim_missing_upstream_helpers() -> None:
@@ -239,6 +262,33 @@ def _install(package: str, submodules: dict, record: str = "") -> None:
             sys.modules.setdefault(name, types.ModuleType(name, "bench/render.py stand-in"))
         vars(sys.modules[".".join([package, *parts])]).update(attrs)
     _upstream._STUBBED.append(record or f"{package} (stand-in)")
+
+
+def _child(inputs: dict) -> dict:
+    return _ours_bf16_child(inputs) if inputs.get("ours_bf16") else _upstream_child(inputs)
+
+
+def _ours_bf16_child(inputs: dict) -> dict:
+    """Ours in the bf16 CPU opt-in, in a process of its own (alternating fp32 and bf16 models in one
+    process made the bf16 frames ~3x slower): the same weights, inputs and frames, one per call."""
+    from mimictalk_lib.renderer import RenderSource, load_renderer
+
+    model = load_renderer(inputs["state"], dtype=torch.bfloat16).model
+    fields = RenderSource.__dataclass_fields__
+    with torch.inference_mode():
+        prepared = model.prepare_source(RenderSource(**{k: inputs[k] for k in fields}))
+    per_frame = {k: inputs[k] for k in ("drv_secc", "camera", "kp_d")}
+    n = per_frame["camera"].shape[0]
+
+    def frames() -> torch.Tensor:
+        return torch.cat([model.render_frames(prepared, **{k: v[i:i + 1] for k, v in per_frame.items()}).image
+                          for i in range(n)])
+
+    frames()  # warm-up (and the channels-last weights), not timed
+    start, cpu = time.perf_counter(), time.process_time()
+    images = frames()
+    return {"seconds_per_frame": (time.perf_counter() - start) / n, "cpu_seconds_per_frame": (time.process_time() - cpu) / n,
+            "image": images.float()}
 
 
 def _upstream_child(inputs: dict) -> dict:
@@ -334,13 +384,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="--upstream: intra-op threads of both sides (default 2)")
     args = ap.parse_args()
     if args.upstream_child:
-        return _upstream.child_main(args.upstream_child, _upstream_child)
+        return _upstream.child_main(args.upstream_child, _child)
     if args.upstream:
         args.frames = args.frames or 2
         try:
-            if args.tiny or args.device not in (None, "cpu") or args.dtypes not in (None, "fp32"):
+            if args.tiny or args.device not in (None, "cpu") or args.dtypes not in (None, "fp32", "fp32,bf16"):
                 raise _upstream.UpstreamError("it compares the full-size renderer on the CPU in fp32; leave out "
-                                              "--tiny/--device/--dtypes")
+                                              "--tiny/--device and give --dtypes fp32 or fp32,bf16 (adds our bf16 "
+                                              "opt-in, in a process of its own)")
             return _side_by_side(args)
         except _upstream.UpstreamError as exc:
             ap.error(str(exc))

@@ -36,8 +36,8 @@ A2M_PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on 
                          "of the motion's spread of fp32; HuBERT stays fp32). auto stays fp32 on the CPU.")
 RENDERER_PRECISION_TOOLTIP = ("Compute precision. auto follows ComfyUI (bf16/fp16 on GPUs that support them, fp32 "
                               "otherwise or with --force-fp32). On the CPU fp16 is refused and bf16 is an opt-in for "
-                              "CPUs with native bf16 (AVX512-BF16 / AMX): rendering about 2x faster, not exact (about "
-                              "61 dB PSNR against fp32). auto stays fp32 on the CPU.")
+                              "CPUs with native bf16 (AVX512-BF16 / AMX): rendering about 2x faster, not exact (37-61 dB "
+                              "PSNR against fp32 with random weights, depending on them). auto stays fp32 on the CPU.")
 AUTO_DOWNLOAD_TOOLTIP = ("Download missing files listed in the pack's models manifest (pinned, checksummed) into "
                          "models/mimictalk. Off, or offline (HF_HUB_OFFLINE=1 / MIMICTALK_NO_DOWNLOAD=1): only files "
                          "already on disk are used.")

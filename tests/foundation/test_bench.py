@@ -182,6 +182,8 @@ def test_render_upstream_option_refuses_clearly(repo_root, tmp_path):
     assert done.returncode == 2 and "is not an upstream MimicTalk checkout" in done.stderr, done.stderr[-2000:]
     done = run("--upstream", str(tmp_path), "--tiny")
     assert done.returncode == 2 and "full-size renderer on the CPU in fp32; leave out --tiny" in done.stderr
+    done = run("--upstream", str(tmp_path), "--dtypes", "bf16")
+    assert done.returncode == 2 and "give --dtypes fp32 or fp32,bf16" in done.stderr
 
 
 def test_upstream_stub_fails_loudly_when_used():

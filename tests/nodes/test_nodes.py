@@ -103,7 +103,7 @@ def _cpu_bf16_gate(pack, monkeypatch, check):
 
 
 def test_renderer_loader_takes_bf16_on_the_cpu_only_with_native_bf16(pack, nodes, loaded, monkeypatch):
-    """bf16 on the CPU is the renderer's opt-in too (docs/benchmarks.md: ~2x, ~61 dB PSNR): refused
+    """bf16 on the CPU is the renderer's opt-in too (docs/benchmarks.md: ~2x, 37-61 dB PSNR): refused
     without native bf16; where the CPU has it, a personalised bf16 renderer renders through the
     Render node to frames near the fp32 ones (measured on [0, 1] frames: mean |diff| 5.1e-4,
     max 4.3e-3; the bound is ~6x that, a broken path is off by far more)."""

@@ -121,8 +121,8 @@ def test_half_precision_is_refused_on_cpu(model, monkeypatch):
 @pytest.mark.skipif(not __import__("mimictalk_lib.utils").utils.cpu_bf16_native(),
                     reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 def test_cpu_bf16_is_an_opt_in_close_to_fp32(model, inputs):
-    """bf16 on a CPU with native bf16 (opt-in; docs/benchmarks.md: 1.6-1.7x, 60.8 dB PSNR at the
-    full size): renders (the ops PyTorch has no bf16 CPU kernel for run in fp32), with the
+    """bf16 on a CPU with native bf16 (opt-in; docs/benchmarks.md: ~2x, 37-61 dB PSNR at the
+    full size, depending on the random weights): renders (the ops PyTorch has no bf16 CPU kernel for run in fp32), with the
     convolution weights stored channels-last, and stays near the fp32 frames. Bound: bf16 keeps
     8 significant bits (relative rounding 2^-9 per op) through ~40 layers of the tiny SR;
     measured mean |diff| 9e-4, max 8e-3 here, the bound is ~5x that. Frames of other inputs
