@@ -246,6 +246,8 @@ class PlaneLookup:
       so one frame's 3 planes on 2 threads would leave one thread idle a third of the time (on
       16 threads, 13 idle). On the CPU each plane is stored ``k`` times and the points are cut
       into ``k`` parts, ``k * 3B = lcm(3B, threads)`` entries. Every point is sampled on its own.
+
+    Both are CPU measures: on a GPU the planes are used as they are (a view, no copy).
     """
 
     def __init__(self, planes: torch.Tensor, depth: int):
@@ -254,6 +256,9 @@ class PlaneLookup:
         threads = torch.get_num_threads() if planes.device.type == "cpu" else 1
         self.batch, self.depth, self.splits = batch, depth, threads // math.gcd(n, threads)
         inner = (cd // depth, depth, height, width) if depth > 1 else (cd, height, width)
+        if planes.device.type != "cpu":
+            self.features = planes.reshape(n, *inner)
+            return
         layout = torch.channels_last_3d if depth > 1 else torch.channels_last
         self.features = torch.empty((n * self.splits, *inner), dtype=planes.dtype, device=planes.device,
                                     memory_format=layout)
