@@ -123,7 +123,9 @@ def _device():
 
 
 def _dtype(precision: str, device):
-    """The compute dtype for ``precision``: auto is fp32 on the CPU and bf16 on an accelerator with it."""
+    """The compute dtype for ``precision``: auto is fp32 on the CPU and bf16 on an accelerator with it;
+    bf16 on the CPU is the renderer's and motion sampler's opt-in where the CPU has native bf16 (as in
+    the loader nodes); fp16 on the CPU is refused."""
     import torch
 
     from .utils import check_device_dtype
@@ -132,7 +134,7 @@ def _dtype(precision: str, device):
     if precision != "auto":
         if precision not in named:
             raise SystemExit(f"--set precision={precision!r}: use auto, fp32, bf16 or fp16")
-        check_device_dtype(device, named[precision])
+        check_device_dtype(device, named[precision], cpu_bf16=True)
         return named[precision]
     backend = torch.get_device_module(device.type) if device.type != "cpu" else None
     supported = getattr(backend, "is_bf16_supported", None)
@@ -206,7 +208,9 @@ def run_talk(args: argparse.Namespace, settings: dict[str, Any], folders: Sequen
                                       RENDERER_ASSETS, folders, allow), device=device, dtype=dtype)
     face_model = load_face_model_from(folders, allow_download=allow, need_mp468=portrait)
     a2m = load_a2m(_weights(args.a2m or A2M_ASSETS[0], A2M_ASSETS, folders, allow), device, dtype)
-    hubert = load_hubert(_weights(args.hubert or HUBERT_ASSETS[0], HUBERT_ASSETS, folders, allow), device, dtype)
+    # bf16 on the CPU is the motion sampler's opt-in only (measured there); HuBERT stays fp32, as in the node
+    hubert_dtype = torch.float32 if device.type == "cpu" else dtype
+    hubert = load_hubert(_weights(args.hubert or HUBERT_ASSETS[0], HUBERT_ASSETS, folders, allow), device, hubert_dtype)
     identity = None
     if portrait:
         identity = prepare_photo_identity(

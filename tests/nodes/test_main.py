@@ -128,3 +128,21 @@ def test_talk_command_usage_errors(tiny, tmp_path):
     assert r.returncode == 2 and "one of the arguments --adapter --portrait is required" in r.stderr
     r = talk(tiny, tmp_path, "--adapter", "person.safetensors", "--out", str(tmp_path / "x.mp4"), "--set", "Nope.x=1")
     assert r.returncode != 0 and "unknown setting 'Nope.x'" in r.stderr and "chunk_size" in r.stderr
+
+
+@pytest.mark.slow  # two fresh interpreters load torch; the bf16 one runs the whole talk graph on a native-bf16 CPU
+def test_talk_command_precision_on_the_cpu_is_the_loader_nodes_rule(tiny, tmp_path):
+    """--set precision=bf16 is the same opt-in as on Load Renderer / Load Audio-to-Motion: accepted
+    where the CPU has native bf16 (HuBERT kept fp32), refused with the reason elsewhere; fp16 never."""
+    from mimictalk_lib.utils import cpu_bf16_native
+
+    out = tmp_path / "bf16.mp4"
+    r = talk(tiny, tmp_path, "--adapter", "person.safetensors", "--out", str(out), *TINY, "--set", "precision=bf16")
+    if cpu_bf16_native():
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert video_facts(out)["frames"] == motion_frames()
+    else:
+        assert r.returncode == 1 and "no native bf16" in r.stderr and "Use fp32" in r.stderr, r.stderr[-3000:]
+    r = talk(tiny, tmp_path, "--adapter", "person.safetensors", "--out", str(tmp_path / "fp16.mp4"), *TINY,
+             "--set", "precision=fp16")
+    assert r.returncode == 1 and "only supported on a GPU" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
